@@ -1,0 +1,46 @@
+"""routekit's error family: every message says what was wrong, the offending value, and what to do."""
+
+from __future__ import annotations
+
+
+class RoutekitError(Exception):
+    """Base class of every error routekit raises on purpose."""
+
+
+class ConfigError(RoutekitError, ValueError):
+    """A config file or object has an unknown key, a wrong type or an impossible value."""
+
+
+class UnknownTaskError(RoutekitError, KeyError):
+    """A task name that no registry knows."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ModelLoadError(RoutekitError):
+    """A model path that does not exist, or is not a causal language model."""
+
+
+class TokenizerMismatchError(RoutekitError):
+    """A tokenizer that does not fit a model (vocabulary larger than the embeddings, differing ids)."""
+
+
+class CorruptCacheError(RoutekitError):
+    """A cache entry that exists but cannot be loaded; it is removed and rebuilt."""
+
+
+class FingerprintMismatchError(RoutekitError):
+    """A file made for one base model loaded onto another."""
+
+
+class ExpertFileError(RoutekitError):
+    """An expert file that is missing, truncated, corrupt or of the wrong shape."""
+
+
+class CheckpointError(RoutekitError):
+    """A checkpoint directory that cannot be read or compared (missing shards, pickle files, shapes)."""
+
+
+class TrainingError(RoutekitError):
+    """Training stopped: NaN/inf in the loss or parameters, or a resume that does not match."""

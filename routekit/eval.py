@@ -1,0 +1,123 @@
+"""Batched generation with left padding, and task evaluation (accuracy on a split)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .tasks.base import Task
+
+
+class EvalResult(BaseModel):
+    """Accuracy of a model on one split of one task, with every completion kept."""
+
+    task: str
+    split: str
+    accuracy: float
+    n: int
+    correct: list[bool]
+    completions: list[str]
+
+
+def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    ids = []
+    for cand in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if isinstance(cand, int):
+            ids.append(cand)
+        elif isinstance(cand, (list, tuple)):
+            ids.extend(int(c) for c in cand)
+    return sorted(set(ids))
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    num_return_sequences: int = 1,
+    progress: bool = False,
+    desc: str = "generate",
+    **generate_kwargs: Any,
+) -> list[str]:
+    """Complete ``prompts`` in left-padded batches; returns only the new text of each.
+
+    With ``num_return_sequences = k`` the result holds k completions per prompt, grouped
+    by prompt. Extra keyword arguments go to ``model.generate`` (e.g. ``logits_processor``).
+    """
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    stop = _stop_ids(tokenizer, model)
+    out: list[str] = []
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
+    try:
+        for i in range(0, len(prompts), batch_size):
+            chunk = list(prompts[i : i + batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
+            gen = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=do_sample,
+                temperature=temperature if do_sample else None,
+                top_k=None if not do_sample else 0,
+                top_p=None if not do_sample else 1.0,
+                num_return_sequences=num_return_sequences,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stop or None,
+                **generate_kwargs,
+            )
+            new = gen[:, enc["input_ids"].shape[1] :]
+            out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return out
+
+
+def evaluate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    split: str = "test",
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+    limit: int | None = None,
+    progress: bool = False,
+    **generate_kwargs: Any,
+) -> EvalResult:
+    """Greedy accuracy of ``model`` on ``task``'s ``split`` (with ``limit`` examples at most)."""
+    examples = task.examples(split)[:limit] if limit else task.examples(split)
+    completions = generate(
+        model,
+        tokenizer,
+        [e.prompt for e in examples],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"eval {task.name}/{split}",
+        **generate_kwargs,
+    )
+    correct = [task.check(c, e.reference) for c, e in zip(completions, examples)]
+    return EvalResult(
+        task=task.name,
+        split=split,
+        accuracy=sum(correct) / max(len(correct), 1),
+        n=len(correct),
+        correct=correct,
+        completions=completions,
+    )

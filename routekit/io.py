@@ -1,0 +1,179 @@
+"""Atomic file writing (temp file + rename), safetensors/JSON helpers and fingerprints.
+
+Everything routekit writes goes through here so that a killed process never leaves a
+half-written file that a later run would load.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import ExpertFileError
+
+PathLike = str | os.PathLike
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented, key-sorted JSON, atomically."""
+    return atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: PathLike, what: str = "file") -> Any:
+    """Read JSON, turning a missing or unparsable file into an ExpertFileError that names it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExpertFileError(f"{what} {str(path)!r} does not exist.")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ExpertFileError(f"{what} {str(path)!r} is not valid JSON ({e}); re-create it.") from e
+
+
+def atomic_save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
+    """Save tensors as safetensors atomically (contiguous CPU copies)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+            tmp,
+            metadata=dict(metadata) if metadata else None,
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def load_safetensors(path: PathLike, what: str = "tensor file") -> dict[str, torch.Tensor]:
+    """Load a safetensors file, refusing a missing, truncated or corrupt one with a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExpertFileError(f"{what} {str(path)!r} does not exist.")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ExpertFileError(
+            f"{what} {str(path)!r} is truncated or corrupt ({e}); delete it and save it again."
+        ) from e
+
+
+@contextlib.contextmanager
+def atomic_directory(target: PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``target`` in one rename.
+
+    If the body raises (or the process is killed) ``target`` is untouched and only a
+    ``.tmp-*`` sibling is left, which no loader ever reads.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            old = target.with_name(f".old-{target.name}-{os.getpid()}")
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _tensor_digest(h: hashlib._Hash, name: str, t: torch.Tensor, full: bool) -> None:
+    t = t.detach()
+    h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+    flat = t.reshape(-1)
+    if not full and flat.numel() > 8192:
+        # A strided sample: any fine-tune that touches a tensor changes many sampled entries,
+        # while hashing every byte of an 8B model would cost tens of seconds per load.
+        step = flat.numel() // 4096
+        flat = flat[::step]
+    data = flat.to("cpu").contiguous()
+    if data.dtype == torch.bfloat16:
+        data = data.view(torch.int16)
+    h.update(data.numpy().tobytes())
+
+
+def fingerprint_tensors(tensors: Mapping[str, torch.Tensor], full: bool = False) -> str:
+    """A short hex digest of named tensors (names, shapes, dtypes and values)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        _tensor_digest(h, name, tensors[name], full)
+    return h.hexdigest()[:16]
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """Fingerprint of a model's own weights (base layers, not adapter parameters).
+
+    Wrapped layers expose their original weight under ``base_layer``; adapter parameters
+    (SVF ``svf_z``, LoRA ``lora_``) are skipped so a wrapped model has its base's fingerprint.
+    """
+    sd = {}
+    for name, t in model.state_dict().items():
+        if "svf_" in name or "lora_" in name:
+            continue
+        sd[name.replace(".base_layer.", ".")] = t
+    return fingerprint_tensors(sd)
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Fingerprint of a tokenizer's vocabulary (token string -> id) and special tokens."""
+    vocab = tokenizer.get_vocab()
+    h = hashlib.sha256()
+    for tok, idx in sorted(vocab.items(), key=lambda kv: kv[1]):
+        h.update(f"{idx}\t{tok}\n".encode())
+    h.update(json.dumps(
+        {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())}
+    ).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,110 @@
+"""Loading causal LMs and tokenizers from a local path (or taking loaded ones), with checks.
+
+Every entry point of routekit accepts either a local checkpoint directory or a loaded
+``PreTrainedModel`` plus tokenizer; this module turns both into the same pair. It never
+downloads: paths must exist locally.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from .errors import ModelLoadError, TokenizerMismatchError
+
+
+def check_tokenizer_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a tokenizer whose ids do not fit the model's input embeddings."""
+    n_embed = model.get_input_embeddings().weight.shape[0]
+    n_vocab = len(tokenizer)
+    if n_vocab > n_embed:
+        raise TokenizerMismatchError(
+            f"tokenizer has {n_vocab} tokens but the model's embedding table has {n_embed} rows; "
+            f"ids >= {n_embed} would index past it. Load the tokenizer saved with this model, or "
+            "call model.resize_token_embeddings(len(tokenizer)) before training."
+        )
+
+
+def load_model(
+    model: str | os.PathLike | PreTrainedModel,
+    tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
+    *,
+    dtype: torch.dtype | str | None = None,
+    device: str | torch.device | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Return ``(model, tokenizer)`` from a local path or loaded objects.
+
+    A path must be a local directory holding a causal LM config; the tokenizer defaults to
+    the one saved beside it. Left padding is set for batched generation, and a missing pad
+    token falls back to EOS.
+    """
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model).expanduser()
+        if not path.exists():
+            raise ModelLoadError(
+                f"model path {str(path)!r} does not exist. Give a local directory written by "
+                "save_pretrained (routekit never downloads from a hub)."
+            )
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"{str(path)!r} has no config.json, so it is not a transformers checkpoint. Give "
+                "the directory that save_pretrained wrote."
+            )
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
+            kwargs: dict[str, Any] = {"local_files_only": True}
+            if dtype is not None:
+                kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+            lm = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
+        except ValueError as e:
+            raise ModelLoadError(
+                f"{str(path)!r} holds a {type(config).__name__ if 'config' in locals() else 'model'} "
+                f"that is not a causal language model ({e}). routekit needs an "
+                "AutoModelForCausalLM checkpoint."
+            ) from e
+        except OSError as e:
+            raise ModelLoadError(f"could not load a model from {str(path)!r}: {e}") from e
+        if tokenizer is None:
+            tokenizer = path
+    else:
+        lm = model
+        if not isinstance(lm, PreTrainedModel):
+            raise ModelLoadError(
+                f"expected a path or a transformers PreTrainedModel, got {type(model).__name__}."
+            )
+        if tokenizer is None:
+            raise ModelLoadError("a loaded model needs its tokenizer: pass tokenizer=...")
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tpath = Path(tokenizer).expanduser()
+        if not tpath.exists():
+            raise ModelLoadError(f"tokenizer path {str(tpath)!r} does not exist.")
+        try:
+            tok = AutoTokenizer.from_pretrained(tpath, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"no tokenizer could be loaded from {str(tpath)!r}: {e}") from e
+    else:
+        tok = tokenizer
+    check_tokenizer_fits(lm, tok)
+    prepare_tokenizer(tok)
+    if device is not None:
+        lm.to(device)
+    lm.eval()
+    return lm, tok
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Left padding (for batched generation) and a pad token (EOS if none)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -1,0 +1,75 @@
+"""The Task protocol: named splits of (prompt, reference) examples and a checker.
+
+One object serves both as an RL reward (``reward``) and as an evaluation metric
+(``check`` inside :func:`routekit.eval.evaluate`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RoutekitError
+from .checkers import Checker, exact_match
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt with the reference answer its completion is checked against."""
+
+    prompt: str
+    reference: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class Task:
+    """A named task with splits (``train``, ``test``, ``ood`` ...) and a checker.
+
+    Subclasses fill ``self._splits`` (split name -> list of Examples) or override
+    :meth:`examples`.
+    """
+
+    name: str = "task"
+    family: str | None = None
+
+    def __init__(
+        self,
+        name: str,
+        splits: dict[str, Sequence[Example]],
+        checker: Checker | Callable[[str, str], bool] = exact_match,
+        family: str | None = None,
+    ) -> None:
+        self.name = name
+        self._splits = {k: list(v) for k, v in splits.items()}
+        self.checker = checker
+        self.family = family or name
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self._splits)
+
+    def examples(self, split: str = "test") -> list[Example]:
+        if split not in self._splits:
+            raise RoutekitError(
+                f"task {self.name!r} has no split {split!r}; it has {list(self._splits)}."
+            )
+        return self._splits[split]
+
+    def prompts(self, split: str = "test") -> list[str]:
+        return [e.prompt for e in self.examples(split)]
+
+    def references(self, split: str = "test") -> list[str]:
+        return [e.reference for e in self.examples(split)]
+
+    def check(self, completion: str, reference: str) -> bool:
+        """Whether a completion answers the reference (the checker decides the tolerance)."""
+        return bool(self.checker(completion, reference))
+
+    def reward(self, completions: Sequence[str], references: Sequence[str]) -> list[float]:
+        """RL reward: 1.0 for a correct completion, else 0.0."""
+        return [1.0 if self.check(c, r) else 0.0 for c, r in zip(completions, references)]
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{k}={len(v)}" for k, v in self._splits.items())
+        return f"{type(self).__name__}({self.name!r}, {sizes})"
