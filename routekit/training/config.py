@@ -1,0 +1,207 @@
+"""TrainConfig: every option of routekit's one trainer, validated, with its meaning and default.
+
+A YAML recipe under ``recipes/configs/`` is this object written out; an unknown key or a
+wrong type is a :class:`~routekit.errors.ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+
+
+class LoraSettings(BaseModel):
+    """PEFT LoRA options used when ``parameterization: lora``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(16, gt=0, description="LoRA rank (default 16).")
+    alpha: float = Field(32.0, gt=0, description="LoRA scaling numerator; scale = alpha / r (default 32).")
+    target_modules: str | list[str] = Field(
+        "all-linear", description="PEFT target_modules: 'all-linear' (default) or module-name suffixes."
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="LoRA dropout (default 0). Dropout > 0 draws from the per-process RNG, so a "
+        "multi-process run then equals a single process only in distribution.",
+    )
+
+
+class TrainConfig(BaseModel):
+    """One training run: objective × parameterization, optimiser, sampling and bookkeeping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # --- what to train on (used by recipes / `routekit train`; train() takes loaded objects)
+    model: str = Field(
+        "world",
+        description="'world' (routekit.world.load()), 'world-proxy' (routekit.world.load_proxy()) "
+        "or a local checkpoint directory (default 'world').",
+    )
+    task: str | None = Field(
+        None, description="Task name for routekit.tasks.get_task, e.g. 'add' or 'jsonl:data.jsonl'."
+    )
+    split: str = Field("train", description="Split whose examples are trained on (default 'train').")
+
+    # --- the method
+    objective: Literal["sft", "rl"] = Field(
+        "sft",
+        description="'sft': next-token loss on reference answers; 'rl': GRPO-style policy "
+        "gradient on Task.reward (default 'sft').",
+    )
+    parameterization: Literal["svf", "lora", "full", "mask"] = Field(
+        "svf",
+        description="Which numbers train: 'svf' (z vectors), 'lora' (PEFT), 'full' (all "
+        "parameters), 'mask' (all parameters, gradients times a fixed boolean mask) (default 'svf').",
+    )
+    svf: dict[str, Any] = Field(
+        default_factory=dict,
+        description="SVFConfig fields for parameterization 'svf' (default {}: MLP layers, z=1).",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA options.")
+    mask: float | str | None = Field(
+        None,
+        description="For 'mask': a fraction in (0, 1] (each entry of each parameter trainable "
+        "with that probability, drawn from seed) or a safetensors path of boolean masks by "
+        "parameter name (parameters absent from the file are frozen). Default None.",
+    )
+
+    # --- optimisation
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate, constant (default 1e-3).")
+    steps: int = Field(100, gt=0, description="Optimiser steps (default 100).")
+    batch_size: int = Field(
+        16, gt=0, description="Prompts per step over all processes (default 16)."
+    )
+    grad_clip: float | None = Field(
+        1.0, description="Max global gradient norm; null disables clipping (default 1.0)."
+    )
+    weight_decay: float = Field(
+        0.0,
+        ge=0.0,
+        description="AdamW decoupled weight decay (default 0: decay would move every parameter, "
+        "including ones the loss never touches).",
+    )
+    bf16_storage: bool = Field(
+        False,
+        description="Store trainable parameters (and Adam state) in bfloat16; default False "
+        "keeps float32 master weights.",
+    )
+    seed: int = Field(0, description="Seeds initialisation, data order, masks and sampling (default 0).")
+
+    # --- RL sampling
+    group_size: int = Field(
+        8, gt=0, description="RL: completions sampled per prompt; advantages normalise within it (default 8)."
+    )
+    max_new_tokens: int = Field(16, gt=0, description="RL: longest completion sampled (default 16).")
+    temperature: float = Field(1.0, gt=0, description="RL: sampling temperature (default 1.0).")
+    kl_coef: float = Field(
+        0.0,
+        ge=0.0,
+        description="RL: weight of a k3 KL penalty to the frozen base on sampled tokens (default 0).",
+    )
+
+    # --- bookkeeping
+    checkpoint_every: int = Field(
+        50,
+        ge=0,
+        description="Save out_dir/checkpoint every N steps and at the end; 0 = only at the end (default 50).",
+    )
+    eval_every: int = Field(
+        0, ge=0, description="Greedy accuracy on eval_split every N steps; 0 disables (default 0)."
+    )
+    eval_split: str = Field("test", description="Split used by eval_every (default 'test').")
+    eval_limit: int | None = Field(
+        200, description="At most this many eval examples; null = all (default 200)."
+    )
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> TrainConfig:
+        for name in ("lr", "temperature", "kl_coef", "weight_decay"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or null, got {self.grad_clip!r}")
+        if self.parameterization == "mask":
+            if self.mask is None:
+                raise ValueError(
+                    "parameterization 'mask' needs mask: a fraction in (0, 1] or a safetensors path"
+                )
+            if isinstance(self.mask, float) and not 0.0 < self.mask <= 1.0:
+                raise ValueError(f"mask fraction must be in (0, 1], got {self.mask!r}")
+            if self.weight_decay > 0:
+                raise ValueError(
+                    f"weight_decay={self.weight_decay} with parameterization 'mask' would move "
+                    "entries outside the mask; use weight_decay: 0"
+                )
+        if self.svf:
+            _check_svf_fields(self.svf)
+        if self.objective == "rl" and self.group_size < 2:
+            raise ValueError(
+                f"group_size={self.group_size}: group-normalised advantages need >= 2 samples per prompt"
+            )
+        return self
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Validate a mapping, turning pydantic's error into a ConfigError that names each key."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}.")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
+        """Read and validate a YAML recipe config."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{str(path)!r} is not valid YAML: {e}") from None
+        return cls.from_dict(data, source=str(path))
+
+    def resume_key(self) -> dict[str, Any]:
+        """The fields that must not change between a run and its resumption."""
+        return self.model_dump(
+            mode="json",
+            exclude={"steps", "checkpoint_every", "eval_every", "eval_split", "eval_limit"},
+        )
+
+
+def _check_svf_fields(fields: dict[str, Any]) -> None:
+    """Validate the ``svf`` mapping against SVFConfig (skipped if routekit.svf is absent)."""
+    try:
+        from ..svf import SVFConfig
+    except ImportError:  # the SVF module is optional for lora/full/mask users
+        return
+    try:
+        SVFConfig.model_validate(fields)
+    except ValidationError as e:
+        raise ValueError("svf: " + format_validation_error(e).replace("key '", "key 'svf.")
+                         .replace("unknown key '", "unknown key 'svf.")) from None
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line per problem: 'key.sub: message (got value)'."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "<config>"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"unknown key {loc!r}; remove it or check its spelling")
+        else:
+            parts.append(f"key {loc!r}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)

@@ -1,0 +1,245 @@
+"""The two objectives: SFT (next-token loss on reference answers) and RL (GRPO-style).
+
+Both return a *local* loss already scaled so that averaging the processes' gradients (what
+DDP / accelerate does) gives exactly the gradient of the global-batch loss, whatever the
+shard sizes: each process divides its sums by global counts, which every process can
+compute alone because it sees the whole global batch of examples.
+
+SFT loss   = Σ_answer-tokens CE / (number of answer tokens in the global batch)
+RL loss    = -(1/N) Σ_i A_i · (Σ_t log π(y_it) / n_i)          (N = samples in the global batch)
+             + kl_coef · (1/N) Σ_i (Σ_t k3_it / n_i)
+where A_i = (r_i − mean_group) / (std_group + 1e-4) (unbiased std over the group_size samples
+of the same prompt), n_i = completion tokens of sample i (up to and including the first stop
+token), and k3 = exp(log π_base − log π) − (log π_base − log π) − 1 on the sampled tokens.
+One optimiser step per sampled batch, so the policy ratio is 1 and no PPO clipping applies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
+
+from ..eval import _stop_ids
+from ..tasks.base import Example, Task
+from .parameterizations import derive_seed
+
+ADV_EPS = 1e-4
+
+
+# ----------------------------------------------------------------------------- batching
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Prompt ids exactly as generation sees them (with the tokenizer's special tokens)."""
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def encode_answer(tokenizer: PreTrainedTokenizerBase, reference: str) -> list[int]:
+    """Reference ids followed by EOS, so SFT also teaches the model where to stop."""
+    ids = list(tokenizer(reference, add_special_tokens=False)["input_ids"])
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+def right_padded(
+    rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(prompt, completion) id rows -> input_ids, attention_mask, completion mask (all B×L).
+
+    Right padding keeps every real token at positions 0..len-1, as in left-padded
+    generation (whose position ids count only real tokens), and no real token attends a pad.
+    """
+    length = max(len(p) + len(c) for p, c in rows)
+    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(rows), length), dtype=torch.long)
+    comp = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, (p, c) in enumerate(rows):
+        n = len(p) + len(c)
+        ids[i, :n] = torch.tensor(p + c, dtype=torch.long)
+        attn[i, :n] = 1
+        comp[i, len(p) : n] = True
+    return ids.to(device), attn.to(device), comp.to(device)
+
+
+def token_logprobs(
+    model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """log π(ids[:, t] | ids[:, <t]) for t >= 1, shape B×(L-1), computed in float32."""
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------- SFT
+def sft_rows(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
+    return [(encode_prompt(tokenizer, e.prompt), encode_answer(tokenizer, e.reference)) for e in examples]
+
+
+def sft_loss(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    local: Sequence[Example],
+    global_answer_tokens: int,
+    num_processes: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy on answer tokens only (prompt and pad positions are label -100)."""
+    ids, attn, comp = right_padded(sft_rows(tokenizer, local), _pad_id(tokenizer), device)
+    labels = ids.masked_fill(~comp, -100)[:, 1:]
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
+    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+    loss = total * num_processes / global_answer_tokens
+    return loss, {"loss_sum": float(total.detach()), "tokens": int(comp.sum())}
+
+
+def count_answer_tokens(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> int:
+    return sum(len(encode_answer(tokenizer, e.reference)) for e in examples)
+
+
+# ----------------------------------------------------------------------------- RL sampling
+class SeededSampling(LogitsProcessor):
+    """Sampling from softmax(scores / T) with one private RNG per row (Gumbel-max).
+
+    Run under greedy ``generate``: the processor returns 0 for the sampled token and -inf
+    elsewhere. Each row's noise comes from its own generator, seeded by (seed, step, prompt
+    index, sample index), so a row's completion does not depend on which other rows share
+    its batch or process: two processes sample exactly what one would.
+    """
+
+    def __init__(self, generators: list[torch.Generator], temperature: float) -> None:
+        self.generators = generators
+        self.temperature = temperature
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        vocab = scores.shape[-1]
+        u = torch.stack(
+            [torch.rand(vocab, generator=g, device=g.device) for g in self.generators]
+        ).to(scores.device)
+        gumbel = -torch.log(-torch.log(u.clamp(min=1e-20, max=1.0 - 1e-7)))
+        choice = (scores.float() / self.temperature + gumbel).argmax(-1, keepdim=True)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter(-1, choice, 0.0)
+
+
+@dataclass
+class Rollout:
+    """group_size sampled completions for each local prompt, with rewards and advantages."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    completions: list[str]
+    rewards: torch.Tensor  # (n_prompts * group_size,)
+    advantages: torch.Tensor
+
+
+@torch.no_grad()
+def sample_rollout(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    global_indices: Sequence[int],
+    *,
+    step: int,
+    seed: int,
+    group_size: int,
+    max_new_tokens: int,
+    temperature: float,
+) -> Rollout:
+    """Sample ``group_size`` completions per example and score them with ``task.reward``."""
+    device = next(model.parameters()).device
+    gen_device = device if device.type == "cuda" else torch.device("cpu")
+    prompts = [e.prompt for e in examples for _ in range(group_size)]
+    generators = [
+        torch.Generator(device=gen_device).manual_seed(derive_seed(seed, "sample", step, gi, j))
+        for gi in global_indices
+        for j in range(group_size)
+    ]
+    pad = _pad_id(tokenizer)
+    stop = _stop_ids(tokenizer, model)
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            temperature=None,
+            top_k=None,
+            top_p=None,
+            logits_processor=LogitsProcessorList([SeededSampling(generators, temperature)]),
+            pad_token_id=pad,
+            eos_token_id=stop or None,
+        )
+    finally:
+        model.train(was_training)
+    new = out[:, enc["input_ids"].shape[1] :].tolist()
+    completion_ids = [_cut_at_stop(row, set(stop)) for row in new]
+    completions = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
+    references = [e.reference for e in examples for _ in range(group_size)]
+    rewards = torch.tensor(task.reward(completions, references), dtype=torch.float32)
+    grouped = rewards.view(-1, group_size)
+    adv = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADV_EPS)
+    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    return Rollout(prompt_ids, completion_ids, completions, rewards, adv.reshape(-1))
+
+
+def _cut_at_stop(row: list[int], stop: set[int]) -> list[int]:
+    """Tokens up to and including the first stop token (generate pads after it)."""
+    for i, t in enumerate(row):
+        if t in stop:
+            return row[: i + 1]
+    return row
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return int(pad) if pad is not None else 0
+
+
+# ----------------------------------------------------------------------------- RL loss
+def rl_loss(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    rollout: Rollout,
+    global_samples: int,
+    num_processes: int,
+    device: torch.device,
+    *,
+    temperature: float = 1.0,
+    kl_coef: float = 0.0,
+    base_context=None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Policy-gradient loss with group-normalised advantages and an optional k3 KL term."""
+    rows = [(p, c) for p, c in zip(rollout.prompt_ids, rollout.completion_ids)]
+    ids, attn, comp = right_padded(rows, _pad_id(tokenizer), device)
+    mask = comp[:, 1:].float()
+    n_tokens = mask.sum(1).clamp(min=1.0)
+    logp = token_logprobs(model, ids, attn, temperature)
+    seq_logp = (logp * mask).sum(1) / n_tokens
+    adv = rollout.advantages.to(device)
+    pg_sum = -(adv * seq_logp).sum()
+    loss = pg_sum
+    kl_sum = torch.zeros((), device=device)
+    if kl_coef > 0:
+        with torch.no_grad(), base_context() as base:
+            base_logp = token_logprobs(base, ids, attn, temperature)
+        delta = torch.where(mask.bool(), base_logp - logp, torch.zeros_like(logp))
+        k3 = torch.exp(delta) - delta - 1.0
+        kl_sum = ((k3 * mask).sum(1) / n_tokens).sum()
+        loss = loss + kl_coef * kl_sum
+    scaled = loss * num_processes / global_samples
+    return scaled, {
+        "loss_sum": float(loss.detach()),
+        "kl_sum": float(kl_sum.detach()),
+        "reward_sum": float(rollout.rewards.sum()),
+        "samples": len(rows),
+    }
