@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, TrainingError
-from ..io import atomic_directory, atomic_save_safetensors, atomic_write_json, load_safetensors, read_json
+from ..io import (
+    atomic_directory,
+    atomic_save_safetensors,
+    atomic_write_json,
+    load_safetensors,
+    read_json,
+)
 from .config import TrainConfig
 
 FORMAT = 1

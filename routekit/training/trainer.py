@@ -35,7 +35,13 @@ from ..tasks.base import Task
 from . import objectives
 from .checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .parameterizations import count_parameters, derive_seed, frozen_base, prepare, trainable_parameters
+from .parameterizations import (
+    count_parameters,
+    derive_seed,
+    frozen_base,
+    prepare,
+    trainable_parameters,
+)
 
 
 @dataclass
@@ -122,7 +128,7 @@ def train(
     config = _as_config(config, overrides)
     t0 = time.perf_counter()
     accelerator = Accelerator()
-    n_proc, rank = accelerator.num_processes, accelerator.process_index
+    n_proc = accelerator.num_processes
     if config.batch_size < n_proc:
         raise ConfigError(
             f"batch_size={config.batch_size} is smaller than the {n_proc} processes; every process "
