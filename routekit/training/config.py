@@ -80,6 +80,13 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(
         16, gt=0, description="Prompts per step over all processes (default 16)."
     )
+    micro_batch_size: int = Field(
+        4,
+        gt=0,
+        description="Prompts per forward/backward pass (default 4). The global batch is cut "
+        "into these fixed micro-batches, dealt round-robin to processes, so the result does not "
+        "depend on the number of processes; it also bounds activation memory.",
+    )
     grad_clip: float | None = Field(
         1.0, description="Max global gradient norm; null disables clipping (default 1.0)."
     )

@@ -1,9 +1,8 @@
 """The two objectives: SFT (next-token loss on reference answers) and RL (GRPO-style).
 
-Both return a *local* loss already scaled so that averaging the processes' gradients (what
-DDP / accelerate does) gives exactly the gradient of the global-batch loss, whatever the
-shard sizes: each process divides its sums by global counts, which every process can
-compute alone because it sees the whole global batch of examples.
+Both return the loss of one micro-batch already divided by *global* counts (answer tokens
+or samples in the whole global batch, which every process can compute alone), so the sum of
+all micro-batches' gradients, over every process, is the gradient of the global-batch loss.
 
 SFT loss   = Σ_answer-tokens CE / (number of answer tokens in the global batch)
 RL loss    = -(1/N) Σ_i A_i · (Σ_t log π(y_it) / n_i)          (N = samples in the global batch)
@@ -86,7 +85,6 @@ def sft_loss(
     tokenizer: PreTrainedTokenizerBase,
     local: Sequence[Example],
     global_answer_tokens: int,
-    num_processes: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy on answer tokens only (prompt and pad positions are label -100)."""
@@ -94,7 +92,7 @@ def sft_loss(
     labels = ids.masked_fill(~comp, -100)[:, 1:]
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
-    loss = total * num_processes / global_answer_tokens
+    loss = total / global_answer_tokens
     return loss, {"loss_sum": float(total.detach()), "tokens": int(comp.sum())}
 
 
@@ -136,6 +134,14 @@ class Rollout:
     completions: list[str]
     rewards: torch.Tensor  # (n_prompts * group_size,)
     advantages: torch.Tensor
+
+    def prompts_slice(self, start: int, stop: int, group_size: int) -> Rollout:
+        """The rollout of prompts [start, stop) (each with its group_size samples)."""
+        a, b = start * group_size, stop * group_size
+        return Rollout(
+            self.prompt_ids[a:b], self.completion_ids[a:b], self.completions[a:b],
+            self.rewards[a:b], self.advantages[a:b],
+        )
 
 
 @torch.no_grad()
@@ -211,7 +217,6 @@ def rl_loss(
     tokenizer: PreTrainedTokenizerBase,
     rollout: Rollout,
     global_samples: int,
-    num_processes: int,
     device: torch.device,
     *,
     temperature: float = 1.0,
@@ -236,7 +241,7 @@ def rl_loss(
         k3 = torch.exp(delta) - delta - 1.0
         kl_sum = ((k3 * mask).sum(1) / n_tokens).sum()
         loss = loss + kl_coef * kl_sum
-    scaled = loss * num_processes / global_samples
+    scaled = loss / global_samples
     return scaled, {
         "loss_sum": float(loss.detach()),
         "kl_sum": float(kl_sum.detach()),

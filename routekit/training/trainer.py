@@ -120,20 +120,14 @@ def train(
     The model is prepared for ``config.parameterization`` unless it already is (see
     :func:`~routekit.training.parameterizations.prepare`); the result's ``model`` is the one to
     use afterwards (a ``PeftModel`` for LoRA). Under ``accelerate launch`` each process takes
-    its share of every global batch and gradients are averaged, giving the single-process
-    result. With ``out_dir``, checkpoints go to ``out_dir/checkpoint``; ``resume=True``
+    its share of every global batch's micro-batches and gradients are summed over processes,
+    giving the single-process result. With ``out_dir``, checkpoints go to ``out_dir/checkpoint``; ``resume=True``
     continues from there. NaN/inf in the loss, gradients or parameters raise TrainingError
     naming the step, before anything is written.
     """
     config = _as_config(config, overrides)
     t0 = time.perf_counter()
     accelerator = Accelerator()
-    n_proc = accelerator.num_processes
-    if config.batch_size < n_proc:
-        raise ConfigError(
-            f"batch_size={config.batch_size} is smaller than the {n_proc} processes; every process "
-            "needs at least one prompt per step."
-        )
     model = prepare(model, config)
     model.to(accelerator.device)
     base_context = None
@@ -147,7 +141,8 @@ def train(
     if resume and out_dir is not None and (checkpoint_dir(out_dir) / "state.json").is_file():
         start, history = load_checkpoint(out_dir, params, optimizer, config)
         resumed_from = start
-    ddp_model, optimizer = accelerator.prepare(model, optimizer)
+    # No DDP wrapper: gradients are summed per fixed micro-batch in float64 and all-reduced
+    # by _train_step itself, which is what makes N processes equal one.
     examples = task.examples(config.split)
     order = BatchOrder(len(examples), config.batch_size, config.seed)
     last_ckpt = str(checkpoint_dir(out_dir)) if resumed_from is not None else None
@@ -160,7 +155,7 @@ def train(
     try:
         for step in range(start, config.steps):
             record = _train_step(
-                step, model, ddp_model, optimizer, tokenizer, task, examples, order, config,
+                step, model, optimizer, tokenizer, task, examples, order, config,
                 accelerator, params, base_context, last_ckpt,
             )
             done = step + 1
@@ -209,7 +204,6 @@ def _as_config(config: TrainConfig | dict[str, Any] | None, overrides: dict[str,
 def _train_step(
     step: int,
     model: nn.Module,
-    ddp_model: nn.Module,
     optimizer: torch.optim.Optimizer,
     tokenizer: PreTrainedTokenizerBase,
     task: Task,
@@ -221,40 +215,75 @@ def _train_step(
     base_context: Any,
     last_ckpt: str | None,
 ) -> dict[str, Any]:
-    """One optimiser step on the global batch of ``step``; returns its log record."""
+    """One optimiser step on the global batch of ``step``; returns its log record.
+
+    The global batch is cut into fixed micro-batches of ``micro_batch_size`` prompts, dealt
+    round-robin to the processes. Each micro-batch's gradient is therefore computed on the
+    same rows and shapes whatever the number of processes; the sums are accumulated and
+    all-reduced in float64, so one process and N processes reach the same gradient (to
+    float32 rounding) - which matters because Adam turns absolute noise on near-zero
+    gradient entries into steps of up to lr.
+    """
     n_proc, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     # Dropout and anything else drawing from the global RNG: a function of (seed, step, rank).
     torch.manual_seed(derive_seed(config.seed, "step", step, rank))
     global_idx = order.indices(step)
-    local_idx = global_idx[rank::n_proc]
-    local = [examples[i] for i in local_idx]
+    m = config.micro_batch_size
+    micro = [list(range(k, min(k + m, len(global_idx)))) for k in range(0, len(global_idx), m)]
+    mine = [mb for i, mb in enumerate(micro) if i % n_proc == rank]
+    my_positions = [pos for mb in mine for pos in mb]
+    accum = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
+    # [loss sum, reward sum, kl sum] over this process's micro-batches
+    sums = torch.zeros(3, dtype=torch.float64, device=device)
     optimizer.zero_grad(set_to_none=True)
     model.train()
     if config.objective == "sft":
-        n_tokens = objectives.count_answer_tokens(tokenizer, [examples[i] for i in global_idx])
-        loss, stats = objectives.sft_loss(ddp_model, tokenizer, local, n_tokens, n_proc, device)
-        sums = torch.tensor([stats["loss_sum"], 0.0, 0.0], dtype=torch.float64, device=device)
-        denom = n_tokens
+        denom = objectives.count_answer_tokens(tokenizer, [examples[i] for i in global_idx])
     else:
-        rollout = objectives.sample_rollout(
-            model, tokenizer, task, local, local_idx, step=step, seed=config.seed,
-            group_size=config.group_size, max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature,
-        )
-        loss, stats = objectives.rl_loss(
-            ddp_model, tokenizer, rollout, config.batch_size * config.group_size, n_proc, device,
-            temperature=config.temperature, kl_coef=config.kl_coef, base_context=base_context,
-        )
-        sums = torch.tensor(
-            [stats["loss_sum"], stats["reward_sum"], stats["kl_sum"]], dtype=torch.float64, device=device
-        )
         denom = config.batch_size * config.group_size
-    sums = accelerator.reduce(sums, reduction="sum") if n_proc > 1 else sums
+        rollout = None
+        if my_positions:
+            rollout = objectives.sample_rollout(
+                model, tokenizer, task, [examples[global_idx[q]] for q in my_positions],
+                [global_idx[q] for q in my_positions], step=step, seed=config.seed,
+                group_size=config.group_size, max_new_tokens=config.max_new_tokens,
+                temperature=config.temperature,
+            )
+    offset = 0
+    for mb in mine:
+        if config.objective == "sft":
+            loss, stats = objectives.sft_loss(
+                model, tokenizer, [examples[global_idx[q]] for q in mb], denom, device
+            )
+        else:
+            part = rollout.prompts_slice(offset, offset + len(mb), config.group_size)
+            loss, stats = objectives.rl_loss(
+                model, tokenizer, part, denom, device, temperature=config.temperature,
+                kl_coef=config.kl_coef, base_context=base_context,
+            )
+            sums[1] += stats["reward_sum"]
+            sums[2] += stats["kl_sum"]
+        offset += len(mb)
+        sums[0] += stats["loss_sum"]
+        if not math.isfinite(stats["loss_sum"]):
+            break  # every process learns of it through the reduced sums below
+        accelerator.backward(loss)
+        for name, p in params.items():
+            if p.grad is not None:
+                accum[name] += p.grad.to(torch.float64)
+                p.grad = None
+    if n_proc > 1:
+        flat = accelerator.reduce(torch.cat([sums] + [a.reshape(-1) for a in accum.values()]), "sum")
+        sums, flat = flat[:3], flat[3:]
+        for a in accum.values():
+            a.copy_(flat[: a.numel()].view_as(a))
+            flat = flat[a.numel() :]
     global_loss = float(sums[0]) / denom
     _check_finite(global_loss, "loss", step, last_ckpt)
-    accelerator.backward(loss)
+    for name, p in params.items():
+        p.grad = accum[name].to(p.dtype)
     max_norm = config.grad_clip if config.grad_clip is not None else math.inf
-    grad_norm = float(accelerator.clip_grad_norm_(list(params.values()), max_norm))
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(list(params.values()), max_norm))
     _check_finite(grad_norm, "gradient norm", step, last_ckpt)
     optimizer.step()
     for name, p in params.items():

@@ -1,0 +1,340 @@
+"""The trainer: SFT and RL learn, only trainable numbers move, resume and two processes are exact."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from routekit.errors import ConfigError, TrainingError
+from routekit.io import load_safetensors, read_json
+from routekit.tasks.base import Example, Task
+from routekit.training import TrainConfig, objectives, train, trainable_parameters
+from routekit.training.checkpoint import checkpoint_dir
+from tests.tiny_lm import char_tokenizer, tiny_llama
+
+torch.set_num_threads(1)  # 2 shared cores: threads only fight each other on these tiny models
+# Without OMP_NUM_THREADS, accelerate's multi-CPU setup re-sets the thread count in each
+# forked worker, and its gemms then differ from the parent's in the last bit; Adam turns such
+# noise on near-zero gradient entries into ~1e-6 steps. With it set (read lazily at the first
+# parallel region) the two-process run matches the trainer's own exactness: bit-identical here.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+HAS_SVF = importlib.util.find_spec("routekit.svf") is not None and hasattr(
+    importlib.import_module("routekit.svf") if importlib.util.find_spec("routekit.svf") else None,
+    "get_svf_model",
+)
+WORDS = ["abc", "dog", "cat", "xyz", "ab", "qrs", "mno", "hello", "tree", "sun", "moon", "fig"]
+GOOD_FIRST = "abcdefgh"
+
+
+def rev_task() -> Task:
+    ex = [Example(f"{w} =", w[::-1]) for w in WORDS]
+    return Task("rev", {"train": ex, "test": ex})
+
+
+def first_letter_task() -> Task:
+    """Reward 1 when the completion starts with one of GOOD_FIRST (about 1/6 of the vocabulary)."""
+    ex = [Example(f"{w}:", "a") for w in WORDS]
+    return Task("first", {"train": ex, "test": ex}, checker=lambda c, r: c[:1] in GOOD_FIRST)
+
+
+def params_of(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def reference_sft_loss(model, tok, examples) -> float:
+    """Independent SFT loss: HF's own labels loss, token-weighted over the examples."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for e in examples:
+            p = tok(e.prompt)["input_ids"]
+            a = tok(e.reference, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            ids = torch.tensor([p + a])
+            labels = torch.tensor([[-100] * len(p) + a])
+            out = model(input_ids=ids, labels=labels)
+            total += float(out.loss) * len(a)
+            count += len(a)
+    return total / count
+
+
+# --------------------------------------------------------------------------- objectives
+def test_sft_loss_equals_hf_labels_loss():
+    model, tok = tiny_llama(), char_tokenizer()
+    ex = rev_task().examples("train")[:5]
+    n = objectives.count_answer_tokens(tok, ex)
+    loss, _ = objectives.sft_loss(model, tok, ex, n, torch.device("cpu"))
+    assert float(loss.detach()) == pytest.approx(reference_sft_loss(model, tok, ex), rel=1e-5)
+
+
+def test_seeded_sampling_is_independent_of_batch_composition():
+    model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
+    ex = task.examples("train")
+    kw = dict(step=3, seed=7, group_size=4, max_new_tokens=6, temperature=1.0)
+    together = objectives.sample_rollout(model, tok, task, ex[:4], [0, 1, 2, 3], **kw)
+    apart = [objectives.sample_rollout(model, tok, task, ex[i : i + 1], [i], **kw) for i in range(4)]
+    assert together.completion_ids == [c for r in apart for c in r.completion_ids]
+    again = objectives.sample_rollout(model, tok, task, ex[:4], [0, 1, 2, 3], **{**kw, "step": 4})
+    assert again.completion_ids != together.completion_ids  # fresh samples every step
+
+
+def test_group_normalised_advantages():
+    model, tok = tiny_llama(), char_tokenizer()
+    task = first_letter_task()
+    r = objectives.sample_rollout(
+        model, tok, task, task.examples("train")[:3], [0, 1, 2],
+        step=0, seed=0, group_size=8, max_new_tokens=2, temperature=3.0,
+    )
+    g = r.rewards.view(3, 8)
+    expected = (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)
+    assert torch.equal(r.advantages, expected.reshape(-1))
+    assert r.rewards.tolist() == [1.0 if c[:1] in GOOD_FIRST else 0.0 for c in r.completions]
+
+
+# --------------------------------------------------------------------------- learning
+def test_sft_lowers_the_loss():
+    model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
+    before = reference_sft_loss(model, tok, task.examples("train"))
+    res = train(model, tok, task, objective="sft", parameterization="full", steps=25,
+                batch_size=6, lr=1e-2, progress=False)
+    after = reference_sft_loss(res.model, tok, task.examples("train"))
+    assert after < 0.5 * before, (before, after)
+    assert res.history[-1]["loss"] < res.history[0]["loss"]
+
+
+def _good_first_mass(model, tok, task) -> float:
+    """Probability that the first completion token is one of GOOD_FIRST, averaged over prompts."""
+    good = [tok.convert_tokens_to_ids(c) for c in GOOD_FIRST]
+    with torch.no_grad():
+        total = 0.0
+        for e in task.examples("train"):
+            ids = torch.tensor([tok(e.prompt)["input_ids"]])
+            probs = F.softmax(model(input_ids=ids).logits[0, -1].float(), -1)
+            total += float(probs[good].sum())
+    return total / len(task.examples("train"))
+
+
+def test_rl_increases_reward():
+    model, tok, task = tiny_llama(), char_tokenizer(), first_letter_task()
+    before = _good_first_mass(model, tok, task)
+    res = train(model, tok, task, objective="rl", parameterization="full", steps=15,
+                batch_size=4, group_size=8, max_new_tokens=2, lr=1e-2, progress=False)
+    after = _good_first_mass(res.model, tok, task)
+    assert after > before + 0.3, (before, after)
+    rewards = [r["reward"] for r in res.history]
+    assert sum(rewards[-3:]) > sum(rewards[:3])
+
+
+def test_rl_kl_penalty_is_zero_at_the_base_and_positive_after_moving():
+    model, tok, task = tiny_llama(), char_tokenizer(), first_letter_task()
+    res = train(model, tok, task, objective="rl", parameterization="lora", steps=4, batch_size=4,
+                group_size=4, max_new_tokens=3, lr=5e-2, kl_coef=0.1, progress=False)
+    # LoRA's B starts at 0, so step 1 samples from the base itself: k3 is exactly 0 there.
+    assert res.history[0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert res.history[-1]["kl"] > 0
+
+
+# --------------------------------------------------------------------------- what moves
+@pytest.mark.parametrize("kind", ["lora", "mask"] + (["svf"] if HAS_SVF else []))
+def test_only_trainable_parameters_change(kind):
+    model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
+    base = params_of(model)
+    res = train(model, tok, task, objective="sft", parameterization=kind, steps=3, batch_size=4,
+                lr=1e-2, mask=0.3 if kind == "mask" else None, progress=False)
+    after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
+             for n, p in res.model.named_parameters()}
+    trainable = {n.replace("base_model.model.", "").replace(".base_layer", "")
+                 for n in trainable_parameters(res.model)}
+    changed_trainable = 0
+    for name, p in after.items():
+        if name in base and name not in trainable:
+            assert torch.equal(p, base[name]), f"frozen {name} changed"
+        elif name in trainable and (name not in base or not torch.equal(p, base[name])):
+            changed_trainable += 1
+    assert changed_trainable > 0
+    if kind == "mask":
+        masks = res.model._routekit_masks
+        for name, p in res.model.named_parameters():
+            moved = p.detach() != base[name]
+            assert not (moved & ~masks[name]).any(), f"{name} moved outside its mask"
+        assert sum(int((p.detach() != base[n]).sum()) for n, p in res.model.named_parameters()) > 0
+
+
+def test_bf16_storage_keeps_trainable_numbers_in_bfloat16():
+    model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
+    res = train(model, tok, task, parameterization="lora", bf16_storage=True, steps=1,
+                batch_size=2, progress=False)
+    assert {p.dtype for p in trainable_parameters(res.model).values()} == {torch.bfloat16}
+    res = train(tiny_llama(), tok, task, parameterization="lora", steps=1, batch_size=2, progress=False)
+    assert {p.dtype for p in trainable_parameters(res.model).values()} == {torch.float32}
+
+
+# --------------------------------------------------------------------------- resume, NaN
+class _Killed(Exception):
+    pass
+
+
+def _fail_on_call(monkeypatch, name: str, call: int, action: str):
+    """Make objectives.<name> die (or return NaN) on its ``call``-th call."""
+    real = getattr(objectives, name)
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            if action == "kill":
+                raise _Killed()
+            loss, stats = real(*args, **kwargs)
+            return loss * float("nan"), {**stats, "loss_sum": float("nan")}
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objectives, name, wrapped)
+
+
+@pytest.mark.parametrize("objective", ["sft", "rl"])
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, objective):
+    tok = char_tokenizer()
+    task = rev_task() if objective == "sft" else first_letter_task()
+    cfg = dict(objective=objective, parameterization="lora", steps=6, batch_size=4, group_size=4,
+               max_new_tokens=3, lr=2e-2, checkpoint_every=1, kl_coef=0.05 if objective == "rl" else 0)
+    full = train(tiny_llama(), tok, task, cfg, out_dir=tmp_path / "a", progress=False)
+
+    loss_fn = "sft_loss" if objective == "sft" else "rl_loss"
+    with monkeypatch.context() as m:
+        _fail_on_call(m, loss_fn, call=4, action="kill")
+        with pytest.raises(_Killed):
+            train(tiny_llama(), tok, task, cfg, out_dir=tmp_path / "b", progress=False)
+    assert read_json(checkpoint_dir(tmp_path / "b") / "state.json")["step"] == 3
+    resumed = train(tiny_llama(), tok, task, cfg, out_dir=tmp_path / "b", resume=True, progress=False)
+    assert resumed.resumed_from == 3
+    a, b = trainable_parameters(full.model), trainable_parameters(resumed.model)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in full.history]
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    tok, task = char_tokenizer(), rev_task()
+    train(tiny_llama(), tok, task, parameterization="full", steps=1, batch_size=2,
+          out_dir=tmp_path, progress=False)
+    with pytest.raises(TrainingError, match=r"lr: 0.001 -> 0.5"):
+        train(tiny_llama(), tok, task, parameterization="full", steps=2, batch_size=2, lr=0.5,
+              out_dir=tmp_path, resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_the_last_checkpoint_intact(tmp_path, monkeypatch):
+    tok, task = char_tokenizer(), rev_task()
+    cfg = dict(parameterization="full", steps=5, batch_size=4, lr=1e-2, checkpoint_every=1)
+    clean = train(tiny_llama(), tok, task, {**cfg, "steps": 2}, progress=False)
+    _fail_on_call(monkeypatch, "sft_loss", call=3, action="nan")
+    with pytest.raises(TrainingError, match=r"step 3: loss is nan.*checkpoint.*intact"):
+        train(tiny_llama(), tok, task, cfg, out_dir=tmp_path, progress=False)
+    ckpt = checkpoint_dir(tmp_path)
+    assert read_json(ckpt / "state.json")["step"] == 2
+    saved = load_safetensors(ckpt / "trainable.safetensors")
+    for name, p in trainable_parameters(clean.model).items():
+        assert torch.equal(saved[name], p.detach()), name
+
+
+def test_nan_in_parameters_is_a_training_error():
+    tok, task = char_tokenizer(), rev_task()
+    model = tiny_llama()
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight[0, 0] = float("inf")
+    with pytest.raises(TrainingError, match=r"step 1: "):
+        train(model, tok, task, parameterization="full", steps=2, batch_size=2, progress=False)
+
+
+# --------------------------------------------------------------------------- two processes
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_process_worker(out_dir: str, cfg: dict) -> None:
+    from accelerate.state import AcceleratorState
+
+    torch.set_num_threads(1)
+    AcceleratorState._reset_state(reset_partial_state=True)  # forked from a 1-process parent
+    task = rev_task() if cfg["objective"] == "sft" else first_letter_task()
+    train(tiny_llama(), char_tokenizer(), task, cfg, out_dir=out_dir, progress=False)
+
+
+@pytest.mark.parametrize("objective", ["rl", "sft"])
+def test_two_processes_equal_one(tmp_path, monkeypatch, objective):
+    import accelerate.launchers as launchers
+    from accelerate.state import AcceleratorState
+
+    real_patch = launchers.patch_environment
+    port = str(_free_port())  # debug_launcher pins 29500; other test runs may hold it
+    monkeypatch.setattr(
+        launchers, "patch_environment", lambda **kw: real_patch(**{**kw, "master_port": port})
+    )
+    cfg = dict(objective=objective, parameterization="lora", steps=3, batch_size=8, group_size=4,
+               micro_batch_size=3, max_new_tokens=4, lr=2e-2, checkpoint_every=0)
+    launchers.debug_launcher(_two_process_worker, args=(str(tmp_path / "two"), cfg), num_processes=2)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    task = rev_task() if objective == "sft" else first_letter_task()
+    one = train(tiny_llama(), char_tokenizer(), task, cfg, out_dir=tmp_path / "one", progress=False)
+    two = load_safetensors(checkpoint_dir(tmp_path / "two") / "trainable.safetensors")
+    hist_two = read_json(checkpoint_dir(tmp_path / "two") / "state.json")["history"]
+    for name, p in trainable_parameters(one.model).items():
+        torch.testing.assert_close(two[name], p.detach(), rtol=1e-6, atol=1e-6)
+    for r1, r2 in zip(one.history, hist_two):
+        assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-5, abs=1e-6)
+        assert r1.get("reward") == r2.get("reward")
+
+
+# --------------------------------------------------------------------------- configs
+CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("recipes/configs/**/*.yaml"))
+
+
+def test_configs_are_shipped():
+    names = {p.relative_to(p.parents[1]).as_posix() for p in CONFIGS}
+    for task in ("add", "rev", "hop"):
+        for method in ("svf_rl", "svf_sft", "proxy_sft", "proxy_rl"):
+            assert f"world/{task}_{method}.yaml" in names
+    assert "qwen2.5-0.5b/gsm8k_svf_rl.yaml" in names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates_and_names_its_launch_line(path):
+    cfg = TrainConfig.from_yaml(path)
+    text = path.read_text()
+    rel = path.relative_to(path.parents[2]).as_posix()
+    assert f"routekit train {rel}" in text
+    assert f"accelerate launch -m routekit.cli train {rel}" in text
+    assert cfg.task is not None
+    for line in text.splitlines():  # every key carries a comment
+        if line and not line.startswith("#") and ":" in line and not line.startswith(" "):
+            assert "#" in line, f"{path.name}: key without a comment: {line!r}"
+
+
+def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("objective: rl\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'learning_rate'"):
+        TrainConfig.from_yaml(bad)
+    bad.write_text("steps: many\n")
+    with pytest.raises(ConfigError, match=r"key 'steps'.*'many'"):
+        TrainConfig.from_yaml(bad)
+    bad.write_text("lora:\n  rank: 4\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'lora.rank'"):
+        TrainConfig.from_yaml(bad)
+    with pytest.raises(ConfigError, match=r"parameterization"):
+        TrainConfig.from_dict({"parameterization": "dora"})
+    with pytest.raises(ConfigError, match=r"weight_decay"):
+        TrainConfig.from_dict({"parameterization": "mask", "mask": 0.1, "weight_decay": 0.01})
+
+
+def test_train_keyword_overrides_are_validated():
+    with pytest.raises(ConfigError, match=r"unknown key 'lrate'"):
+        train(tiny_llama(), char_tokenizer(), rev_task(), lrate=1.0, progress=False)
