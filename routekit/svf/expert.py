@@ -39,7 +39,7 @@ class _ExpertFileConfig(BaseModel):
     name: str
     target_modules: str | list[str]
     base_fingerprint: str
-    layers: dict[str, int]
+    layers: list[tuple[str, int]]  # (module name, rank) in model order
     training_config: dict[str, Any] = {}
     metrics: dict[str, Any] = {}
 
@@ -103,7 +103,7 @@ class SVFExpert:
         return _ExpertFileConfig(
             format=FORMAT, version=1, name=self.name, target_modules=self.target_modules,
             base_fingerprint=self.base_fingerprint,
-            layers={k: int(v.shape[0]) for k, v in self.z.items()},
+            layers=[(k, int(v.shape[0])) for k, v in self.z.items()],
             training_config=self.training_config, metrics=self.metrics,
         ).model_dump()
 
@@ -141,7 +141,7 @@ class SVFExpert:
             raise ExpertFileError(f"{str(directory)!r} holds format {cfg.format!r}, not {FORMAT!r}.")
         tensors = load_safetensors(directory / WEIGHTS_NAME, what="expert weights")
         z = {}
-        for layer, rank in cfg.layers.items():
+        for layer, rank in cfg.layers:
             t = tensors.pop(layer + _Z_SUFFIX, None)
             if t is None:
                 raise ExpertFileError(
