@@ -359,3 +359,27 @@ def test_save_refuses_a_foreign_directory(tmp_path, cfg):
     with pytest.raises(ExpertFileError, match="notes.txt"):
         export_expert(model, "e").save_pretrained(tmp_path / "d")
     assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+
+
+def test_fused_siblings_equal_separate_layers_in_values_and_gradients(cfg):
+    from routekit.svf.fusion import remove_fusion
+
+    fused = get_svf_model(tiny("qwen2"), cfg(target_modules="all-linear"))
+    plain = get_svf_model(tiny("qwen2"), cfg(target_modules="all-linear"))
+    remove_fusion(plain)
+    groups = {id(m._fusion) for m in svf_layers(fused).values() if m._fusion is not None}
+    assert len(groups) == 4  # (gate, up) and (q, k, v) in each of 2 blocks
+    assert all(m._fusion is None for m in svf_layers(plain).values())
+    expert = random_expert(fused, "e", 8)
+    set_expert(fused, expert), set_expert(plain, expert)
+    x = ids()
+    fused(x, labels=x).loss.backward()
+    plain(x, labels=x).loss.backward()
+    for (n, a), (_, b) in zip(fused.named_parameters(), plain.named_parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4, msg=n)
+    # Per-row z on one member of a group only (its siblings keep the shared z).
+    gate = "model.layers.0.mlp.gate_proj"
+    z = {gate: torch.rand(3, svf_layers(fused)[gate].rank) + 0.5}
+    with use_row_z(fused, z), use_row_z(plain, z):
+        torch.testing.assert_close(logits(fused, x), logits(plain, x), atol=1e-5, rtol=0)

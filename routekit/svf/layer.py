@@ -36,6 +36,7 @@ class SVFLinear(nn.Module):
         self.svf_z = nn.Parameter(torch.full_like(self.svf_S, float(z_init)))
         self._row_sz: torch.Tensor | None = None  # (batch, r): S ⊙ z per row
         self._kept_weight: torch.Tensor | None = None  # original weight while merged
+        self._fusion = None  # a FusedGroup when siblings share this layer's input
 
     @property
     def rank(self) -> int:
@@ -78,9 +79,12 @@ class SVFLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged:
             return self.base_layer(x)
+        if self._fusion is not None:
+            return self._fusion.forward(self, x)
         dtype = self.svf_Vh.dtype
         h = F.linear(x.to(dtype), self.svf_Vh)
-        h = h * self._scale(x)
+        # In place when nothing needs h for a backward pass: saves one (tokens, r) buffer.
+        h = h.mul_(self._scale(x)) if not torch.is_grad_enabled() else h * self._scale(x)
         bias = self.base_layer.bias
         y = F.linear(h, self.svf_U, None if bias is None else bias.to(dtype))
         return y.to(x.dtype)
@@ -101,6 +105,8 @@ class SVFLinear(nn.Module):
         if self._kept_weight is None:
             self._kept_weight = weight.detach().clone()
         weight.copy_(self.adapted_weight().to(weight.dtype))
+        # Merged, this layer *is* its base layer: skip a module call per token (decode speed).
+        self.forward = self.base_layer.forward
 
     @torch.no_grad()
     def unmerge(self) -> None:
@@ -109,3 +115,4 @@ class SVFLinear(nn.Module):
             return
         self.base_layer.weight.copy_(self._kept_weight)
         self._kept_weight = None
+        self.__dict__.pop("forward", None)
