@@ -383,3 +383,21 @@ def test_fused_siblings_equal_separate_layers_in_values_and_gradients(cfg):
     z = {gate: torch.rand(3, svf_layers(fused)[gate].rank) + 0.5}
     with use_row_z(fused, z), use_row_z(plain, z):
         torch.testing.assert_close(logits(fused, x), logits(plain, x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_disable_svf_computes_the_base_merged_or_not(arch, cfg):
+    from routekit.svf import disable_svf
+
+    model = tiny(arch)
+    x = ids()
+    ref = logits(model, x)
+    get_svf_model(model, cfg(target_modules="all-linear"))
+    set_expert(model, random_expert(model, "e", 9))
+    adapted = logits(model, x)
+    with disable_svf(model):
+        torch.testing.assert_close(logits(model, x), ref, atol=1e-5, rtol=0)
+    merge(model)
+    with disable_svf(model):
+        torch.testing.assert_close(logits(model, x), ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(logits(model, x), adapted, atol=1e-5, rtol=0)

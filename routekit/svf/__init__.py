@@ -12,6 +12,7 @@ from .layer import SVFLinear
 from .model import (
     RowMixture,
     clear_row_z,
+    disable_svf,
     export_expert,
     get_svf_model,
     merge,
@@ -41,6 +42,7 @@ __all__ = [
     "unmerge",
     "set_row_z",
     "clear_row_z",
+    "disable_svf",
     "use_row_z",
     "row_z_from_mixture",
     "set_row_mixture",

@@ -37,6 +37,7 @@ class SVFLinear(nn.Module):
         self._row_sz: torch.Tensor | None = None  # (batch, r): S ⊙ z per row
         self._kept_weight: torch.Tensor | None = None  # original weight while merged
         self._fusion = None  # a FusedGroup when siblings share this layer's input
+        self.svf_disabled = False  # True: compute the base layer (e.g. a KL reference pass)
 
     @property
     def rank(self) -> int:
@@ -77,6 +78,8 @@ class SVFLinear(nn.Module):
         return sz.view(sz.shape[0], *([1] * (x.dim() - 2)), sz.shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.svf_disabled:
+            return self._base_forward(x)
         if self.merged:
             return self.base_layer(x)
         if self._fusion is not None:
@@ -88,6 +91,16 @@ class SVFLinear(nn.Module):
         bias = self.base_layer.bias
         y = F.linear(h, self.svf_U, None if bias is None else bias.to(dtype))
         return y.to(x.dtype)
+
+    def _base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # While merged the base weight holds W', so the base is recomputed from the kept copy.
+        if not self.merged:
+            return self.base_layer(x)
+        w = self._kept_weight
+        if self.is_conv1d:
+            return torch.addmm(self.base_layer.bias, x.reshape(-1, x.shape[-1]), w).view(
+                *x.shape[:-1], w.shape[1])
+        return F.linear(x, w, self.base_layer.bias)
 
     # ----- merge / unmerge -------------------------------------------------------------
     def adapted_weight(self, z: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,8 +118,9 @@ class SVFLinear(nn.Module):
         if self._kept_weight is None:
             self._kept_weight = weight.detach().clone()
         weight.copy_(self.adapted_weight().to(weight.dtype))
-        # Merged, this layer *is* its base layer: skip a module call per token (decode speed).
-        self.forward = self.base_layer.forward
+        if not self.svf_disabled:
+            # Merged, this layer *is* its base layer: skip a module call per token (decode speed).
+            self.forward = self.base_layer.forward
 
     @torch.no_grad()
     def unmerge(self) -> None:

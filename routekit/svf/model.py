@@ -223,6 +223,23 @@ def set_row_mixture(
 
 
 @contextlib.contextmanager
+def disable_svf(model: nn.Module) -> Iterator[nn.Module]:
+    """``with disable_svf(model):`` the model computes its base (merged or not), as PEFT's
+    ``disable_adapter()``; used for reference passes such as an RL KL penalty."""
+    layers = _require_svf(model)
+    for layer in layers.values():
+        layer.svf_disabled = True
+        layer.__dict__.pop("forward", None)
+    try:
+        yield model
+    finally:
+        for layer in layers.values():
+            layer.svf_disabled = False
+            if layer.merged:
+                layer.forward = layer.base_layer.forward
+
+
+@contextlib.contextmanager
 def use_row_z(model: nn.Module, z: Mapping[str, torch.Tensor]) -> Iterator[nn.Module]:
     """``with use_row_z(model, {layer: (batch, r)}):`` per-row z inside, cleared on exit."""
     set_row_z(model, z)
