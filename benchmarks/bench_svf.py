@@ -133,6 +133,22 @@ def bench_mixed(base, svf, experts, batch, seq, rounds) -> dict:
             "ratio": r["ratio"], "ratio_of_medians": r["ratio_of_medians"], "rounds": rounds}
 
 
+def linear_flop_ratio(svf) -> float:
+    """Multiply-adds per token of all linear layers, factored over merged: the floor a
+    factored forward cannot beat, since exact per-row z needs x Vhᵀ and then Uᵀ."""
+    merged = factored = 0
+    for name, m in svf.named_modules():
+        if isinstance(m, torch.nn.Linear) and ".base_layer" not in name:
+            merged += m.in_features * m.out_features
+            factored += m.in_features * m.out_features
+    for m in svf_layers(svf).values():
+        out_f, r = m.svf_U.shape
+        in_f = m.svf_Vh.shape[1]
+        merged += in_f * out_f
+        factored += r * (in_f + out_f)
+    return factored / merged
+
+
 def bench_step(base, svf, batch, seq, rounds) -> dict:
     lora = get_peft_model(
         copy.deepcopy(base),
@@ -181,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "svf_vs_lora_step": round(step["ratio"], 4),
         "svf_trainable_params": step["svf_trainable_params"],
         "lora_trainable_params": step["lora_trainable_params"],
+        "mixed_linear_flop_ratio": round(linear_flop_ratio(svf), 4),
         "params_ratio": round(step["lora_trainable_params"] / step["svf_trainable_params"], 1),
         "model": source,
         "target_modules": "mlp",
