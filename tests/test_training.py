@@ -26,10 +26,7 @@ torch.set_num_threads(1)  # 2 shared cores: threads only fight each other on the
 # parallel region) the two-process run matches the trainer's own exactness: bit-identical here.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-HAS_SVF = importlib.util.find_spec("routekit.svf") is not None and hasattr(
-    importlib.import_module("routekit.svf") if importlib.util.find_spec("routekit.svf") else None,
-    "get_svf_model",
-)
+HAS_SVF = importlib.util.find_spec("routekit.svf") is not None
 WORDS = ["abc", "dog", "cat", "xyz", "ab", "qrs", "mno", "hello", "tree", "sun", "moon", "fig"]
 GOOD_FIRST = "abcdefgh"
 
@@ -131,22 +128,25 @@ def test_rl_increases_reward():
     assert sum(rewards[-3:]) > sum(rewards[:3])
 
 
-def test_rl_kl_penalty_is_zero_at_the_base_and_positive_after_moving():
+@pytest.mark.parametrize("kind", ["lora", "full"] + (["svf"] if HAS_SVF else []))
+def test_rl_kl_penalty_is_zero_at_the_base_and_positive_after_moving(kind, tmp_path):
     model, tok, task = tiny_llama(), char_tokenizer(), first_letter_task()
-    res = train(model, tok, task, objective="rl", parameterization="lora", steps=4, batch_size=4,
-                group_size=4, max_new_tokens=3, lr=5e-2, kl_coef=0.1, progress=False)
-    # LoRA's B starts at 0, so step 1 samples from the base itself: k3 is exactly 0 there.
+    res = train(model, tok, task, objective="rl", parameterization=kind, steps=4, batch_size=4,
+                group_size=4, max_new_tokens=3, lr=5e-2, kl_coef=0.1,
+                svf={"cache_dir": str(tmp_path)}, progress=False)
+    # Step 1 samples from the base itself (LoRA B = 0, z = 1, the copy of full): k3 is 0 there.
     assert res.history[0]["kl"] == pytest.approx(0.0, abs=1e-7)
     assert res.history[-1]["kl"] > 0
 
 
 # --------------------------------------------------------------------------- what moves
 @pytest.mark.parametrize("kind", ["lora", "mask"] + (["svf"] if HAS_SVF else []))
-def test_only_trainable_parameters_change(kind):
+def test_only_trainable_parameters_change(kind, tmp_path):
     model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
     base = params_of(model)
     res = train(model, tok, task, objective="sft", parameterization=kind, steps=3, batch_size=4,
-                lr=1e-2, mask=0.3 if kind == "mask" else None, progress=False)
+                lr=1e-2, mask=0.3 if kind == "mask" else None, svf={"cache_dir": str(tmp_path)},
+                progress=False)
     after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
              for n, p in res.model.named_parameters()}
     trainable = {n.replace("base_model.model.", "").replace(".base_layer", "")

@@ -156,12 +156,14 @@ def _set_storage_dtype(model: nn.Module, kind: str, dtype: torch.dtype) -> None:
 def frozen_base(model: nn.Module, config: TrainConfig) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of contexts that yield a module computing the untrained base's logits.
 
-    SVF: the same model with every z set to 1 (W' = W) for the duration; LoRA: PEFT's
+    SVF: the same model computing its base (``routekit.svf.disable_svf``); LoRA: PEFT's
     ``disable_adapter()``; full/mask: a frozen deep copy made now (call before training).
     """
     kind = config.parameterization
     if kind == "svf":
-        return lambda: _svf_disabled(model)
+        from ..svf import disable_svf
+
+        return lambda: disable_svf(model)
     if kind == "lora":
 
         @contextlib.contextmanager
@@ -174,18 +176,3 @@ def frozen_base(model: nn.Module, config: TrainConfig) -> Callable[[], contextli
     frozen.requires_grad_(False)
     frozen.eval()
     return lambda: contextlib.nullcontext(frozen)
-
-
-@contextlib.contextmanager
-def _svf_disabled(model: nn.Module) -> Iterator[nn.Module]:
-    zs = [p for n, p in model.named_parameters() if "svf_z" in n]
-    saved = [z.detach().clone() for z in zs]
-    try:
-        with torch.no_grad():
-            for z in zs:
-                z.fill_(1.0)
-        yield model
-    finally:
-        with torch.no_grad():
-            for z, s in zip(zs, saved):
-                z.copy_(s)
