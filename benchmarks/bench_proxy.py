@@ -74,11 +74,18 @@ def perturbed_copy(model: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
     return tuned
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 @torch.inference_mode()
 def timed_generate(model, ids, mask, gen_cfg, procs=()) -> float:
+    _sync(ids.device)
     t0 = time.perf_counter()
     out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
                          logits_processor=LogitsProcessorList(list(procs)))
+    _sync(ids.device)
     dt = time.perf_counter() - t0
     assert out.shape[1] == ids.shape[1] + gen_cfg.max_new_tokens, "generation stopped early"
     return dt
@@ -87,6 +94,7 @@ def timed_generate(model, ids, mask, gen_cfg, procs=()) -> float:
 @torch.inference_mode()
 def timed_uncached(base, tuned, untuned, ids, mask, new_tokens: int, alpha: float = 1.0) -> float:
     """DExperts' way: every step re-runs the whole sequence through all three models."""
+    _sync(ids.device)
     t0 = time.perf_counter()
     for _ in range(new_tokens):
         pos = (mask.cumsum(1) - 1).clamp(min=0)
@@ -96,6 +104,7 @@ def timed_uncached(base, tuned, untuned, ids, mask, new_tokens: int, alpha: floa
         nxt = (lp[0] + alpha * (lp[1] - lp[2])).argmax(-1, keepdim=True)
         ids = torch.cat([ids, nxt], dim=1)
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+    _sync(ids.device)
     return time.perf_counter() - t0
 
 
@@ -110,16 +119,19 @@ def main() -> None:
     ap.add_argument("--uncached-reps", type=int, default=3, help="repetitions of the slow loop")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: tiny models gain nothing from more on a shared CPU)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (timings are synchronised)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
     base, untuned, source = load_models(args.models)
     tuned = perturbed_copy(untuned)
+    device = torch.device(args.device)
+    base, tuned, untuned = (m.to(device) for m in (base, tuned, untuned))
     expert = ProxyExpert(tuned, untuned, "bench")
     vocab = base.config.vocab_size
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(4, vocab, (args.batch, args.prompt_len), generator=g)
+    ids = torch.randint(4, vocab, (args.batch, args.prompt_len), generator=g).to(device)
     mask = torch.ones_like(ids)
     # No stop token: every run generates exactly --new-tokens tokens.
     gen_cfg = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, use_cache=True,
@@ -156,7 +168,7 @@ def main() -> None:
             "proxy_params": sum(p.numel() for p in untuned.parameters()),
             "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens,
             "reps": args.reps, "uncached_reps": args.uncached_reps, "threads": args.threads,
-            "torch": torch.__version__,
+            "device": str(device), "torch": torch.__version__,
         },
     }
     atomic_write_json(args.out, result)

@@ -370,6 +370,7 @@ class ProxyLogitsProcessor(LogitsProcessor):
         self._length = 0  # longest row's token count fed so far (for the context check)
         self._active: list[int] = []  # models whose coefficient is not zero for some row
         self._coef: list[torch.Tensor] = []  # per active model: (batch, 1) weights
+        self._devices: list[torch.device] = []
 
     # -- state --------------------------------------------------------------------------
     def _continues(self, input_ids: torch.Tensor) -> bool:
@@ -408,7 +409,7 @@ class ProxyLogitsProcessor(LogitsProcessor):
     def _run(self, m: int, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         model = self.models[m]
         cache_kw, extra = self._call_kwargs[m]
-        dev = model.device
+        dev = self._devices[m]
         out = model(
             input_ids=ids.to(dev),
             attention_mask=mask.to(dev),
@@ -431,6 +432,7 @@ class ProxyLogitsProcessor(LogitsProcessor):
         self._length = int(mask.sum(1).max()) if self._active else 0
         self._check_length()
         self._caches = [_new_cache(m) if i in self._active else None for i, m in enumerate(self.models)]
+        self._devices = [m.device for m in self.models]  # looked up once, not every step
         return [self._run(m, input_ids, mask, pos) for m in self._active]
 
     def _step(self, new: torch.Tensor) -> list[torch.Tensor]:
@@ -459,7 +461,8 @@ class ProxyLogitsProcessor(LogitsProcessor):
                     "base_vocab_size=len(tokenizer) if the base's extra rows are padding, or use a "
                     "proxy with the base's vocabulary."
                 )
-            out.addcmul_(c, F.log_softmax(lg[:, :vocab].float(), dim=-1))
+            lp = F.log_softmax(lg[:, :vocab].float(), dim=-1)
+            out.addcmul_(c, lp.to(out.device))  # a no-op move when the proxy shares the device
         if vocab < width:
             out = torch.cat([out, out.new_full((out.shape[0], width - vocab), -math.inf)], dim=1)
         return out

@@ -249,6 +249,40 @@ def test_extra_tail_tokens_are_allowed_and_sliced(world):
         torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
 
 
+def test_beam_search_equals_rerunning_from_scratch(world):
+    """Beams reorder rows; the processor then restarts its caches from the full sequences."""
+    base, tok = world["base"], world["tok"]
+
+    class FromScratch(ProxyLogitsProcessor):
+        def __call__(self, input_ids, scores):
+            self.reset()
+            return super().__call__(input_ids, scores)
+
+    outs = []
+    for cls in (ProxyLogitsProcessor, FromScratch):
+        proc = cls(world["e1"], alpha=1.0, tokenizer=tok)
+        outs.append(run(base, tok, PROMPTS, [proc], num_beams=3)[1].sequences)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_base_with_padded_vocabulary(world):
+    """A base whose logits are wider than the tokenizer (padded embeddings) and a proxy that is not."""
+    tok, e1 = world["tok"], world["e1"]
+    wide = llama(len(tok) + 5, 32, 2, seed=0)
+    with pytest.raises(ConfigError, match=f"scores {len(tok)} tokens but the base scores {len(tok) + 5}"):
+        run(wide, tok, PROMPTS, [ProxyLogitsProcessor(e1, tokenizer=tok)])
+    proc = ProxyLogitsProcessor(e1, tokenizer=tok, base_vocab_size=len(tok))
+    enc, out = run(wide, tok, PROMPTS, [proc], max_new_tokens=4)
+    for t, got in enumerate(out.scores):
+        assert torch.isinf(got[:, len(tok):]).all()  # padding ids are never produced
+        ref = reference_scores(wide, [e1], torch.tensor([1.0]),
+                               out.sequences[:, : enc["input_ids"].shape[1] + t],
+                               enc["attention_mask"], len(tok))
+        torch.testing.assert_close(got[:, : len(tok)], ref, atol=1e-5, rtol=0)
+    # proxy_generate slices to the tokenizer by itself.
+    assert len(proxy_generate(wide, tok, e1, PROMPTS, max_new_tokens=4)) == len(PROMPTS)
+
+
 # -- bad input ----------------------------------------------------------------------------
 def test_different_tokenizer_is_refused_naming_token_and_ids(world):
     base, tok = world["base"], world["tok"]
@@ -281,6 +315,9 @@ def test_bad_alpha_is_refused(world, alpha, match):
 def test_alpha_rows_must_match_prompts(world):
     with pytest.raises(ConfigError, match="3 rows but there are 4 prompts"):
         proxy_generate(world["base"], world["tok"], world["e1"], PROMPTS, alpha=[[1.0]] * 3)
+    proc = ProxyLogitsProcessor(world["e1"], alpha=[[1.0]] * 3)
+    with pytest.raises(ConfigError, match="alpha has 3 rows but generate runs a batch of 4"):
+        run(world["base"], world["tok"], PROMPTS, [proc])
 
 
 def test_untuned_of_another_architecture_is_refused(world):
