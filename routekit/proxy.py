@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -45,6 +46,22 @@ EXPERT_CONFIG = "expert_config.json"
 FORMAT_VERSION = 1
 
 AlphaLike = float | Sequence[float] | Sequence[Sequence[float]] | torch.Tensor
+
+
+class ProxyExpertConfig(BaseModel):
+    """What ``expert_config.json`` of a saved proxy expert records."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the expert's name")
+    kind: str = Field("proxy", description="always 'proxy' (SVF experts say 'svf')")
+    format_version: int = Field(FORMAT_VERSION, description="layout version of the directory")
+    model_type: str = Field(description="config.model_type of the proxy models")
+    vocab_size: int = Field(description="tokens in the proxy tokenizer")
+    base_tokenizer_fingerprint: str = Field(description="fingerprint of the base's tokenizer")
+    tokenizer_fingerprint: str = Field(description="fingerprint of the proxy's own tokenizer")
+    tuned_fingerprint: str = Field(description="routekit.io.model_fingerprint of tuned/")
+    untuned_fingerprint: str = Field(description="routekit.io.model_fingerprint of untuned/")
 
 
 def check_vocab_compatible(
@@ -179,20 +196,16 @@ class ProxyExpert:
             for role, m in (("tuned", self.tuned), ("untuned", self.untuned)):
                 m.save_pretrained(tmp / role, safe_serialization=True)
                 tok.save_pretrained(tmp / role)
-            atomic_write_json(
-                tmp / EXPERT_CONFIG,
-                {
-                    "name": self.name,
-                    "kind": self.kind,
-                    "format_version": FORMAT_VERSION,
-                    "model_type": self.tuned.config.model_type,
-                    "vocab_size": len(tok),
-                    "base_tokenizer_fingerprint": base_fp,
-                    "tokenizer_fingerprint": tokenizer_fingerprint(tok),
-                    "tuned_fingerprint": model_fingerprint(self.tuned),
-                    "untuned_fingerprint": model_fingerprint(self.untuned),
-                },
+            cfg = ProxyExpertConfig(
+                name=self.name,
+                model_type=self.tuned.config.model_type,
+                vocab_size=len(tok),
+                base_tokenizer_fingerprint=base_fp,
+                tokenizer_fingerprint=tokenizer_fingerprint(tok),
+                tuned_fingerprint=model_fingerprint(self.tuned),
+                untuned_fingerprint=model_fingerprint(self.untuned),
             )
+            atomic_write_json(tmp / EXPERT_CONFIG, cfg.model_dump())
         return Path(directory)
 
     @classmethod
@@ -205,11 +218,19 @@ class ProxyExpert:
     ) -> ProxyExpert:
         """Load an expert written by :meth:`save_pretrained`; refuses missing or altered files."""
         directory = Path(directory)
-        cfg = read_json(directory / EXPERT_CONFIG, what="proxy expert config")
-        if cfg.get("kind") != cls.kind:
+        raw = read_json(directory / EXPERT_CONFIG, what="proxy expert config")
+        if not isinstance(raw, dict) or raw.get("kind") != cls.kind:
+            kind = raw.get("kind") if isinstance(raw, dict) else None
             raise ExpertFileError(
-                f"{str(directory)!r} holds a {cfg.get('kind')!r} expert, not a proxy expert."
+                f"{str(directory)!r} holds a {kind!r} expert, not a proxy expert; load it with "
+                "its own class."
             )
+        try:
+            cfg = ProxyExpertConfig.model_validate(raw)
+        except ValidationError as e:
+            raise ExpertFileError(
+                f"{str(directory / EXPERT_CONFIG)!r} is not a valid proxy expert config: {e}"
+            ) from e
         models = {}
         for role in ("tuned", "untuned"):
             path = directory / role
@@ -223,11 +244,12 @@ class ProxyExpert:
                     f"proxy expert {str(directory)!r}: its {role} model cannot be loaded ({e}); "
                     "save the expert again."
                 ) from e
-            if dtype is None and model_fingerprint(m) != cfg.get(f"{role}_fingerprint"):
+            recorded = getattr(cfg, f"{role}_fingerprint")
+            if dtype is None and model_fingerprint(m) != recorded:
                 raise ExpertFileError(
                     f"proxy expert {str(directory)!r}: the {role} weights have fingerprint "
-                    f"{model_fingerprint(m)!r} but expert_config.json recorded "
-                    f"{cfg.get(f'{role}_fingerprint')!r}; the files were altered. Save it again."
+                    f"{model_fingerprint(m)!r} but expert_config.json recorded {recorded!r}; the "
+                    "files were altered. Save it again."
                 )
             if device is not None:
                 m.to(device)
@@ -241,9 +263,9 @@ class ProxyExpert:
         return cls(
             models["tuned"],
             models["untuned"],
-            name=cfg["name"],
+            name=cfg.name,
             tokenizer=tok,
-            base_tokenizer_fingerprint=cfg.get("base_tokenizer_fingerprint"),
+            base_tokenizer_fingerprint=cfg.base_tokenizer_fingerprint,
         )
 
 

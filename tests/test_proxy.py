@@ -3,6 +3,8 @@ deduplicated proxy runs, refused bad input, and save/load of a proxy expert."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,7 @@ from transformers import (
 )
 
 from routekit.errors import ConfigError, ExpertFileError, TokenizerMismatchError
+from routekit.io import tokenizer_fingerprint
 from routekit.proxy import (
     ProxyExpert,
     ProxyLogitsProcessor,
@@ -364,6 +367,16 @@ def test_load_refuses_missing_or_altered_files(world, tmp_path):
         ProxyExpert.from_pretrained(tmp_path / "exp")
     with pytest.raises(ExpertFileError, match="does not exist"):
         ProxyExpert.from_pretrained(tmp_path / "nowhere")
+    e1.save_pretrained(tmp_path / "exp")
+    cfg_path = tmp_path / "exp" / "expert_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["base_tokenizer_fingerprint"] == tokenizer_fingerprint(world["tok"])
+    cfg_path.write_text(json.dumps({**cfg, "colour": "red"}))
+    with pytest.raises(ExpertFileError, match="colour"):
+        ProxyExpert.from_pretrained(tmp_path / "exp")
+    cfg_path.write_text(json.dumps({**cfg, "kind": "svf"}))
+    with pytest.raises(ExpertFileError, match="'svf' expert, not a proxy expert"):
+        ProxyExpert.from_pretrained(tmp_path / "exp")
     # Weights swapped behind the config's back: the recorded fingerprint catches it.
     e1.save_pretrained(tmp_path / "exp")
     world["e2"].tuned.save_pretrained(tmp_path / "exp" / "tuned")
