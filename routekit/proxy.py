@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
+    DynamicCache,
     LogitsProcessor,
     LogitsProcessorList,
     PreTrainedModel,
@@ -304,8 +305,6 @@ def _forward_kwargs(model: PreTrainedModel) -> tuple[str, dict[str, Any]]:
 
 
 def _new_cache(model: PreTrainedModel) -> Any:
-    from transformers import DynamicCache
-
     try:
         return DynamicCache(config=model.config)
     except TypeError:  # older transformers: no config argument
@@ -329,10 +328,10 @@ class ProxyLogitsProcessor(LogitsProcessor):
       cache: the prompt at the first call (attention mask and positions from the left
       padding, i.e. leading ``pad_token_id``s), then only the newest token. Rows that
       finished get generate's pad tokens; their caches stay aligned and their scores are
-      unused.
+      unused. A model whose net weight is zero in every row (alpha = 0) is not run at all.
     * A call whose ``input_ids`` do not extend the previous call's by one token starts over
-      (a new ``generate`` call reuses the processor safely; beam search works but re-runs
-      the prompt whenever beams reorder).
+      (a new ``generate`` call reuses the processor safely; beam search gives the right
+      scores but re-runs the proxies on the whole sequence whenever beams reorder).
     * Proxy logits are sliced to ``base_vocab_size`` (default: the width of the base's
       scores); base score columns past it are set to -inf.
     * A sequence longer than a proxy's ``max_position_embeddings`` is refused with a
