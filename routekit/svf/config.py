@@ -1,0 +1,132 @@
+"""SVFConfig and the rule that turns ``target_modules`` into the layers an SVF model wraps."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ..errors import ConfigError
+
+PRESETS = ("mlp", "attention", "all-linear")
+FACTOR_DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+# Path components that mark a feed-forward or an attention block across HF architectures
+# (Llama/Qwen2/Mistral: mlp/self_attn; GPT-2: mlp/attn; others: feed_forward, attention).
+_MLP_PARTS = {"mlp", "feed_forward", "ffn", "mlp_block"}
+_ATTN_SUFFIXES = ("attn", "attention")
+
+
+class SVFConfig(BaseModel):
+    """Which layers get an SVF vector ``z``, how ``z`` starts, and how factors are stored.
+
+    target_modules: "mlp" (default), "attention", "all-linear" (every linear layer but the
+        LM head), a list of module-name suffixes (``["q_proj", "v_proj"]``), or a regular
+        expression prefixed ``"re:"`` that must match a full module name.
+    z_init: starting value of every entry of z; 1.0 makes an untrained expert the base.
+    factor_dtype: dtype of the stored U, S, Vh (the SVD itself always runs in float32).
+    cache_dir: where SVD factors are cached; default ``$ROUTEKIT_CACHE/svf_factors`` or
+        ``~/.cache/routekit/svf_factors``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    target_modules: str | list[str] = "mlp"
+    z_init: float = 1.0
+    factor_dtype: str = "float32"
+    cache_dir: str | None = None
+
+    @field_validator("target_modules")
+    @classmethod
+    def _check_targets(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v or not all(isinstance(s, str) and s for s in v):
+                raise ValueError(f"target_modules list must hold module-name suffixes, got {v!r}")
+            return v
+        if v in PRESETS:
+            return v
+        if v.startswith("re:"):
+            try:
+                re.compile(v[3:])
+            except re.error as e:
+                raise ValueError(f"target_modules regex {v[3:]!r} does not compile: {e}") from e
+            return v
+        raise ValueError(
+            f"target_modules {v!r} is not one of {PRESETS}; pass a list for module names "
+            f"(e.g. [{v!r}]) or 're:<regex>' for a regular expression"
+        )
+
+    @field_validator("z_init")
+    @classmethod
+    def _check_z_init(cls, v: float) -> float:
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValueError(f"z_init must be finite, got {v!r}")
+        return v
+
+    @field_validator("factor_dtype")
+    @classmethod
+    def _check_dtype(cls, v: str) -> str:
+        if v not in FACTOR_DTYPES:
+            raise ValueError(f"factor_dtype {v!r} is not one of {sorted(FACTOR_DTYPES)}")
+        return v
+
+    @property
+    def torch_factor_dtype(self) -> torch.dtype:
+        return FACTOR_DTYPES[self.factor_dtype]
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        root = os.environ.get("ROUTEKIT_CACHE")
+        base = Path(root) if root else Path.home() / ".cache" / "routekit"
+        return base / "svf_factors"
+
+
+def _in_block(name: str, kind: str) -> bool:
+    parts = name.split(".")[:-1]
+    if kind == "mlp":
+        return any(p in _MLP_PARTS for p in parts)
+    return any(p.endswith(_ATTN_SUFFIXES) for p in parts)
+
+
+def _matches(name: str, spec: str | list[str]) -> bool:
+    if isinstance(spec, list):
+        return any(name == s or name.endswith("." + s) for s in spec)
+    if spec == "all-linear":
+        return True
+    if spec.startswith("re:"):
+        return re.fullmatch(spec[3:], name) is not None
+    return _in_block(name, spec)
+
+
+def linear_candidates(model: nn.Module) -> dict[str, nn.Module]:
+    """Every ``nn.Linear``/GPT-2 ``Conv1D`` that SVF may wrap: all but the output embeddings."""
+    get_out = getattr(model, "get_output_embeddings", None)
+    out_emb = get_out() if callable(get_out) else None
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, Conv1D)) and m is not out_emb and name.split(".")[-1] != "lm_head"
+    }
+
+
+def resolve_targets(model: nn.Module, spec: str | list[str]) -> dict[str, nn.Module]:
+    """The layers ``spec`` selects, in module order; refuses a spec that selects none."""
+    candidates = linear_candidates(model)
+    chosen = {n: m for n, m in candidates.items() if _matches(n, spec)}
+    if not chosen:
+        examples = ", ".join(list(candidates)[:6]) or "(the model has no linear layers)"
+        raise ConfigError(
+            f"target_modules {spec!r} matches no linear layer of {type(model).__name__}; "
+            f"its linear layers include: {examples}"
+        )
+    return chosen

@@ -1,0 +1,229 @@
+"""SVFExpert: the z vectors of one expert with their metadata, saved safely, and mixing.
+
+An expert directory holds ``expert_config.json`` (metadata, layer order) and
+``expert_model.safetensors`` (one float32 vector per layer, key ``<layer>.svf_z``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
+from ..io import (
+    atomic_directory,
+    atomic_save_safetensors,
+    atomic_write_json,
+    load_safetensors,
+    read_json,
+)
+
+CONFIG_NAME = "expert_config.json"
+WEIGHTS_NAME = "expert_model.safetensors"
+FORMAT = "routekit-svf-expert"
+_Z_SUFFIX = ".svf_z"
+
+
+class _ExpertFileConfig(BaseModel):
+    """What ``expert_config.json`` must contain (unknown keys are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: str
+    version: int
+    name: str
+    target_modules: str | list[str]
+    base_fingerprint: str
+    layers: list[tuple[str, int]]  # (module name, rank) in model order
+    training_config: dict[str, Any] = {}
+    metrics: dict[str, Any] = {}
+
+
+def check_z(layer: str, z: torch.Tensor, rank: int | None = None, what: str = "expert") -> None:
+    """Refuse a z that is not a finite 1-D vector (of length ``rank`` when given)."""
+    if z.dim() != 1 or (rank is not None and z.shape[0] != rank):
+        want = f"({rank},)" if rank is not None else "(r,)"
+        raise ExpertFileError(
+            f"{what}: z of layer {layer!r} has shape {tuple(z.shape)}, expected {want}; "
+            "the expert was made for a different model or target_modules."
+        )
+    if not torch.isfinite(z).all():
+        bad = int((~torch.isfinite(z)).sum())
+        raise ExpertFileError(
+            f"{what}: z of layer {layer!r} holds {bad} NaN/inf value(s); the expert is broken "
+            "(diverged training or a damaged file): retrain or restore it."
+        )
+
+
+class SVFExpert:
+    """z vectors per layer (in model order) plus name, target modules, base fingerprint,
+    training config and metrics."""
+
+    def __init__(
+        self,
+        z: dict[str, torch.Tensor],
+        *,
+        name: str,
+        target_modules: str | list[str],
+        base_fingerprint: str,
+        training_config: dict[str, Any] | None = None,
+        metrics: dict[str, Any] | None = None,
+    ) -> None:
+        if not z:
+            raise ExpertFileError(f"expert {name!r} has no layers.")
+        self.z = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in z.items()}
+        for layer, vec in self.z.items():
+            check_z(layer, vec, what=f"expert {name!r}")
+        self.name = name
+        self.target_modules = target_modules
+        self.base_fingerprint = base_fingerprint
+        self.training_config = dict(training_config or {})
+        self.metrics = dict(metrics or {})
+
+    def __repr__(self) -> str:
+        return (
+            f"SVFExpert(name={self.name!r}, layers={len(self.z)}, params={self.num_parameters}, "
+            f"target_modules={self.target_modules!r}, base={self.base_fingerprint})"
+        )
+
+    @property
+    def layer_names(self) -> list[str]:
+        return list(self.z)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(v.numel() for v in self.z.values())
+
+    def _file_config(self) -> dict[str, Any]:
+        return _ExpertFileConfig(
+            format=FORMAT, version=1, name=self.name, target_modules=self.target_modules,
+            base_fingerprint=self.base_fingerprint,
+            layers=[(k, int(v.shape[0])) for k, v in self.z.items()],
+            training_config=self.training_config, metrics=self.metrics,
+        ).model_dump()
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
+        """Write the expert directory in one atomic rename (a killed save leaves the old one).
+
+        Refuses to replace a directory that holds anything but expert files.
+        """
+        target = Path(save_directory)
+        if target.exists():
+            foreign = sorted(p.name for p in target.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
+            if not target.is_dir() or foreign:
+                raise ExpertFileError(
+                    f"{str(target)!r} exists and is not an expert directory (holds {foreign[:5]}); "
+                    "choose an empty or new directory."
+                )
+        with atomic_directory(target) as tmp:
+            atomic_save_safetensors(
+                {k + _Z_SUFFIX: v for k, v in self.z.items()}, tmp / WEIGHTS_NAME,
+                metadata={"format": FORMAT, "name": self.name},
+            )
+            atomic_write_json(tmp / CONFIG_NAME, self._file_config())
+        return target
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> SVFExpert:
+        """Load and check an expert directory (shapes, layer set, finite values)."""
+        directory = Path(directory)
+        raw = read_json(directory / CONFIG_NAME, what="expert config")
+        try:
+            cfg = _ExpertFileConfig.model_validate(raw)
+        except ValidationError as e:
+            raise ExpertFileError(f"expert config {str(directory / CONFIG_NAME)!r} is invalid: {e}") from e
+        if cfg.format != FORMAT:
+            raise ExpertFileError(f"{str(directory)!r} holds format {cfg.format!r}, not {FORMAT!r}.")
+        tensors = load_safetensors(directory / WEIGHTS_NAME, what="expert weights")
+        z = {}
+        for layer, rank in cfg.layers:
+            t = tensors.pop(layer + _Z_SUFFIX, None)
+            if t is None:
+                raise ExpertFileError(
+                    f"expert weights in {str(directory)!r} lack layer {layer!r} named in its config."
+                )
+            check_z(layer, t, rank, what=f"expert file {str(directory)!r}")
+            z[layer] = t
+        if tensors:
+            raise ExpertFileError(
+                f"expert weights in {str(directory)!r} hold tensors its config does not list: "
+                f"{sorted(tensors)[:5]}"
+            )
+        return cls(
+            z, name=cfg.name, target_modules=cfg.target_modules,
+            base_fingerprint=cfg.base_fingerprint, training_config=cfg.training_config,
+            metrics=cfg.metrics,
+        )
+
+
+def check_compatible(experts: Sequence[SVFExpert]) -> None:
+    """Refuse experts that cannot be mixed: other base, other target modules, other layers."""
+    if not experts:
+        raise ConfigError("no experts given to mix; pass at least one SVFExpert.")
+    first = experts[0]
+    for e in experts[1:]:
+        if e.base_fingerprint != first.base_fingerprint:
+            raise FingerprintMismatchError(
+                f"expert {e.name!r} was trained on base {e.base_fingerprint} but expert "
+                f"{first.name!r} on base {first.base_fingerprint}; only experts of one base mix."
+            )
+        if e.target_modules != first.target_modules or list(e.z) != list(first.z):
+            raise ConfigError(
+                f"expert {e.name!r} targets {e.target_modules!r} ({len(e.z)} layers) but expert "
+                f"{first.name!r} targets {first.target_modules!r} ({len(first.z)} layers); "
+                "mix only experts with the same target_modules."
+            )
+        for layer, v in e.z.items():
+            if v.shape != first.z[layer].shape:
+                raise ExpertFileError(
+                    f"layer {layer!r}: expert {e.name!r} has z of shape {tuple(v.shape)}, expert "
+                    f"{first.name!r} {tuple(first.z[layer].shape)}."
+                )
+
+
+def _check_alpha(alpha: torch.Tensor, k: int, n_layers: int, lead: tuple[int, ...] = ()) -> None:
+    shapes = [(*lead, k), (*lead, k, n_layers)]
+    if tuple(alpha.shape) not in shapes:
+        raise ConfigError(
+            f"alpha has shape {tuple(alpha.shape)} but {k} expert(s) over {n_layers} layer(s) need "
+            f"shape {shapes[0]} (one weight per expert) or {shapes[1]} (per expert per layer)."
+        )
+    if not torch.isfinite(alpha).all():
+        raise ConfigError(f"alpha holds NaN/inf values: {alpha.tolist()}")
+
+
+def stacked_mixture(
+    experts: Sequence[SVFExpert], alpha: torch.Tensor | Sequence[float], rows: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Σₖ αₖ zₖ per layer. ``rows=None``: alpha (K,) or (K, L), gives (r,) per layer;
+    ``rows=B``: alpha (B, K) or (B, K, L), gives (B, r) per layer."""
+    check_compatible(experts)
+    alpha = torch.as_tensor(alpha, dtype=torch.float32)
+    layers = experts[0].layer_names
+    lead = () if rows is None else (rows,)
+    _check_alpha(alpha, len(experts), len(layers), lead)
+    out = {}
+    for i, layer in enumerate(layers):
+        zs = torch.stack([e.z[layer] for e in experts])  # (K, r)
+        a = alpha[..., i] if alpha.dim() == len(lead) + 2 else alpha  # (*lead, K)
+        out[layer] = a @ zs
+    return out
+
+
+def mix_experts(
+    experts: Sequence[SVFExpert], alpha: torch.Tensor | Sequence[float], name: str | None = None
+) -> SVFExpert:
+    """One expert whose z is Σₖ αₖ zₖ per layer; alpha of shape (K,) or (K, n_layers)."""
+    z = stacked_mixture(experts, alpha)
+    first = experts[0]
+    return SVFExpert(
+        z, name=name or "+".join(e.name for e in experts), target_modules=first.target_modules,
+        base_fingerprint=first.base_fingerprint,
+        training_config={"mixture_of": [e.name for e in experts],
+                         "alpha": torch.as_tensor(alpha).tolist()},
+    )
