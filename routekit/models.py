@@ -108,3 +108,12 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def resolve_model(spec: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``world`` / ``world-proxy`` (the embedded world's models, built if needed) or a local path."""
+    if str(spec) in ("world", "world-proxy"):
+        from . import world  # imported here: the world depends on this module, not the reverse
+
+        return world.load() if str(spec) == "world" else world.load_proxy()
+    return load_model(spec)

@@ -15,7 +15,7 @@ _PUNCT = str.maketrans("", "", string.punctuation.replace("-", "").replace(".", 
 _NUM = re.compile(r"-?\d+(?:\.\d+)?")
 # Lead-ins that precede an answer in the world's formats and in common chat formats.
 _LEAD_INS = re.compile(
-    r"^(?:\s*(?:=|->|=>|:|a:|answer:|answer is|the answer is|it is|is|result:|####))+\s*",
+    r"^(?:\s*(?:=>|->|=|:|####|(?:a|answer|result):|(?:the answer is|answer is|it is|is)\b))+\s*",
     re.IGNORECASE,
 )
 

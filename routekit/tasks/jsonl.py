@@ -1,0 +1,101 @@
+"""Tasks read from local data: a JSONL file (or a folder of them) or a `datasets` dataset.
+
+GSM8K-style records (``question`` / ``answer`` with ``#### 42`` at the end) work as they are:
+the reference keeps only the final answer and the format-tolerant checker compares it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..errors import RoutekitError
+from .base import Example, Task
+from .checkers import CHECKERS, extract_answer
+
+DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+def _examples(
+    records: Iterable[Mapping[str, Any]], prompt_key: str, answer_key: str, template: str, where: str
+) -> list[Example]:
+    out = []
+    for i, rec in enumerate(records):
+        missing = [k for k in (prompt_key, answer_key) if k not in rec]
+        if missing:
+            raise RoutekitError(
+                f"record {i} of {where} lacks {missing}; it has {sorted(rec)}. Pass "
+                "prompt_key=/answer_key= naming its fields."
+            )
+        prompt = template.format(**{**rec, "question": rec[prompt_key]})
+        out.append(Example(prompt, extract_answer(str(rec[answer_key])), {"raw_answer": rec[answer_key]}))
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    records = []
+    with path.open() as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise RoutekitError(f"{str(path)!r} line {n} is not JSON: {e}") from e
+    return records
+
+
+def jsonl_task(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    prompt_key: str = "question",
+    answer_key: str = "answer",
+    template: str = DEFAULT_TEMPLATE,
+    checker: str = "answer",
+) -> Task:
+    """A task from a JSONL file (records with a ``split`` field are split by it, others are
+    ``test``) or from a folder whose ``<split>.jsonl`` files are the splits."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise RoutekitError(f"task data {str(p)!r} does not exist; give a local .jsonl file or folder.")
+    files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
+    if not files:
+        raise RoutekitError(f"folder {str(p)!r} holds no *.jsonl files.")
+    splits: dict[str, list[Example]] = {}
+    for f in files:
+        records = _read_jsonl(f)
+        if p.is_dir():
+            splits[f.stem] = _examples(records, prompt_key, answer_key, template, str(f))
+            continue
+        by_split: dict[str, list[dict[str, Any]]] = {}
+        for rec in records:
+            by_split.setdefault(str(rec.get("split", "test")), []).append(rec)
+        for split, recs in by_split.items():
+            splits[split] = _examples(recs, prompt_key, answer_key, template, str(f))
+    return Task(name or p.stem, splits, CHECKERS[checker])
+
+
+def dataset_task(
+    dataset: Any,
+    *,
+    name: str = "dataset",
+    prompt_key: str = "question",
+    answer_key: str = "answer",
+    template: str = DEFAULT_TEMPLATE,
+    checker: str = "answer",
+) -> Task:
+    """A task from a `datasets` ``Dataset`` (one split, ``test``) or ``DatasetDict``, or from a
+    folder written by ``save_to_disk`` (loaded with ``datasets.load_from_disk``, no download)."""
+    import datasets
+
+    if isinstance(dataset, (str, os.PathLike)):
+        p = Path(dataset).expanduser()
+        if not p.exists():
+            raise RoutekitError(f"dataset folder {str(p)!r} does not exist.")
+        dataset = datasets.load_from_disk(str(p))
+    parts = dict(dataset) if isinstance(dataset, datasets.DatasetDict) else {"test": dataset}
+    splits = {k: _examples(v, prompt_key, answer_key, template, f"{name}/{k}") for k, v in parts.items()}
+    return Task(name, splits, CHECKERS[checker])

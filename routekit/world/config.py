@@ -1,0 +1,89 @@
+"""WorldConfig: every knob of the synthetic world (corpus, model sizes, pretraining), hashed for the cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Bump when the corpus generator or the pretraining loop changes what a config produces,
+# so old cache entries are not mistaken for new ones.
+WORLD_FORMAT_VERSION = 1
+
+
+class ModelSize(BaseModel):
+    """A Llama-architecture model's shape."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hidden_size: int = Field(192, description="width of the residual stream")
+    intermediate_size: int = Field(640, description="width of the MLP")
+    num_hidden_layers: int = Field(4, description="number of transformer blocks")
+    num_attention_heads: int = Field(4, description="attention heads per block")
+
+
+class PretrainConfig(BaseModel):
+    """Pretraining loop settings for one model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(1200, description="optimizer steps")
+    batch_size: int = Field(40, description="sequences per step")
+    seq_len: int = Field(64, description="tokens per sequence")
+    lr: float = Field(3e-3, description="peak learning rate (linear warm-up, cosine decay to 10%)")
+    warmup: int = Field(100, description="warm-up steps")
+    weight_decay: float = Field(0.01, description="AdamW weight decay")
+
+
+class WorldConfig(BaseModel):
+    """The synthetic world: what the corpus holds and how the two models are pretrained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(0, description="seed of the corpus generator and of pretraining")
+    n_entities: int = Field(150, description="made-up entities with 3 attributes each")
+    question_share: float = Field(
+        2 / 3, description="share of entities whose question phrasings are in the corpus; "
+        "the rest are held out as knowledge probes"
+    )
+    n_lines: int = Field(60_000, description="corpus lines (one document per line)")
+    mixed_correct: dict[str, float] = Field(
+        default_factory=lambda: {"add": 0.45, "rev": 0.45, "hop": 0.45},
+        description="per skill: share of correct demonstrations in its mixed formats "
+        "(the rest show the skill's systematic wrong answer)",
+    )
+    n_test: int = Field(200, description="examples per test/ood split (hop: limited by entities)")
+    base: ModelSize = Field(default_factory=ModelSize)
+    proxy: ModelSize = Field(
+        default_factory=lambda: ModelSize(
+            hidden_size=96, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2
+        )
+    )
+    base_pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    proxy_pretrain: PretrainConfig = Field(
+        default_factory=lambda: PretrainConfig(steps=1500, lr=5e-3)
+    )
+
+    def hash(self) -> str:
+        """Stable short hash of the config (and the world format version): the cache key."""
+        blob = json.dumps(
+            {"v": WORLD_FORMAT_VERSION, "config": self.model_dump(mode="json")}, sort_keys=True
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @classmethod
+    def tiny(cls, seed: int = 0) -> WorldConfig:
+        """A reduced world for CI: fewer entities, smaller models, a minute or two on 2 cores."""
+        return cls(
+            seed=seed,
+            n_entities=60,
+            n_lines=20_000,
+            n_test=100,
+            base=ModelSize(hidden_size=128, intermediate_size=320, num_hidden_layers=3,
+                           num_attention_heads=4),
+            proxy=ModelSize(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=2),
+            base_pretrain=PretrainConfig(steps=600, batch_size=32),
+            proxy_pretrain=PretrainConfig(steps=300, batch_size=32, lr=5e-3),
+        )

@@ -1,0 +1,215 @@
+"""Building, caching and loading the world's two models.
+
+An entry lives in ``$ROUTEKIT_CACHE/world/<config-hash>/`` (default ``~/.cache/routekit``):
+``base/`` and ``proxy/`` (``save_pretrained`` with the tokenizer), ``world_config.json``,
+``metrics.json`` and, written last, ``manifest.json`` with every file's size and SHA-256.
+The entry is assembled in a temporary sibling directory and renamed into place, so a killed
+build leaves nothing that loads; an entry whose files do not match its manifest is reported
+as corrupt and rebuilt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..errors import CorruptCacheError, RoutekitError
+from ..io import atomic_directory, atomic_write_json, read_json
+from .config import WorldConfig
+from .corpus import World
+from .pretrain import encode_corpus, make_model, pretrain
+from .tokenizer import build_tokenizer
+
+
+class WorldInfo(BaseModel):
+    """What ``routekit world build --json`` prints."""
+
+    path: str
+    cached: bool
+    base_params: int
+    proxy_params: int
+    knowledge_accuracy: float
+    statement_accuracy: float
+    task_accuracy: dict[str, float]
+    ood_accuracy: dict[str, float]
+    proxy_knowledge_accuracy: float
+    proxy_task_accuracy: dict[str, float]
+    proxy_ood_accuracy: dict[str, float]
+    routing_accuracy: float
+    build_seconds: float
+    pretrain_seconds: dict[str, float]
+    seconds: float
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("ROUTEKIT_CACHE", Path.home() / ".cache" / "routekit")).expanduser()
+
+
+def world_dir(config: WorldConfig | None = None) -> Path:
+    return cache_root() / "world" / (config or WorldConfig()).hash()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_manifest(root: Path) -> None:
+    files = {
+        str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+    atomic_write_json(root / "manifest.json", {"files": files})
+
+
+def verify_entry(root: Path) -> None:
+    """Raise CorruptCacheError if any file of the entry is missing or differs from the manifest."""
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        raise CorruptCacheError(f"world cache entry {str(root)!r} has no manifest.json.")
+    try:
+        files = read_json(manifest, "manifest")["files"]
+    except Exception as e:  # an unreadable manifest is corruption too
+        raise CorruptCacheError(f"world cache entry {str(root)!r}: unreadable manifest ({e}).") from e
+    for rel, meta in files.items():
+        p = root / rel
+        if not p.is_file():
+            raise CorruptCacheError(f"world cache entry {str(root)!r}: file {rel!r} is missing.")
+        if p.stat().st_size != meta["size"] or _sha256(p) != meta["sha256"]:
+            raise CorruptCacheError(
+                f"world cache entry {str(root)!r}: file {rel!r} does not match its checksum "
+                "(truncated or modified)."
+            )
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def measure(
+    base: PreTrainedModel,
+    proxy: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    world: World,
+    progress: bool = False,
+) -> dict:
+    """Accuracy of both models on every skill's test and ood split and on the knowledge probes."""
+    from ..eval import evaluate
+    from ..tasks.base import Task
+    from ..tasks.checkers import exact_match
+    from ..tasks.world_tasks import world_task
+
+    out: dict = {}
+    for prefix, model in (("", base), ("proxy_", proxy)):
+        facts = world_task("facts", world=world)
+        out[f"{prefix}knowledge_accuracy"] = evaluate(model, tokenizer, facts, "test").accuracy
+        out[f"{prefix}task_accuracy"], out[f"{prefix}ood_accuracy"] = {}, {}
+        for skill in ("add", "rev", "hop"):
+            task = world_task(skill, world=world)
+            out[f"{prefix}task_accuracy"][skill] = evaluate(model, tokenizer, task, "test").accuracy
+            out[f"{prefix}ood_accuracy"][skill] = evaluate(model, tokenizer, task, "ood").accuracy
+        if not prefix:
+            out["statement_accuracy"] = evaluate(model, tokenizer, facts, "statements").accuracy
+            routing = Task("routing", {"test": world.routing_examples()}, exact_match)
+            out["routing_accuracy"] = evaluate(model, tokenizer, routing, "test").accuracy
+    return out
+
+
+def _clean_stale_tmp(parent: Path) -> None:
+    """Remove temporary build directories left by killed builds (older than a day or dead pid)."""
+    if not parent.is_dir():
+        return
+    for p in parent.glob(".tmp-*"):
+        if time.time() - p.stat().st_mtime > 60:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def build(config: WorldConfig | None = None, *, force: bool = False, progress: bool = True) -> WorldInfo:
+    """Build (or find in the cache) the world's base and proxy models; return their figures."""
+    config = config or WorldConfig()
+    t0 = time.perf_counter()
+    root = world_dir(config)
+    if root.exists() and not force:
+        try:
+            verify_entry(root)
+            info = read_json(root / "metrics.json", "world metrics")
+            info.update(path=str(root), cached=True, seconds=time.perf_counter() - t0)
+            return WorldInfo(**info)
+        except CorruptCacheError as e:
+            print(f"routekit: {e} Rebuilding it.", file=sys.stderr)
+    _clean_stale_tmp(root.parent)
+    world = World(config)
+    tokenizer = build_tokenizer()
+    stream = encode_corpus(world.corpus_lines, tokenizer)
+    seq = config.base_pretrain.seq_len
+    with atomic_directory(root) as tmp:
+        atomic_write_json(tmp / "world_config.json", config.model_dump(mode="json"))
+        models, seconds = {}, {}
+        for which in ("base", "proxy"):
+            torch.manual_seed(config.seed)
+            model = make_model(getattr(config, which), tokenizer, seq)
+            stats = pretrain(model, stream, getattr(config, f"{which}_pretrain"), config.seed,
+                             desc=f"pretrain {which}", progress=progress)
+            seconds[which] = stats["seconds"]
+            model.save_pretrained(tmp / which)
+            tokenizer.save_pretrained(tmp / which)
+            models[which] = model
+        metrics = measure(models["base"], models["proxy"], tokenizer, world, progress)
+        metrics.update(
+            base_params=_n_params(models["base"]),
+            proxy_params=_n_params(models["proxy"]),
+            build_seconds=time.perf_counter() - t0,
+            pretrain_seconds=seconds,
+        )
+        atomic_write_json(tmp / "metrics.json", metrics)
+        _write_manifest(tmp)
+    return WorldInfo(**metrics, path=str(root), cached=False, seconds=time.perf_counter() - t0)
+
+
+def _load(which: str, config: WorldConfig | None, build_if_missing: bool):
+    from ..models import load_model
+
+    config = config or WorldConfig()
+    root = world_dir(config)
+    if not root.exists() and not build_if_missing:
+        raise RoutekitError(
+            f"the world for this config is not built yet ({str(root)!r} does not exist); run "
+            "`routekit world build` first."
+        )
+    try:
+        verify_entry(root)
+    except CorruptCacheError:
+        if not build_if_missing:
+            raise
+        build(config)
+    return load_model(root / which)
+
+
+def load(
+    config: WorldConfig | None = None, *, build_if_missing: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The world's base model and tokenizer (building the world first if it is not cached)."""
+    return _load("base", config, build_if_missing)
+
+
+def load_proxy(
+    config: WorldConfig | None = None, *, build_if_missing: bool = True
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The world's small proxy model (same tokenizer as the base)."""
+    return _load("proxy", config, build_if_missing)
+
+
+def get_world(config: WorldConfig | None = None) -> World:
+    """The world's facts, splits and corpus (no models; cheap)."""
+    return World(config or WorldConfig())

@@ -1,0 +1,391 @@
+"""Proxy-tuning: the processor's scores against a no-cache reference, batching, per-row alpha,
+deduplicated proxy runs, refused bad input, and save/load of a proxy expert."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LogitsProcessorList,
+    PreTrainedTokenizerFast,
+)
+
+from routekit.errors import ConfigError, ExpertFileError, TokenizerMismatchError
+from routekit.io import tokenizer_fingerprint
+from routekit.proxy import (
+    ProxyExpert,
+    ProxyLogitsProcessor,
+    check_vocab_compatible,
+    proxy_generate,
+)
+
+CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 +=?:")
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+
+
+def char_tokenizer(chars: list[str] = CHARS, extra: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    vocab = {t: i for i, t in enumerate([*SPECIALS, *chars, *extra])}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split(pattern=Regex(""), behavior="isolated")
+    tk.decoder = decoders.Fuse()
+    tk.post_processor = processors.TemplateProcessing(
+        single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>",
+        unk_token="<unk>",
+    )
+    tok.padding_side = "left"
+    return tok
+
+
+def llama(vocab: int, hidden: int, layers: int, seed: int, max_pos: int = 128) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+        max_position_embeddings=max_pos, pad_token_id=0, bos_token_id=1, eos_token_id=None,
+    )
+    m = LlamaForCausalLM(cfg).eval()
+    # Larger random weights than the default init give peaked, tie-free distributions.
+    with torch.no_grad():
+        m.lm_head.weight.mul_(8.0)
+    m.generation_config.eos_token_id = None
+    m.generation_config.pad_token_id = 0
+    return m
+
+
+@pytest.fixture(scope="module")
+def world():
+    # Tiny models: threads only add contention on a shared machine (20x slower measured).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield build_world()
+    torch.set_num_threads(threads)
+
+
+def build_world():
+    tok = char_tokenizer()
+    v = len(tok)
+    base = llama(v, 32, 2, seed=0)
+    untuned = llama(v, 16, 2, seed=1, max_pos=48)
+    tuned = llama(v, 16, 2, seed=2, max_pos=48)
+    tuned2 = llama(v, 16, 2, seed=3, max_pos=48)
+    return {
+        "tok": tok, "base": base, "untuned": untuned,
+        "e1": ProxyExpert(tuned, untuned, "one", tokenizer=tok),
+        "e2": ProxyExpert(tuned2, untuned, "two", tokenizer=tok),
+    }
+
+
+PROMPTS = ["ab+cd=", "rev xyz =", "q?", "hello world:"]
+
+
+def run(base, tok, prompts, procs=(), **kw):
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    kw.setdefault("max_new_tokens", 8)
+    kw.setdefault("do_sample", False)
+    out = base.generate(
+        **enc, logits_processor=LogitsProcessorList(list(procs)), pad_token_id=tok.pad_token_id,
+        return_dict_in_generate=True, output_scores=True, **kw,
+    )
+    return enc, out
+
+
+def reference_scores(base, experts, alpha, seq, prompt_mask, vocab):
+    """No cache: run every model on the whole sequence so far and combine at the last position."""
+    mask = torch.cat([prompt_mask, torch.ones(seq.shape[0], seq.shape[1] - prompt_mask.shape[1],
+                                              dtype=prompt_mask.dtype)], dim=1)
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+
+    def logp(m):
+        lg = m(input_ids=seq, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        return F.log_softmax(lg[:, -1, :vocab].float(), dim=-1)
+
+    with torch.no_grad():
+        out = logp(base)
+        for k, e in enumerate(experts):
+            a = alpha[:, k : k + 1] if alpha.ndim == 2 else alpha[k]
+            out = out + a * (logp(e.tuned) - logp(e.untuned))
+    return out
+
+
+def new_tokens(enc, out):
+    return out.sequences[:, enc["input_ids"].shape[1] :]
+
+
+def test_alpha_zero_reproduces_base_greedy(world):
+    base, tok = world["base"], world["tok"]
+    _, plain = run(base, tok, PROMPTS, max_new_tokens=12)
+    proc = ProxyLogitsProcessor([world["e1"], world["e2"]], alpha=0.0, tokenizer=tok)
+    _, steered = run(base, tok, PROMPTS, [proc], max_new_tokens=12)
+    assert torch.equal(plain.sequences, steered.sequences)
+
+
+def test_scores_equal_no_cache_reference_every_step(world):
+    base, tok = world["base"], world["tok"]
+    experts = [world["e1"], world["e2"]]
+    alpha = torch.tensor([1.0, 0.5])
+    proc = ProxyLogitsProcessor(experts, alpha=alpha, tokenizer=tok)
+    enc, out = run(base, tok, PROMPTS, [proc], max_new_tokens=10)
+    p = enc["input_ids"].shape[1]
+    assert len(out.scores) == 10
+    for t, got in enumerate(out.scores):
+        ref = reference_scores(base, experts, alpha, out.sequences[:, : p + t],
+                               enc["attention_mask"], len(tok))
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+    # The steering changed what was generated (otherwise the test above proves little).
+    _, plain = run(base, tok, PROMPTS, max_new_tokens=10)
+    assert not torch.equal(plain.sequences, out.sequences)
+
+
+def test_sampled_scores_are_steered_then_tempered_with_stop_tokens(world):
+    base, tok = world["base"], world["tok"]
+    experts = [world["e1"]]
+    alpha = torch.tensor([1.5])
+    proc = ProxyLogitsProcessor(experts, alpha=alpha, tokenizer=tok)
+    sample = dict(max_new_tokens=12, do_sample=True, temperature=0.7, top_k=0, top_p=1.0)
+    torch.manual_seed(0)
+    enc, free = run(base, tok, PROMPTS * 2, [proc], **sample)
+    # Stop on a token that row 0 samples at step 3: the same seed makes it stop there.
+    stop = int(free.sequences[0, enc["input_ids"].shape[1] + 3])
+    torch.manual_seed(0)
+    enc, out = run(base, tok, PROMPTS * 2, [proc], eos_token_id=stop, **sample)
+    p = enc["input_ids"].shape[1]
+    seqs = out.sequences
+    finished = torch.zeros(seqs.shape[0], dtype=torch.bool)
+    for t, got in enumerate(out.scores):
+        ref = reference_scores(base, experts, alpha, seqs[:, : p + t], enc["attention_mask"], len(tok))
+        live = ~finished
+        torch.testing.assert_close(got[live], ref[live] / 0.7, atol=1e-5, rtol=0)
+        finished |= seqs[:, p + t] == stop
+    assert finished.any(), "some row should stop early so that padding is exercised"
+
+
+def test_left_padded_batch_equals_each_prompt_alone(world):
+    base, tok = world["base"], world["tok"]
+    experts = [world["e1"], world["e2"]]
+
+    def steered(prompts, **kw):
+        proc = ProxyLogitsProcessor(experts, alpha=[1.0, 0.7], tokenizer=tok)
+        enc, out = run(base, tok, prompts, [proc], max_new_tokens=12, **kw)
+        return [tok.decode(r, skip_special_tokens=True) for r in new_tokens(enc, out)]
+
+    free = steered(PROMPTS[:1])
+    stop = tok.convert_tokens_to_ids(free[0][4])  # row 0 stops at step 4 at the latest
+    batch = steered(PROMPTS, eos_token_id=stop)
+    alone = [steered([p], eos_token_id=stop)[0] for p in PROMPTS]
+    assert batch == alone
+    assert len({len(s) for s in batch}) > 1  # rows really finished at different steps
+    # The convenience function batches the same way.
+    assert proxy_generate(base, tok, experts, PROMPTS, alpha=[1.0, 0.7], max_new_tokens=12,
+                          batch_size=3) == steered(PROMPTS)
+
+
+def test_per_row_alpha(world):
+    base, tok = world["base"], world["tok"]
+    e1 = world["e1"]
+    plain = proxy_generate(base, tok, e1, PROMPTS, alpha=0.0, max_new_tokens=10)
+    steered = proxy_generate(base, tok, e1, PROMPTS, alpha=1.0, max_new_tokens=10)
+    mixed = proxy_generate(base, tok, e1, PROMPTS, alpha=[[0.0], [1.0], [0.0], [1.0]],
+                           max_new_tokens=10)
+    assert mixed == [plain[0], steered[1], plain[2], steered[3]]
+    assert plain[1] != steered[1] or plain[3] != steered[3]
+
+
+def test_shared_untuned_model_runs_once_per_step(world):
+    base, tok = world["base"], world["tok"]
+    e1, e2 = world["e1"], world["e2"]
+    calls = {"untuned": 0, "t1": 0, "t2": 0}
+
+    def counter(key):
+        def hook(*_):
+            calls[key] += 1
+        return hook
+
+    handles = [e1.untuned.register_forward_hook(counter("untuned")),
+               e1.tuned.register_forward_hook(counter("t1")),
+               e2.tuned.register_forward_hook(counter("t2"))]
+    try:
+        proc = ProxyLogitsProcessor([e1, e2], alpha=[1.0, 1.0], tokenizer=tok)
+        run(base, tok, PROMPTS, [proc], max_new_tokens=9)
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == {"untuned": 9, "t1": 9, "t2": 9}
+
+
+def test_processor_reused_across_generate_calls(world):
+    base, tok = world["base"], world["tok"]
+    proc = ProxyLogitsProcessor(world["e1"], alpha=1.0, tokenizer=tok)
+    _, first = run(base, tok, PROMPTS[:2], [proc])
+    _, other = run(base, tok, PROMPTS[2:], [proc])
+    _, again = run(base, tok, PROMPTS[:2], [proc])
+    fresh = ProxyLogitsProcessor(world["e1"], alpha=1.0, tokenizer=tok)
+    _, other_fresh = run(base, tok, PROMPTS[2:], [fresh])
+    assert torch.equal(first.sequences, again.sequences)
+    assert torch.equal(other.sequences, other_fresh.sequences)
+
+
+def test_extra_tail_tokens_are_allowed_and_sliced(world):
+    base, tok = world["base"], world["tok"]
+    ptok = char_tokenizer(extra=("<|im_start|>", "<|im_end|>"))
+    check_vocab_compatible(tok, ptok)  # no error
+    v = len(ptok)
+    untuned, tuned = llama(v, 16, 2, seed=1), llama(v, 16, 2, seed=2)
+    e = ProxyExpert(tuned, untuned, "chat", tokenizer=ptok)
+    alpha = torch.tensor([1.0])
+    proc = ProxyLogitsProcessor(e, alpha=alpha, tokenizer=tok)
+    enc, out = run(base, tok, PROMPTS, [proc], max_new_tokens=4)
+    p = enc["input_ids"].shape[1]
+    for t, got in enumerate(out.scores):
+        ref = reference_scores(base, [e], alpha, out.sequences[:, : p + t], enc["attention_mask"],
+                               len(tok))
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=0)
+
+
+def test_beam_search_equals_rerunning_from_scratch(world):
+    """Beams reorder rows; the processor then restarts its caches from the full sequences."""
+    base, tok = world["base"], world["tok"]
+
+    class FromScratch(ProxyLogitsProcessor):
+        def __call__(self, input_ids, scores):
+            self.reset()
+            return super().__call__(input_ids, scores)
+
+    outs = []
+    for cls in (ProxyLogitsProcessor, FromScratch):
+        proc = cls(world["e1"], alpha=1.0, tokenizer=tok)
+        outs.append(run(base, tok, PROMPTS, [proc], num_beams=3)[1].sequences)
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_base_with_padded_vocabulary(world):
+    """A base whose logits are wider than the tokenizer (padded embeddings) and a proxy that is not."""
+    tok, e1 = world["tok"], world["e1"]
+    wide = llama(len(tok) + 5, 32, 2, seed=0)
+    with pytest.raises(ConfigError, match=f"scores {len(tok)} tokens but the base scores {len(tok) + 5}"):
+        run(wide, tok, PROMPTS, [ProxyLogitsProcessor(e1, tokenizer=tok)])
+    proc = ProxyLogitsProcessor(e1, tokenizer=tok, base_vocab_size=len(tok))
+    enc, out = run(wide, tok, PROMPTS, [proc], max_new_tokens=4)
+    for t, got in enumerate(out.scores):
+        assert torch.isinf(got[:, len(tok):]).all()  # padding ids are never produced
+        ref = reference_scores(wide, [e1], torch.tensor([1.0]),
+                               out.sequences[:, : enc["input_ids"].shape[1] + t],
+                               enc["attention_mask"], len(tok))
+        torch.testing.assert_close(got[:, : len(tok)], ref, atol=1e-5, rtol=0)
+    # proxy_generate slices to the tokenizer by itself.
+    assert len(proxy_generate(wide, tok, e1, PROMPTS, max_new_tokens=4)) == len(PROMPTS)
+
+
+# -- bad input ----------------------------------------------------------------------------
+def test_different_tokenizer_is_refused_naming_token_and_ids(world):
+    base, tok = world["base"], world["tok"]
+    swapped = CHARS.copy()
+    swapped[2], swapped[3] = swapped[3], swapped[2]  # 'c' and 'd' trade ids
+    other = char_tokenizer(swapped)
+    c_base, c_proxy = tok.convert_tokens_to_ids("c"), other.convert_tokens_to_ids("c")
+    with pytest.raises(TokenizerMismatchError, match=rf"'c' has id {c_base} .* id {c_proxy}"):
+        check_vocab_compatible(tok, other)
+    e = ProxyExpert(world["e1"].tuned, world["untuned"], "x", tokenizer=other)
+    with pytest.raises(TokenizerMismatchError, match="'c'"):
+        proxy_generate(base, tok, e, PROMPTS)
+    with pytest.raises(TokenizerMismatchError, match="'c'"):
+        ProxyLogitsProcessor(e, tokenizer=tok)
+    short = char_tokenizer(CHARS[:-3])
+    with pytest.raises(TokenizerMismatchError, match="missing from the proxy"):
+        check_vocab_compatible(tok, short)
+
+
+@pytest.mark.parametrize(
+    "alpha, match",
+    [([1.0], r"\[1.0\].*2 experts"), ([1.0, 2.0, 3.0], r"\[1.0, 2.0, 3.0\]"),
+     ([1.0, float("nan")], "nan"), (float("inf"), "inf")],
+)
+def test_bad_alpha_is_refused(world, alpha, match):
+    with pytest.raises(ConfigError, match=match):
+        ProxyLogitsProcessor([world["e1"], world["e2"]], alpha=alpha)
+
+
+def test_alpha_rows_must_match_prompts(world):
+    with pytest.raises(ConfigError, match="3 rows but there are 4 prompts"):
+        proxy_generate(world["base"], world["tok"], world["e1"], PROMPTS, alpha=[[1.0]] * 3)
+    proc = ProxyLogitsProcessor(world["e1"], alpha=[[1.0]] * 3)
+    with pytest.raises(ConfigError, match="alpha has 3 rows but generate runs a batch of 4"):
+        run(world["base"], world["tok"], PROMPTS, [proc])
+
+
+def test_untuned_of_another_architecture_is_refused(world):
+    torch.manual_seed(0)
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=len(world["tok"]), n_embd=16, n_layer=1, n_head=2))
+    with pytest.raises(ConfigError, match="'gpt2'.*'llama'"):
+        ProxyExpert(world["e1"].tuned, gpt2, "bad")
+
+
+def test_prompt_longer_than_proxy_context_is_refused(world):
+    base, tok = world["base"], world["tok"]
+    long_prompt = "ab" * 30  # 61 tokens with <bos>; the proxies' context is 48
+    with pytest.raises(ConfigError, match="61 tokens.*context is 48"):
+        proxy_generate(base, tok, world["e1"], [long_prompt], max_new_tokens=4)
+    # Fits as a prompt, but prompt + new tokens would not: refused before generating.
+    with pytest.raises(ConfigError, match=r"max_new_tokens=20.*would see 60 tokens"):
+        proxy_generate(base, tok, world["e1"], ["ab" * 20], max_new_tokens=20)
+    # Inside a plain generate call the processor refuses when the sequence outgrows it.
+    proc = ProxyLogitsProcessor(world["e1"], tokenizer=tok)
+    with pytest.raises(ConfigError, match="reached 49 tokens.*context is 48"):
+        run(base, tok, ["ab" * 20], [proc], max_new_tokens=20)
+
+
+# -- files --------------------------------------------------------------------------------
+def test_save_load_round_trip_gives_identical_generations(world, tmp_path):
+    base, tok = world["base"], world["tok"]
+    e1 = world["e1"]
+    before = proxy_generate(base, tok, e1, PROMPTS, alpha=1.5, max_new_tokens=10)
+    e1.save_pretrained(tmp_path / "exp")
+    assert sorted(p.name for p in (tmp_path / "exp").iterdir()) == [
+        "expert_config.json", "tuned", "untuned"]
+    assert (tmp_path / "exp" / "tuned" / "model.safetensors").is_file()
+    loaded = ProxyExpert.from_pretrained(tmp_path / "exp")
+    assert loaded.name == "one"
+    after = proxy_generate(base, tok, loaded, PROMPTS, alpha=1.5, max_new_tokens=10)
+    assert before == after
+
+
+def test_load_refuses_missing_or_altered_files(world, tmp_path):
+    e1 = world["e1"]
+    e1.save_pretrained(tmp_path / "exp")
+    (tmp_path / "exp" / "expert_config.json").write_text("{not json")
+    with pytest.raises(ExpertFileError, match="not valid JSON"):
+        ProxyExpert.from_pretrained(tmp_path / "exp")
+    with pytest.raises(ExpertFileError, match="does not exist"):
+        ProxyExpert.from_pretrained(tmp_path / "nowhere")
+    e1.save_pretrained(tmp_path / "exp")
+    cfg_path = tmp_path / "exp" / "expert_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["base_tokenizer_fingerprint"] == tokenizer_fingerprint(world["tok"])
+    cfg_path.write_text(json.dumps({**cfg, "colour": "red"}))
+    with pytest.raises(ExpertFileError, match="colour"):
+        ProxyExpert.from_pretrained(tmp_path / "exp")
+    cfg_path.write_text(json.dumps({**cfg, "kind": "svf"}))
+    with pytest.raises(ExpertFileError, match="'svf' expert, not a proxy expert"):
+        ProxyExpert.from_pretrained(tmp_path / "exp")
+    # Weights swapped behind the config's back: the recorded fingerprint catches it.
+    e1.save_pretrained(tmp_path / "exp")
+    world["e2"].tuned.save_pretrained(tmp_path / "exp" / "tuned")
+    with pytest.raises(ExpertFileError, match="tuned weights have fingerprint"):
+        ProxyExpert.from_pretrained(tmp_path / "exp")
+
+
+def test_save_needs_a_tokenizer(world, tmp_path):
+    e = ProxyExpert(world["e1"].tuned, world["untuned"], "notok")
+    with pytest.raises(ConfigError, match="'notok' has no tokenizer"):
+        e.save_pretrained(tmp_path / "x")
+    assert not (tmp_path / "x").exists()

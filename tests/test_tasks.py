@@ -1,0 +1,115 @@
+"""Checkers, the Task protocol, and tasks read from JSONL files and `datasets` datasets."""
+
+import json
+
+import datasets
+import pytest
+
+from routekit.errors import RoutekitError, UnknownTaskError
+from routekit.tasks import (
+    Example,
+    Task,
+    answer_match,
+    dataset_task,
+    exact_match,
+    extract_answer,
+    get_task,
+    jsonl_task,
+)
+
+
+@pytest.mark.parametrize(
+    "completion, reference, expected",
+    [
+        (" 55", "55", True),
+        (" = 55\nrev x", "55", True),
+        ("the answer is 55.", "55", True),
+        ("so it is 1,000", "1000", True),
+        (" 56", "55", False),
+        (" 5", "55", False),
+        ("", "55", False),
+        (" quenzy", "quenzy", True),
+        (" Quenzy.", "quenzy", True),
+        ("A: quenzy", "quenzy", True),
+        (" ruto", "quenzy", False),
+        (" island", "island", True),
+        ("reasoning...\n#### 42", "42", True),
+    ],
+)
+def test_answer_match_tolerates_formats(completion, reference, expected):
+    assert answer_match(completion, reference) is expected
+
+
+def test_exact_match_is_strict_about_content_but_not_case_or_space():
+    assert exact_match("  Hello  World ", "hello world")
+    assert not exact_match("hello world!!", "hello")
+    assert extract_answer("=> 12") == "12"
+
+
+def test_task_reward_is_the_checker():
+    t = Task("t", {"train": [Example("1+1=", "2")]}, answer_match)
+    assert t.reward([" 2", " 3"], ["2", "2"]) == [1.0, 0.0]
+    with pytest.raises(RoutekitError, match="no split 'dev'"):
+        t.examples("dev")
+
+
+def test_world_tasks_have_disjoint_test_and_train():
+    for name in ("add", "rev", "hop"):
+        t = get_task(name)
+        train = {e.prompt for e in t.examples("train")}
+        test = {e.prompt for e in t.examples("test")}
+        assert train and test and not train & test, name
+        assert set(t.splits) == {"train", "test", "ood"}
+    add = get_task("add")
+    for e in add.examples("test"):
+        assert int(e.reference) == e.meta["a"] + e.meta["b"]
+    rev = get_task("rev")
+    assert all(e.reference == e.meta["word"][::-1] for e in rev.examples("ood"))
+
+
+def test_unknown_task_lists_known_ones():
+    with pytest.raises(UnknownTaskError) as info:
+        get_task("arith")
+    msg = str(info.value)
+    assert "'arith'" in msg and "add" in msg and "rev" in msg and "jsonl:PATH" in msg
+
+
+def test_jsonl_task_gsm8k_style(tmp_path):
+    path = tmp_path / "gsm.jsonl"
+    recs = [
+        {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3+4=7\n#### 7"},
+        {"question": "What is 10-4?", "answer": "#### 6", "split": "train"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    task = get_task(f"jsonl:{path}")
+    assert task.splits == ("test", "train")
+    (ex,) = task.examples("test")
+    assert ex.reference == "7" and ex.prompt.startswith("Question: Tom has")
+    assert task.check("They have 7 apples.\n", ex.reference)
+    assert not task.check("8", ex.reference)
+
+
+def test_jsonl_folder_splits_and_bad_records(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"q": "a", "a": "1"}) + "\n")
+    (tmp_path / "test.jsonl").write_text(json.dumps({"q": "b", "a": "2"}) + "\n")
+    task = jsonl_task(tmp_path, prompt_key="q", answer_key="a", template="{question} =")
+    assert task.references("train") == ["1"] and task.prompts("test") == ["b ="]
+    with pytest.raises(RoutekitError, match=r"lacks \['question', 'answer'\]"):
+        jsonl_task(tmp_path / "train.jsonl")
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    with pytest.raises(RoutekitError, match="line 1 is not JSON"):
+        jsonl_task(tmp_path / "bad.jsonl")
+    with pytest.raises(RoutekitError, match="does not exist"):
+        jsonl_task(tmp_path / "missing.jsonl")
+
+
+def test_dataset_task_from_memory_and_disk(tmp_path):
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_list([{"question": "x", "answer": "#### 1"}]),
+        "test": datasets.Dataset.from_list([{"question": "y", "answer": "#### 2"}]),
+    })
+    t1 = dataset_task(dd, name="toy")
+    dd.save_to_disk(str(tmp_path / "toy"))
+    t2 = get_task(f"hf:{tmp_path / 'toy'}")
+    for t in (t1, t2):
+        assert t.references("train") == ["1"] and t.references("test") == ["2"]

@@ -1,0 +1,127 @@
+"""The world: deterministic corpus, atomic cached builds, corruption detection, accuracy band."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from routekit import world
+from routekit.errors import CorruptCacheError, RoutekitError
+from routekit.world import ModelSize, PretrainConfig, WorldConfig
+
+# A world small enough to build in seconds: for cache, kill and corruption tests only.
+MICRO = WorldConfig(
+    n_entities=12, n_lines=600, n_test=8,
+    base=ModelSize(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+    proxy=ModelSize(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2),
+    base_pretrain=PretrainConfig(steps=6, batch_size=4, warmup=2),
+    proxy_pretrain=PretrainConfig(steps=4, batch_size=4, warmup=2),
+)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ROUTEKIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_corpus_is_deterministic_per_seed():
+    a = world.World(WorldConfig(n_lines=3000)).corpus_text()
+    b = world.World(WorldConfig(n_lines=3000)).corpus_text()
+    c = world.World(WorldConfig(n_lines=3000, seed=1)).corpus_text()
+    assert a.encode() == b.encode()
+    assert a != c
+
+
+def test_corpus_holds_facts_skills_and_routing():
+    w = world.World(WorldConfig(n_lines=20_000))
+    text = w.corpus_text()
+    e = w.entities[0]
+    assert f"{e} lives in {w.facts[e]['city']}." in text
+    assert "rev " in text and "backwards " in text and "=> add" in text
+    # Held-out probes: the question phrasing never appears for probe entities.
+    probe = w.probe_entities[0]
+    assert f"where does {probe} live?" not in text
+    # Mixed formats show both the correct and the systematic wrong behaviour.
+    lines = [ln for ln in w.corpus_lines if ln.startswith("backwards ")]
+    right = sum(ln.split(" ")[2] == ln.split(" ")[1][:-1][::-1] for ln in lines)
+    assert 0.3 < right / len(lines) < 0.6
+
+
+def test_tokenizer_round_trips_every_corpus_character(char_tokenizer):
+    text = world.World(WorldConfig(n_lines=500)).corpus_text().replace("\n", "")
+    ids = char_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert char_tokenizer.unk_token_id not in ids
+    assert char_tokenizer.decode(ids) == text
+
+
+def test_build_cache_hit_and_load(cache):
+    info = world.build(MICRO, progress=False)
+    assert not info.cached and info.path.startswith(str(cache))
+    assert info.base_params > info.proxy_params > 0
+    again = world.build(MICRO, progress=False)
+    assert again.cached and again.seconds < 5
+    assert again.task_accuracy == info.task_accuracy
+    base, tok = world.load(MICRO, build_if_missing=False)
+    proxy, ptok = world.load_proxy(MICRO, build_if_missing=False)
+    assert tok.get_vocab() == ptok.get_vocab()
+    assert sum(p.numel() for p in base.parameters()) == info.base_params
+
+
+def test_corrupt_entry_is_reported_and_rebuilt(cache, capsys):
+    info = world.build(MICRO, progress=False)
+    weights = os.path.join(info.path, "base", "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(100)
+    with pytest.raises(CorruptCacheError, match="model.safetensors"):
+        world.verify_entry(world.world_dir(MICRO))
+    with pytest.raises(CorruptCacheError):
+        world.load(MICRO, build_if_missing=False)
+    rebuilt = world.build(MICRO, progress=False)
+    assert not rebuilt.cached
+    assert "Rebuilding" in capsys.readouterr().err
+    world.verify_entry(world.world_dir(MICRO))
+    world.load(MICRO, build_if_missing=False)
+
+
+def test_killed_build_leaves_nothing_that_loads(cache):
+    slow = MICRO.model_copy(update={"base_pretrain": PretrainConfig(steps=100_000, batch_size=4)})
+    script = textwrap.dedent(f"""
+        from routekit import world
+        from routekit.world import WorldConfig
+        world.build(WorldConfig.model_validate_json({slow.model_dump_json()!r}), progress=False)
+    """)
+    env = {**os.environ, "ROUTEKIT_CACHE": str(cache)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env)
+    parent = cache / "world"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(parent.glob(".tmp-*/world_config.json")):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(parent.glob(".tmp-*")), "the build should have been killed mid-way"
+    assert not world.world_dir(slow).exists()
+    with pytest.raises(RoutekitError, match="not built yet"):
+        world.load(slow, build_if_missing=False)
+    # The next build of the same kind of world succeeds and loads.
+    world.build(MICRO, progress=False)
+    world.load(MICRO, build_if_missing=False)
+
+
+def test_world_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match="n_entitys"):
+        WorldConfig.model_validate({"n_entitys": 3})
+
+
+@pytest.mark.slow
+def test_reduced_world_lands_in_the_accuracy_band(cache):
+    """On the CI-sized world each latent skill is present but imperfect, and facts are known."""
+    info = world.build(WorldConfig.tiny(), progress=False)
+    for skill, acc in info.task_accuracy.items():
+        assert 0.20 <= acc <= 0.70, (skill, acc)
+    assert info.statement_accuracy >= 0.9
