@@ -309,7 +309,7 @@ def test_configs_are_shipped():
 def test_every_shipped_config_validates_and_names_its_launch_line(path):
     cfg = TrainConfig.from_yaml(path)
     text = path.read_text()
-    rel = path.relative_to(path.parents[2]).as_posix()
+    rel = path.relative_to(path.parents[3]).as_posix()
     assert f"routekit train {rel}" in text
     assert f"accelerate launch -m routekit.cli train {rel}" in text
     assert cfg.task is not None
@@ -338,3 +338,51 @@ def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
 def test_train_keyword_overrides_are_validated():
     with pytest.raises(ConfigError, match=r"unknown key 'lrate'"):
         train(tiny_llama(), char_tokenizer(), rev_task(), lrate=1.0, progress=False)
+
+
+def test_svf_fields_are_checked_against_svfconfig():
+    with pytest.raises(ConfigError, match=r"unknown key 'svf.rank'"):
+        TrainConfig.from_dict({"svf": {"rank": 4}})
+
+
+# --------------------------------------------------------------------------- CLI recipe
+@pytest.mark.skipif(not HAS_SVF, reason="routekit.svf not merged")
+def test_routekit_train_writes_an_svf_expert_equal_to_the_trained_z(tmp_path):
+    from routekit.cli import main
+    from routekit.svf import SVFExpert
+
+    tiny_llama().save_pretrained(tmp_path / "model")
+    char_tokenizer().save_pretrained(tmp_path / "model")
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "test"):
+        data.joinpath(f"{split}.jsonl").write_text(
+            "".join(f'{{"question": "{w} =", "answer": "{w[::-1]}"}}\n' for w in WORDS)
+        )
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(
+        f"model: {tmp_path / 'model'}\ntask: jsonl:{data}\nobjective: sft\nparameterization: svf\n"
+        f"svf:\n  cache_dir: {tmp_path / 'cache'}\nsteps: 2\nbatch_size: 2\ngroup_size: 2\n"
+        "max_new_tokens: 4\nlr: 0.05\n"
+    )
+    out, run = tmp_path / "experts" / "rev_svf", tmp_path / "runs" / "rev_svf"
+    assert main(["train", str(cfg), "--out", str(out), "--run-dir", str(run), "--no-progress"]) == 0
+    expert = SVFExpert.from_pretrained(out)
+    saved = load_safetensors(checkpoint_dir(run) / "trainable.safetensors")
+    assert expert.name == "rev_svf"
+    assert len(expert.z) == len(saved) > 0
+    for layer, z in expert.z.items():
+        (ckpt_name,) = [n for n in saved if n.startswith(layer + ".svf_z") or n == f"{layer}.svf_z"]
+        assert torch.equal(z, saved[ckpt_name])
+    assert any(not torch.equal(z, torch.ones_like(z)) for z in expert.z.values())
+    assert read_json(run / "train_result.json")["config"]["objective"] == "sft"
+    assert expert.training_config["objective"] == "sft"
+
+
+def test_routekit_train_refuses_a_bad_config(tmp_path, capsys):
+    from routekit.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("objective: rl\nstep: 3\n")
+    assert main(["train", str(cfg)]) == 1
+    assert "unknown key 'step'" in capsys.readouterr().err

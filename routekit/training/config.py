@@ -198,16 +198,17 @@ def _check_svf_fields(fields: dict[str, Any]) -> None:
     try:
         SVFConfig.model_validate(fields)
     except ValidationError as e:
-        raise ValueError("svf: " + format_validation_error(e).replace("key '", "key 'svf.")
-                         .replace("unknown key '", "unknown key 'svf.")) from None
+        raise ValueError(format_validation_error(e).replace("key '", "key 'svf.")) from None
 
 
 def format_validation_error(e: ValidationError) -> str:
     """One line per problem: 'key.sub: message (got value)'."""
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "<config>"
-        if err["type"] == "extra_forbidden":
+        loc = ".".join(str(x) for x in err["loc"])
+        if not loc:  # a rule over several keys; its message names them
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+        elif err["type"] == "extra_forbidden":
             parts.append(f"unknown key {loc!r}; remove it or check its spelling")
         else:
             parts.append(f"key {loc!r}: {err['msg']} (got {err.get('input')!r})")
