@@ -17,7 +17,8 @@ from routekit.io import load_safetensors, read_json
 from routekit.tasks.base import Example, Task
 from routekit.training import TrainConfig, objectives, train, trainable_parameters
 from routekit.training.checkpoint import checkpoint_dir
-from tests.tiny_lm import char_tokenizer, tiny_llama
+from routekit.world.tokenizer import build_tokenizer as char_tokenizer
+from tests.conftest import tiny_causal_lm
 
 torch.set_num_threads(1)  # 2 shared cores: threads only fight each other on these tiny models
 # Without OMP_NUM_THREADS, accelerate's multi-CPU setup re-sets the thread count in each
@@ -29,6 +30,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 HAS_SVF = importlib.util.find_spec("routekit.svf") is not None
 WORDS = ["abc", "dog", "cat", "xyz", "ab", "qrs", "mno", "hello", "tree", "sun", "moon", "fig"]
 GOOD_FIRST = "abcdefgh"
+
+
+def tiny_llama():
+    return tiny_causal_lm("llama")
 
 
 def rev_task() -> Task:
@@ -285,7 +290,9 @@ def test_two_processes_equal_one(tmp_path, monkeypatch, objective):
     task = rev_task() if objective == "sft" else first_letter_task()
     one = train(tiny_llama(), char_tokenizer(), task, cfg, out_dir=tmp_path / "one", progress=False)
     two = load_safetensors(checkpoint_dir(tmp_path / "two") / "trainable.safetensors")
-    hist_two = read_json(checkpoint_dir(tmp_path / "two") / "state.json")["history"]
+    state_two = read_json(checkpoint_dir(tmp_path / "two") / "state.json")
+    assert state_two["num_processes"] == 2
+    hist_two = state_two["history"]
     for name, p in trainable_parameters(one.model).items():
         torch.testing.assert_close(two[name], p.detach(), rtol=1e-6, atol=1e-6)
     for r1, r2 in zip(one.history, hist_two):

@@ -38,8 +38,12 @@ def save_checkpoint(
     step: int,
     config: TrainConfig,
     history: list[dict[str, Any]],
+    num_processes: int = 1,
 ) -> Path:
-    """Write the checkpoint after ``step`` completed steps; returns its directory."""
+    """Write the checkpoint after ``step`` completed steps; returns its directory.
+
+    ``num_processes`` is recorded for the reader only: a run may resume on another count.
+    """
     names = list(params)
     opt_state = optimizer.state_dict()["state"]
     opt_tensors = {}
@@ -60,6 +64,7 @@ def save_checkpoint(
             {
                 "format": FORMAT,
                 "step": step,
+                "num_processes": num_processes,
                 "param_names": names,
                 "config": config.model_dump(mode="json"),
                 "history": history,

@@ -168,7 +168,9 @@ def train(
                 (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps
             ):
                 if accelerator.is_main_process:
-                    save_checkpoint(out_dir, params, optimizer, done, config, history)
+                    save_checkpoint(
+                        out_dir, params, optimizer, done, config, history, accelerator.num_processes
+                    )
                 accelerator.wait_for_everyone()
                 last_ckpt = str(checkpoint_dir(out_dir))
     finally:
