@@ -144,6 +144,17 @@ def test_rl_kl_penalty_is_zero_at_the_base_and_positive_after_moving(kind, tmp_p
     assert res.history[-1]["kl"] > 0
 
 
+def test_eval_every_records_the_greedy_accuracy_of_the_model_at_that_step():
+    from routekit.eval import evaluate
+
+    model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
+    res = train(model, tok, task, parameterization="full", steps=4, batch_size=6, lr=1e-2,
+                eval_every=4, max_new_tokens=6, progress=False)
+    expected = evaluate(res.model, tok, task, "test", max_new_tokens=6).accuracy
+    assert res.history[-1]["eval_accuracy"] == expected
+    assert all("eval_accuracy" not in r for r in res.history[:-1])
+
+
 # --------------------------------------------------------------------------- what moves
 @pytest.mark.parametrize("kind", ["lora", "mask"] + (["svf"] if HAS_SVF else []))
 def test_only_trainable_parameters_change(kind, tmp_path):
@@ -169,6 +180,7 @@ def test_only_trainable_parameters_change(kind, tmp_path):
             moved = p.detach() != base[name]
             assert not (moved & ~masks[name]).any(), f"{name} moved outside its mask"
         assert sum(int((p.detach() != base[n]).sum()) for n, p in res.model.named_parameters()) > 0
+        assert res.trainable_parameters == sum(int(m.sum()) for m in masks.values())
 
 
 def test_bf16_storage_keeps_trainable_numbers_in_bfloat16():

@@ -37,9 +37,12 @@ def trainable_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) numbers of scalars."""
+    """(trainable, total) numbers of scalars; for a masked model, the entries its masks free."""
     params = dict(model.named_parameters())
     total = sum(p.numel() for p in params.values())
+    masks = getattr(model, MASKS_ATTR, None)
+    if masks is not None:
+        return sum(int(m.sum()) for n, m in masks.items() if params[n].requires_grad), total
     trainable = sum(p.numel() for p in params.values() if p.requires_grad)
     return trainable, total
 

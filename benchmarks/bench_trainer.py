@@ -1,0 +1,152 @@
+"""routekit's RL loop against TRL's GRPOTrainer on the same model, task and work per step.
+
+Both train an SVF model (MLP z vectors) of the world base's size by GRPO: 16 prompts x 8
+sampled completions of up to 12 tokens per step (reward: the completion starts with a-h),
+lr 3e-3, no KL, weight decay 0, one CPU thread; TRL with use_cpu, bf16 off, beta 0. Per-step wall times exclude the first (warm-up) step; medians are quoted.
+
+- routekit_vs_trl_step: routekit's step time (micro_batch_size = the whole batch, as TRL's
+  one forward over 128 completions) over TRL's.
+- routekit_mb4_vs_trl_step: the same with routekit's default micro_batch_size 4.
+
+    PYTHONPATH=. python benchmarks/bench_trainer.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
+
+from routekit.svf import SVFConfig, get_svf_model
+from routekit.tasks.base import Example, Task
+from routekit.training import train
+from routekit.world.tokenizer import build_tokenizer
+
+PROMPTS, GROUP, NEW_TOKENS, LR = 16, 8, 12, 3e-3
+
+
+def base_model() -> tuple[torch.nn.Module, str]:
+    """The world base if it is built (never builds it here), else a random model of its size."""
+    try:
+        from routekit import world
+
+        model, _ = world.load(build_if_missing=False)
+        return model.float().eval(), "world base"
+    except Exception:  # noqa: BLE001 - no world here: a random model of the same shape
+        torch.manual_seed(0)
+        cfg = LlamaConfig(
+            vocab_size=50, hidden_size=224, intermediate_size=576, num_hidden_layers=4,
+            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+            bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        )
+        return LlamaForCausalLM(cfg).eval(), "random Llama of the world-base size"
+
+
+def task() -> Task:
+    words = ["abc", "dog", "cat", "xyz", "qrs", "mno", "hello", "tree", "sun", "moon", "fig", "kiwi",
+             "lime", "pear", "plum", "yam"]
+    ex = [Example(f"backwards {w}:", w[::-1]) for w in words]
+    # A reward an untrained model earns now and then (about 1 completion in 6), so that
+    # advantages and gradients are not all zero: the completion starts with one of a-h.
+    return Task("first", {"train": ex, "test": ex}, checker=lambda c, r: c[:1] in "abcdefgh")
+
+
+def svf_model(cache: str) -> torch.nn.Module:
+    model, _ = base_model()
+    return get_svf_model(model, SVFConfig(target_modules="mlp", cache_dir=cache))
+
+
+def time_routekit(steps: int, micro: int, cache: str) -> list[float]:
+    tok = build_tokenizer()
+    res = train(
+        svf_model(cache), tok, task(), objective="rl", parameterization="svf", steps=steps,
+        batch_size=PROMPTS, group_size=GROUP, micro_batch_size=micro, max_new_tokens=NEW_TOKENS,
+        lr=LR, grad_clip=None, checkpoint_every=0, progress=False,
+    )
+    return [r["seconds"] for r in res.history[1:]]
+
+
+class _StepTimer(TrainerCallback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._t = 0.0
+
+    def on_step_begin(self, args, state, control, **kw):  # noqa: ANN001
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):  # noqa: ANN001
+        self.times.append(time.perf_counter() - self._t)
+
+
+def time_trl(steps: int, cache: str) -> list[float]:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    tok = build_tokenizer()
+    t = task()
+    data = Dataset.from_list([{"prompt": e.prompt, "reference": e.reference} for e in t.examples("train")])
+
+    def reward(completions, reference, **kw):  # noqa: ANN001
+        return t.reward(completions, reference)
+
+    timer = _StepTimer()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = GRPOConfig(
+            output_dir=out, per_device_train_batch_size=PROMPTS * GROUP, num_generations=GROUP,
+            max_completion_length=NEW_TOKENS, max_steps=steps, learning_rate=LR,
+            weight_decay=0.0, beta=0.0, use_cpu=True, bf16=False, report_to=[],
+            logging_steps=1, save_strategy="no", gradient_checkpointing=False, seed=0,
+            temperature=1.0, max_grad_norm=1e9, lr_scheduler_type="constant",
+        )
+        trainer = GRPOTrainer(
+            model=svf_model(cache), reward_funcs=reward, args=cfg, train_dataset=data,
+            processing_class=tok, callbacks=[timer],
+        )
+        trainer.train()
+        trainer.remove_callback(timer)
+    return timer.times[1:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as cache:
+        _, what = base_model()
+        trl_times = time_trl(args.steps, cache)
+        rk_times = time_routekit(args.steps, PROMPTS, cache)
+        rk4_times = time_routekit(args.steps, 4, cache)
+    med = {k: statistics.median(v) for k, v in
+           {"trl": trl_times, "routekit": rk_times, "routekit_mb4": rk4_times}.items()}
+    result = {
+        "model": what,
+        "work_per_step": f"{PROMPTS} prompts x {GROUP} completions, <= {NEW_TOKENS} new tokens",
+        "trl_step_s": round(med["trl"], 4),
+        "routekit_step_s": round(med["routekit"], 4),
+        "routekit_mb4_step_s": round(med["routekit_mb4"], 4),
+        "routekit_vs_trl_step": round(med["routekit"] / med["trl"], 3),
+        "routekit_mb4_vs_trl_step": round(med["routekit_mb4"] / med["trl"], 3),
+        "steps_timed": args.steps - 1,
+        "torch_threads": 1,
+    }
+    out = Path(__file__).parent / "results" / "bench_trainer.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:28s} {v}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
