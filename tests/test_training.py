@@ -99,6 +99,37 @@ def test_group_normalised_advantages():
     assert r.rewards.tolist() == [1.0 if c[:1] in GOOD_FIRST else 0.0 for c in r.completions]
 
 
+@pytest.mark.parametrize("kl_coef", [0.0, 0.3])
+def test_rl_loss_equals_a_per_sample_reference(kl_coef):
+    """-(1/N) Σ A_i · mean_t log π(y_it) + kl_coef · (1/N) Σ mean_t k3_it, each sample run alone."""
+    tok, task = char_tokenizer(), first_letter_task()
+    model, base = tiny_llama(), tiny_causal_lm("llama", seed=1)
+    r = objectives.sample_rollout(
+        model, tok, task, task.examples("train")[:4], [0, 1, 2, 3],
+        step=0, seed=3, group_size=4, max_new_tokens=4, temperature=2.0,
+    )
+    assert 0 < float(r.rewards.sum()) < 16 and (r.advantages == 0).any()  # mixed and skipped rows
+    n = 32  # global sample count (the rollout is half of a global batch)
+    loss, _ = objectives.rl_loss(model, tok, r, n, torch.device("cpu"), temperature=2.0,
+                                 kl_coef=kl_coef, base_context=lambda: contextlib.nullcontext(base))
+    ref = torch.zeros(())
+    for p, c, a in zip(r.prompt_ids, r.completion_ids, r.advantages):
+        ids = torch.tensor([p + c])
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float() / 2.0, -1)
+        lp = lp.gather(-1, ids[0, 1:, None])[len(p) - 1 :, 0]
+        ref = ref - a * lp.mean() / n
+        if kl_coef:
+            with torch.no_grad():
+                blp = torch.log_softmax(base(input_ids=ids).logits[0, :-1].float() / 2.0, -1)
+                blp = blp.gather(-1, ids[0, 1:, None])[len(p) - 1 :, 0]
+            d = blp - lp
+            ref = ref + kl_coef * (torch.exp(d) - d - 1).mean() / n
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5, abs=1e-7)
+    g = torch.autograd.grad(loss, model.model.layers[0].mlp.up_proj.weight)[0]
+    g_ref = torch.autograd.grad(ref, model.model.layers[0].mlp.up_proj.weight)[0]
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-7)
+
+
 # --------------------------------------------------------------------------- learning
 def test_sft_lowers_the_loss():
     model, tok, task = tiny_llama(), char_tokenizer(), rev_task()

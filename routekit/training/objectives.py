@@ -223,14 +223,25 @@ def rl_loss(
     kl_coef: float = 0.0,
     base_context=None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Policy-gradient loss with group-normalised advantages and an optional k3 KL term."""
-    rows = [(p, c) for p, c in zip(rollout.prompt_ids, rollout.completion_ids)]
+    """Policy-gradient loss with group-normalised advantages and an optional k3 KL term.
+
+    Without a KL term, samples whose advantage is exactly 0 (groups where every sample got
+    the same reward) contribute nothing, so they are left out of the forward pass; the
+    returned loss then may not require grad (nothing to back-propagate).
+    """
+    keep = list(range(len(rollout.prompt_ids)))
+    if kl_coef == 0:
+        keep = [i for i in keep if float(rollout.advantages[i]) != 0.0]
+    stats = {"reward_sum": float(rollout.rewards.sum()), "samples": len(rollout.prompt_ids)}
+    if not keep:
+        return torch.zeros((), device=device), {**stats, "loss_sum": 0.0, "kl_sum": 0.0}
+    rows = [(rollout.prompt_ids[i], rollout.completion_ids[i]) for i in keep]
     ids, attn, comp = right_padded(rows, _pad_id(tokenizer), device)
     mask = comp[:, 1:].float()
     n_tokens = mask.sum(1).clamp(min=1.0)
     logp = token_logprobs(model, ids, attn, temperature)
     seq_logp = (logp * mask).sum(1) / n_tokens
-    adv = rollout.advantages.to(device)
+    adv = rollout.advantages[keep].to(device)
     pg_sum = -(adv * seq_logp).sum()
     loss = pg_sum
     kl_sum = torch.zeros((), device=device)
@@ -242,9 +253,4 @@ def rl_loss(
         kl_sum = ((k3 * mask).sum(1) / n_tokens).sum()
         loss = loss + kl_coef * kl_sum
     scaled = loss / global_samples
-    return scaled, {
-        "loss_sum": float(loss.detach()),
-        "kl_sum": float(kl_sum.detach()),
-        "reward_sum": float(rollout.rewards.sum()),
-        "samples": len(rows),
-    }
+    return scaled, {**stats, "loss_sum": float(loss.detach()), "kl_sum": float(kl_sum.detach())}

@@ -279,6 +279,8 @@ def _train_step(
         sums[0] += stats["loss_sum"]
         if not math.isfinite(stats["loss_sum"]):
             break  # every process learns of it through the reduced sums below
+        if not loss.requires_grad:
+            continue  # an RL micro-batch whose samples all have advantage 0
         accelerator.backward(loss)
         for name, p in params.items():
             if p.grad is not None:
