@@ -362,6 +362,7 @@ def test_every_shipped_config_validates_and_names_its_launch_line(path):
     rel = path.relative_to(path.parents[3]).as_posix()
     assert f"routekit train {rel}" in text
     assert f"accelerate launch -m routekit.cli train {rel}" in text
+    assert f"torchrun --nproc_per_node 2 -m routekit.cli train {rel}" in text
     assert cfg.task is not None
     for line in text.splitlines():  # every key carries a comment
         if line and not line.startswith("#") and ":" in line and not line.startswith(" "):
