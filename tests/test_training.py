@@ -214,6 +214,23 @@ def test_only_trainable_parameters_change(kind, tmp_path):
         assert res.trainable_parameters == sum(int(m.sum()) for m in masks.values())
 
 
+def test_a_wrapped_model_trains_its_own_parameterization(tmp_path):
+    from routekit.svf import SVFConfig, get_svf_model
+
+    tok, task = char_tokenizer(), rev_task()
+    model = get_svf_model(tiny_llama(), SVFConfig(cache_dir=str(tmp_path)))
+    res = train(model, tok, task, objective="sft", parameterization="svf", steps=1, batch_size=2,
+                progress=False)  # explicit
+    res2 = train(get_svf_model(tiny_llama(), SVFConfig(cache_dir=str(tmp_path))), tok, task,
+                 objective="sft", steps=1, batch_size=2, progress=False)  # inferred
+    assert res2.config.parameterization == "svf"
+    assert res.trainable_parameters == res2.trainable_parameters == sum(
+        p.numel() for n, p in model.named_parameters() if "svf_z" in n
+    )
+    with pytest.raises(ConfigError, match=r"already prepared for parameterization 'svf'"):
+        train(res.model, tok, task, parameterization="lora", steps=1, batch_size=2, progress=False)
+
+
 def test_bf16_storage_keeps_trainable_numbers_in_bfloat16():
     model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
     res = train(model, tok, task, parameterization="lora", bf16_storage=True, steps=1,

@@ -131,7 +131,7 @@ def train(
     continues from there. NaN/inf in the loss, gradients or parameters raise TrainingError
     naming the step, before anything is written.
     """
-    config = _as_config(config, overrides)
+    config = _as_config(config, overrides, model)
     if resume and out_dir is None:
         raise ConfigError("resume=True needs out_dir: the checkpoint to resume lives in out_dir/checkpoint.")
     t0 = time.perf_counter()
@@ -200,17 +200,39 @@ def train(
     )
 
 
-def _as_config(config: TrainConfig | dict[str, Any] | None, overrides: dict[str, Any]) -> TrainConfig:
+def _as_config(
+    config: TrainConfig | dict[str, Any] | None, overrides: dict[str, Any], model: nn.Module
+) -> TrainConfig:
+    """Merge config and keyword overrides; an unset parameterization follows the model's
+    wrapping (an SVF model trains z, a PeftModel its LoRA), as ``rk.train(svf_model, ...)``."""
     if config is None:
         data: dict[str, Any] = {}
     elif isinstance(config, TrainConfig):
-        data = config.model_dump()
+        data = config.model_dump(exclude_unset=True)
     elif isinstance(config, dict):
         data = dict(config)
     else:
         raise ConfigError(f"config must be a TrainConfig or a dict, got {type(config).__name__}.")
     data.update(overrides)
+    if "parameterization" not in data:
+        inferred = _wrapped_as(model)
+        if inferred is not None:
+            data["parameterization"] = inferred
     return TrainConfig.from_dict(data, source="train config")
+
+
+def _wrapped_as(model: nn.Module) -> str | None:
+    from peft import PeftModel
+
+    from .parameterizations import PARAMETERIZATION_ATTR
+
+    if getattr(model, PARAMETERIZATION_ATTR, None):
+        return getattr(model, PARAMETERIZATION_ATTR)
+    if isinstance(model, PeftModel):
+        return "lora"
+    if any("svf_z" in n for n, _ in model.named_parameters()):
+        return "svf"
+    return None
 
 
 def _train_step(
