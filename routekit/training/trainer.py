@@ -125,11 +125,12 @@ def train(
 
     The model is prepared for ``config.parameterization`` unless it already is (see
     :func:`~routekit.training.parameterizations.prepare`); the result's ``model`` is the one to
-    use afterwards (a ``PeftModel`` for LoRA). Under ``accelerate launch`` each process takes
-    its share of every global batch's micro-batches and gradients are summed over processes,
-    giving the single-process result. With ``out_dir``, checkpoints go to ``out_dir/checkpoint``; ``resume=True``
-    continues from there. NaN/inf in the loss, gradients or parameters raise TrainingError
-    naming the step, before anything is written.
+    use afterwards (a ``PeftModel`` for LoRA). Under ``accelerate launch`` / ``torchrun`` each
+    process takes its share of every global batch's micro-batches and gradients are summed
+    over processes, giving the single-process result. With ``out_dir``, checkpoints go to
+    ``out_dir/checkpoint``; ``resume=True`` continues from there. NaN/inf in the loss,
+    gradients or parameters raise TrainingError naming the step; no checkpoint is written
+    after a non-finite step, so the last one stays intact.
     """
     config = _as_config(config, overrides, model)
     if resume and out_dir is None:
