@@ -9,8 +9,10 @@ RL loss    = -(1/N) Σ_i A_i · (Σ_t log π(y_it) / n_i)          (N = samples 
              + kl_coef · (1/N) Σ_i (Σ_t k3_it / n_i)
 where A_i = (r_i − mean_group) / (std_group + 1e-4) (unbiased std over the group_size samples
 of the same prompt), n_i = completion tokens of sample i (up to and including the first stop
-token), and k3 = exp(log π_base − log π) − (log π_base − log π) − 1 on the sampled tokens.
-One optimiser step per sampled batch, so the policy ratio is 1 and no PPO clipping applies.
+token), log π = log_softmax(logits / temperature) (the distribution sampled from), and
+k3 = exp(log π_base − log π) − (log π_base − log π) − 1 on the sampled tokens. One optimiser
+step per sampled batch, so the policy ratio is 1 and no PPO clipping applies. Sampling is
+Gumbel-max under greedy ``generate`` with one seeded generator per (step, prompt, sample).
 """
 
 from __future__ import annotations
