@@ -15,6 +15,7 @@ from .errors import RoutekitError
 _COMMAND_MODULES = [
     "routekit.world.commands",
     "routekit.eval_commands",
+    "routekit.analysis.commands",
 ]
 
 
@@ -25,7 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a module that exists but fails to import is a real error
+                raise
+            continue  # a workflow not present in this installation
+        module.register(sub)
     return parser
 
 
