@@ -26,13 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:  # a module that exists but fails to import is a real error
-                raise
-            continue  # a workflow not present in this installation
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 
