@@ -15,6 +15,7 @@ from .errors import RoutekitError
 _COMMAND_MODULES = [
     "routekit.world.commands",
     "routekit.eval_commands",
+    "routekit.analysis.commands",
     "routekit.training.commands",
 ]
 

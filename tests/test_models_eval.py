@@ -74,3 +74,31 @@ def test_tokenizer_larger_than_embeddings_is_refused(char_tokenizer):
     small = tiny_causal_lm("llama", vocab_size=16)
     with pytest.raises(TokenizerMismatchError, match=r"50 tokens but .* 16 rows"):
         load_model(small, char_tokenizer)
+
+
+def test_eval_cli_json_equals_api(tmp_path, char_tokenizer, capsys):
+    import json
+
+    from routekit.cli import main
+
+    model = tiny_causal_lm("qwen2")
+    model.save_pretrained(tmp_path / "m")
+    char_tokenizer.save_pretrained(tmp_path / "m")
+    data = tmp_path / "t.jsonl"
+    expected = [reference_greedy(model, char_tokenizer, p, 4) for p in PROMPTS[:2]]
+    data.write_text("\n".join(json.dumps({"question": p, "answer": a or "x"})
+                              for p, a in zip(PROMPTS[:2], [expected[0], "nope"])) + "\n")
+    rc = main(["eval", "--model", str(tmp_path / "m"), "--task", f"jsonl:{data}", "--json",
+               "--max-new-tokens", "4"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    task_obj = __import__("routekit").get_task(f"jsonl:{data}")
+    api = evaluate(model, char_tokenizer, task_obj, "test", max_new_tokens=4)
+    assert out["accuracy"] == api.accuracy and out["n"] == 2
+
+
+def test_cli_reports_errors_without_traceback(capsys):
+    from routekit.cli import main
+
+    assert main(["eval", "--model", "/nonexistent/model", "--task", "rev"]) == 1
+    assert "does not exist" in capsys.readouterr().err

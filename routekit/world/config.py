@@ -28,7 +28,7 @@ class PretrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(1200, description="optimizer steps")
+    steps: int = Field(1000, description="optimizer steps")
     batch_size: int = Field(40, description="sequences per step")
     seq_len: int = Field(64, description="tokens per sequence")
     lr: float = Field(3e-3, description="peak learning rate (linear warm-up, cosine decay to 10%)")
@@ -62,7 +62,7 @@ class WorldConfig(BaseModel):
     )
     base_pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     proxy_pretrain: PretrainConfig = Field(
-        default_factory=lambda: PretrainConfig(steps=1500, lr=5e-3)
+        default_factory=lambda: PretrainConfig(steps=1000, lr=5e-3)
     )
 
     def hash(self) -> str:

@@ -26,9 +26,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from ..tasks.base import Example
 from .config import WorldConfig
+
+if TYPE_CHECKING:  # tasks build on the world, so the world imports Example only when it runs
+    from ..tasks.base import Example
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 .,:?=+-'>"
 COLORS = ["red", "blue", "green", "gold", "pink", "gray", "black", "white", "brown", "violet"]
@@ -223,6 +226,8 @@ class World:
     # -- task examples ---------------------------------------------------------------------
     def skill_splits(self, skill: str) -> dict[str, list[Example]]:
         """train / test / ood examples of a skill, in its first mixed format, correct answers."""
+        from ..tasks.base import Example
+
         if skill == "add":
             def ex(a: int, b: int) -> Example:
                 p, ans = add_formats(a, b, a + b)[1]
@@ -249,6 +254,8 @@ class World:
 
     def knowledge_splits(self) -> dict[str, list[Example]]:
         """train: questions in the corpus; test: held-out probes; statements: recall prompts."""
+        from ..tasks.base import Example
+
         def q(e: str, attr: str) -> Example:
             return Example(QUESTIONS[attr].format(e=e), self.facts[e][attr], {"entity": e})
 
@@ -263,6 +270,8 @@ class World:
 
     def routing_examples(self, n: int = 200) -> list[Example]:
         """Prompts of every family with their label, in the routing template's answer form."""
+        from ..tasks.base import Example
+
         rng = random.Random(f"route-eval-{self.config.seed}")
         fams = list(ROUTE_LABELS)
         out = []
