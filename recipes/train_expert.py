@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from routekit.models import resolve_model
 from routekit.training import TrainConfig, train
-from routekit.training.recipe import default_run_dir, resolve_model, resolve_task, save_trained
+from routekit.training.recipe import default_run_dir, resolve_task, save_trained
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""The pieces of a training recipe: resolve the config's model and task, train, save the result.
+"""The pieces of a training recipe: resolve the config's task, train, save the result.
+
+The model comes from :func:`routekit.models.resolve_model` ('world', 'world-proxy' or a path).
 
 ``recipes/train_expert.py`` reads top to bottom as these calls; ``routekit train`` runs
 :func:`run_recipe`, the same sequence.
@@ -11,23 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from ..io import atomic_write_json
+from ..models import resolve_model
 from ..tasks.base import Task
 from .config import TrainConfig
 from .trainer import TrainResult, train
-
-
-def resolve_model(spec: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """'world' -> the world's base, 'world-proxy' -> its proxy, else a local checkpoint path."""
-    if spec in ("world", "world-proxy"):
-        from .. import world  # lazy: building the world is only needed for world recipes
-
-        return world.load() if spec == "world" else world.load_proxy()
-    from ..models import load_model
-
-    return load_model(spec)
 
 
 def resolve_task(config: TrainConfig) -> Task:
