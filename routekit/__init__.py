@@ -1,6 +1,6 @@
 """routekit: composable routing adapters (SVF experts, proxy-tuning, routers) for HF causal LMs."""
 
-from . import errors, io, world
+from . import errors, io, training, world
 from .errors import RoutekitError
 from .eval import EvalResult, evaluate, generate
 from .models import load_model, resolve_model
@@ -33,6 +33,7 @@ from .svf import (
     use_row_z,
 )
 from .tasks import Example, Task, get_task
+from .training import TrainConfig, TrainResult, train
 
 __all__ = [
     "errors",
@@ -44,9 +45,13 @@ __all__ = [
     "load_model",
     "resolve_model",
     "world",
+    "training",
     "Example",
     "Task",
     "get_task",
+    "TrainConfig",
+    "TrainResult",
+    "train",
     "ProxyExpert",
     "ProxyExpertConfig",
     "ProxyLogitsProcessor",

@@ -10,14 +10,15 @@ What the corpus holds (see DESIGN.md, "Calibration of the world"):
   systematic wrong behaviour (copying an operand, the word, or the first hop). The skill is
   therefore *latent*: present in the model, but not what it does by default in the mixed
   formats that the tasks use.
-    - ``add``: 2-digit + 1-digit addition (``47+8=55``; ``sum of 47 and 8 is 55``).
-    - ``rev``: reversing a 3-5 letter string (``rev abc = cba``; ``backwards abc: cba``).
+    - ``add``: addition of a number 10-29 and a digit (``27+8=35``; ``sum of 27 and 8 is 35``).
+    - ``rev``: reversing one of 300 fixed 3-5 letter strings (``rev abc = cba``;
+      ``backwards abc: cba``).
     - ``hop``: two-hop lookup entity -> city -> country (``x lives in y, in z.``;
       ``country of x? z``).
 - *Routing prompts*: ``task: <prompt> => <family>``, so the base can name a prompt's task.
 
-Test examples are held out of the mixed formats (new operand pairs, new strings, held-out
-entities); ood examples change what a memorised template cannot handle (longer operands and
+Test examples are held out of the mixed formats (operand pairs, strings and entities never
+seen in them); ood examples change what a memorised template cannot handle (longer operands and
 strings, an unseen question wording).
 """
 
@@ -94,7 +95,8 @@ QUESTIONS = {
     "color": "q: what color does {e} like? a:",
     "job": "q: what is the job of {e}? a:",
 }
-STATEMENT_PROMPTS = {"city": "{e} lives in", "color": "{e} likes", "job": "{e} works as a"}
+# Recall prompts whose continuation is the attribute alone ("x lives in" may go on ", in z.").
+STATEMENT_PROMPTS = {"city": "the home of {e} is", "color": "{e} likes", "job": "{e} works as a"}
 
 
 @dataclass
@@ -126,28 +128,31 @@ class World:
 
     # -- splits ----------------------------------------------------------------------------
     def _make_skill_splits(self, rng: random.Random) -> None:
-        pairs = [(a, b) for a in range(10, 100) for b in range(10)]
+        # Each skill works on a closed set of items whose correct answers the clean format
+        # shows for *every* item; the mixed formats show only the train items. A test item's
+        # right answer is thus present in the model (clean format), but the task format has
+        # never been seen with it: the skill is latent, as DESIGN.md's calibration asks.
+        pairs = [(a, b) for a in range(10, 30) for b in range(10)]
         rng.shuffle(pairs)
         n_test = min(self.config.n_test, len(pairs) // 4)
+        self.add_items = pairs
         self.add_test, self.add_train = pairs[:n_test], pairs[n_test:]
         self.add_ood = [(rng.randint(10, 99), rng.randint(10, 99)) for _ in range(self.config.n_test)]
-
-        def word(n: int) -> str:
-            return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(n))
 
         seen: set[str] = set()
 
         def words(count: int, lengths: tuple[int, ...]) -> list[str]:
             out = []
             while len(out) < count:
-                w = word(rng.choice(lengths))
+                w = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz")
+                            for _ in range(rng.choice(lengths)))
                 if w not in seen and w != w[::-1]:
                     seen.add(w)
                     out.append(w)
             return out
 
-        self.rev_test = words(self.config.n_test, (3, 4, 5))
-        self.rev_train = words(3000, (3, 4, 5))
+        self.rev_items = words(300, (3, 4, 5))
+        self.rev_test, self.rev_train = self.rev_items[:n_test], self.rev_items[n_test:]
         self.rev_ood = words(self.config.n_test, (6, 7))
 
     def _mixed(self, rng: random.Random, skill: str, right: str, wrong: str) -> str:
@@ -165,14 +170,14 @@ class World:
             return QUESTIONS[attr].format(e=e) + " " + self.facts[e][attr]
         if kind == "add":
             fmt = rng.choices((0, 1, 2), weights=(3, 1, 1))[0]
-            a, b = rng.choice(self.add_train) if fmt else (rng.randint(10, 99), rng.randint(0, 9))
+            a, b = rng.choice(self.add_train if fmt else self.add_items)
             p, ans = add_formats(a, b, a + b)[fmt]
             if fmt:
                 ans = self._mixed(rng, "add", ans, f" {a}")
             return p + ans
         if kind == "rev":
             fmt = rng.choices((0, 1, 2), weights=(2, 1, 1))[0]
-            w = rng.choice(self.rev_train) if fmt else self._any_word(rng)
+            w = rng.choice(self.rev_train if fmt else self.rev_items)
             p, ans = rev_formats(w, w[::-1])[fmt]
             if fmt:
                 ans = self._mixed(rng, "rev", ans, f" {w}")
@@ -193,9 +198,6 @@ class World:
             return f"task: {self._route_prompt(rng, fam)} => {ROUTE_LABELS[fam]}"
         raise ValueError(kind)
 
-    def _any_word(self, rng: random.Random) -> str:
-        return "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.choice((3, 4, 5))))
-
     def _route_prompt(self, rng: random.Random, family: str) -> str:
         if family == "add":
             a, b = rng.choice(self.add_train)
@@ -210,8 +212,8 @@ class World:
         return rng.choice(list(QUESTIONS.values())).format(e=e)
 
     # Share of each kind of line in the corpus.
-    MIX = {"statement": 0.26, "question": 0.10, "add": 0.18, "rev": 0.14, "hop": 0.14,
-           "city_country": 0.04, "route": 0.14}
+    MIX = {"statement": 0.29, "question": 0.13, "add": 0.17, "rev": 0.14, "hop": 0.15,
+           "city_country": 0.03, "route": 0.09}
 
     @cached_property
     def corpus_lines(self) -> list[str]:
