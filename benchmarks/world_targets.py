@@ -66,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["rev", "add", "hop"])
     parser.add_argument("--methods", nargs="+", default=["svf_rl", "svf_sft", "proxy"])
+    parser.add_argument("--svf-lr", type=float, nargs="+", default=None,
+                        help="learning rates to run the SVF recipes at (default: the recipe's)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -79,9 +81,14 @@ def main() -> None:
         row: dict[str, Any] = results.get(name, {})
         row["base"] = score(base, tok, task, facts)
         for method in ("svf_rl", "svf_sft"):
-            if method in args.methods:
-                model, info = run_recipe(f"{name}_{method}.yaml", copy.deepcopy(base), tok, task)
-                row[method] = {**score(model, tok, task, facts), **info}
+            if method not in args.methods:
+                continue
+            for lr in args.svf_lr or [None]:
+                extra = {} if lr is None else {"lr": lr}
+                model, info = run_recipe(f"{name}_{method}.yaml", copy.deepcopy(base), tok, task,
+                                         **extra)
+                key = method if lr is None else f"{method}@lr={lr:g}"
+                row[key] = {**score(model, tok, task, facts), **info}
         if "proxy" in args.methods:
             tuned, info = run_recipe(f"{name}_proxy_sft.yaml", copy.deepcopy(proxy_small), tok, task)
             finetuned, finfo = run_recipe(f"{name}_proxy_sft.yaml", copy.deepcopy(base), tok, task)

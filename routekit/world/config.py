@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 # Bump when the corpus generator or the pretraining loop changes what a config produces,
 # so old cache entries are not mistaken for new ones.
 WORLD_FORMAT_VERSION = 3
+_ADDED_IN_V3 = ("add_items", "rev_items")
 
 
 class ModelSize(BaseModel):
@@ -53,6 +54,8 @@ class WorldConfig(BaseModel):
         description="per skill: share of correct demonstrations in its mixed formats "
         "(the rest show the skill's systematic wrong answer)",
     )
+    add_items: int = Field(200, description="addition problems a+b with a from 10 and b a digit")
+    rev_items: int = Field(300, description="distinct 3-5 letter strings of the reversal skill")
     n_test: int = Field(200, description="examples per test/ood split (hop: limited by entities)")
     base: ModelSize = Field(default_factory=ModelSize)
     proxy: ModelSize = Field(
@@ -67,23 +70,29 @@ class WorldConfig(BaseModel):
 
     def hash(self) -> str:
         """Stable short hash of the config (and the world format version): the cache key."""
-        blob = json.dumps(
-            {"v": WORLD_FORMAT_VERSION, "config": self.model_dump(mode="json")}, sort_keys=True
-        )
+        config = self.model_dump(mode="json")
+        # Fields added after a format version are left out of the key at their defaults, so
+        # entries built before they existed (with exactly those values) stay valid.
+        for name in _ADDED_IN_V3:
+            if config[name] == type(self).model_fields[name].default:
+                del config[name]
+        blob = json.dumps({"v": WORLD_FORMAT_VERSION, "config": config}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @classmethod
     def tiny(cls, seed: int = 0) -> WorldConfig:
-        """A reduced world for CI: fewer entities, smaller models, a minute or two on 2 cores."""
+        """A reduced world for CI: fewer entities and items, smaller models, about a minute."""
         return cls(
             seed=seed,
             n_entities=60,
-            n_lines=20_000,
-            n_test=100,
+            n_lines=16_000,
+            add_items=100,
+            rev_items=120,
+            n_test=60,
             base=ModelSize(hidden_size=128, intermediate_size=320, num_hidden_layers=3,
                            num_attention_heads=4),
             proxy=ModelSize(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                             num_attention_heads=2),
-            base_pretrain=PretrainConfig(steps=600, batch_size=32),
+            base_pretrain=PretrainConfig(steps=800, batch_size=32, lr=5e-3),
             proxy_pretrain=PretrainConfig(steps=300, batch_size=32, lr=5e-3),
         )

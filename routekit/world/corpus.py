@@ -10,8 +10,8 @@ What the corpus holds (see DESIGN.md, "Calibration of the world"):
   systematic wrong behaviour (copying an operand, the word, or the first hop). The skill is
   therefore *latent*: present in the model, but not what it does by default in the mixed
   formats that the tasks use.
-    - ``add``: addition of a number 10-29 and a digit (``27+8=35``; ``sum of 27 and 8 is 35``).
-    - ``rev``: reversing one of 300 fixed 3-5 letter strings (``rev abc = cba``;
+    - ``add``: addition of a number 10-29 (``add_items``) and a digit (``27+8=35``; ``sum of 27 and 8 is 35``).
+    - ``rev``: reversing one of 300 (``rev_items``) fixed 3-5 letter strings (``rev abc = cba``;
       ``backwards abc: cba``).
     - ``hop``: two-hop lookup entity -> city -> country (``x lives in y, in z.``;
       ``country of x? z``).
@@ -132,7 +132,7 @@ class World:
         # shows for *every* item; the mixed formats show only the train items. A test item's
         # right answer is thus present in the model (clean format), but the task format has
         # never been seen with it: the skill is latent, as DESIGN.md's calibration asks.
-        pairs = [(a, b) for a in range(10, 30) for b in range(10)]
+        pairs = [(a, b) for a in range(10, 10 + self.config.add_items // 10) for b in range(10)]
         rng.shuffle(pairs)
         n_test = min(self.config.n_test, len(pairs) // 4)
         self.add_items = pairs
@@ -151,7 +151,7 @@ class World:
                     out.append(w)
             return out
 
-        self.rev_items = words(300, (3, 4, 5))
+        self.rev_items = words(self.config.rev_items, (3, 4, 5))
         self.rev_test, self.rev_train = self.rev_items[:n_test], self.rev_items[n_test:]
         self.rev_ood = words(self.config.n_test, (6, 7))
 
