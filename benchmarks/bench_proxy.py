@@ -134,7 +134,7 @@ def main() -> None:
     ids = torch.randint(4, vocab, (args.batch, args.prompt_len), generator=g).to(device)
     mask = torch.ones_like(ids)
     # No stop token: every run generates exactly --new-tokens tokens.
-    gen_cfg = GenerationConfig(max_new_tokens=args.new_tokens, do_sample=False, use_cache=True,
+    gen_cfg = GenerationConfig(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, use_cache=True,
                                eos_token_id=None, pad_token_id=0)
 
     runs = {
