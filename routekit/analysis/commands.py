@@ -148,21 +148,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``routekit diff`` on its own (``python -m routekit.analysis.commands BASE TUNED ...``),
-    with the same error handling as the ``routekit`` dispatcher."""
-    from ..errors import RoutekitError
+    """``routekit diff`` on its own (``python -m routekit.analysis.commands BASE TUNED ...``):
+    the ``routekit`` dispatcher with ``diff`` put in front."""
+    from ..cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="routekit")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["diff", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except RoutekitError as e:
-        print(f"routekit: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("routekit: interrupted; nothing half-written was kept.", file=sys.stderr)
-        return 130
+    return cli_main(["diff", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
