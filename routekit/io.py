@@ -110,11 +110,11 @@ def atomic_directory(target: PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``target`` in one rename.
 
     If the body raises (or the process is killed) ``target`` is untouched and only a
-    ``.tmp-*`` sibling is left, which no loader ever reads.
+    ``.tmp-<name>-<pid>-*`` sibling is left, which no loader ever reads.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists():

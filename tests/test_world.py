@@ -108,9 +108,10 @@ def test_killed_build_leaves_nothing_that_loads(cache):
     assert not world.world_dir(slow).exists()
     with pytest.raises(RoutekitError, match="not built yet"):
         world.load(slow, build_if_missing=False)
-    # The next build of the same kind of world succeeds and loads.
+    # The next build succeeds, loads, and clears the dead build's leftovers.
     world.build(MICRO, progress=False)
     world.load(MICRO, build_if_missing=False)
+    assert not list(parent.glob(f".tmp-*-{proc.pid}-*"))
 
 
 def test_world_config_rejects_unknown_keys():

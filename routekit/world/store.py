@@ -126,12 +126,25 @@ def measure(
     return out
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _clean_stale_tmp(parent: Path) -> None:
-    """Remove temporary build directories left by killed builds (older than a day or dead pid)."""
+    """Remove temporary build directories of killed builds (their process is gone); a build
+    still running in another process keeps its own."""
     if not parent.is_dir():
         return
     for p in parent.glob(".tmp-*"):
-        if time.time() - p.stat().st_mtime > 60:
+        fields = p.name.split("-")
+        pid = int(fields[2]) if len(fields) > 3 and fields[2].isdigit() else None
+        if pid is None or not _pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
 
 
