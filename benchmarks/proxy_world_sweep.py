@@ -82,8 +82,9 @@ def proxy_alpha_sweep(
         out["finetuned"] = ft
         base_acc = out["task"][str(0.0)] if 0.0 in alphas else score(base, task, split)
         gap = ft["task"] - base_acc
+        # A share of the gap means something only when fine-tuning improved on the base.
         out["gap_closed"] = {
-            k: (v - base_acc) / gap if gap else None for k, v in out["task"].items()
+            k: (v - base_acc) / gap if gap > 0 else None for k, v in out["task"].items()
         }
     if 0.0 in alphas:
         out["probe_delta_points"] = {
