@@ -5,14 +5,6 @@ from __future__ import annotations
 import pydantic
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
 from transformers.pytorch_utils import Conv1D
 
 import routekit.svf.factors as factors_mod
@@ -36,23 +28,13 @@ from routekit.svf import (
     use_row_z,
 )
 
+from .conftest import tiny_causal_lm
+
 VOCAB = 40
 
 
 def tiny(arch: str, seed: int = 0):
-    torch.manual_seed(seed)
-    if arch == "llama":
-        cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-        model = LlamaForCausalLM(cfg)
-    elif arch == "qwen2":
-        cfg = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-        model = Qwen2ForCausalLM(cfg)
-    else:
-        cfg = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
-        model = GPT2LMHeadModel(cfg)
-    return model.eval()
+    return tiny_causal_lm(arch, vocab_size=VOCAB, seed=seed)
 
 
 def ids(rows: int = 3, length: int = 7, seed: int = 1) -> torch.Tensor:
