@@ -114,14 +114,7 @@ def run(args: argparse.Namespace) -> int:
             tolerance=args.overlap_atol,
             progress=progress,
         )
-        if args.json:
-            print(ov.model_dump_json(indent=2))
-        else:
-            print(overlap_text(ov))
-        if args.out:
-            for path in write_overlap_outputs(ov, args.out):
-                print(f"wrote {path}", file=sys.stderr)
-        return 0
+        return _report(ov, args, overlap_text, write_overlap_outputs)
 
     if args.base:
         raise ConfigError("--base is only used with --overlap; give BASE TUNED as paths.")
@@ -137,12 +130,14 @@ def run(args: argparse.Namespace) -> int:
         rank_only=args.rank_only,
         progress=progress,
     )
-    if args.json:
-        print(stats.model_dump_json(indent=2))
-    else:
-        print(summary_text(stats))
+    return _report(stats, args, summary_text, write_diff_outputs)
+
+
+def _report(result, args: argparse.Namespace, as_text, write_outputs) -> int:
+    """Print ``result`` as JSON or text; with --out, also write its files."""
+    print(result.model_dump_json(indent=2) if args.json else as_text(result))
     if args.out:
-        for path in write_diff_outputs(stats, args.out):
+        for path in write_outputs(result, args.out):
             print(f"wrote {path}", file=sys.stderr)
     return 0
 
