@@ -3,6 +3,11 @@
 - merged_vs_base_decode: greedy decode tokens/s of a merged SVF model over the plain base.
 - mixed_vs_uniform_batch: time of a factored forward whose 16 rows carry 16 distinct expert
   mixtures over the same batch served with one mixture merged into the weights.
+- floor_vs_uniform_batch (context, no target): the same batch through a plain model whose
+  targeted layers are replaced by the two dense matmuls an exact per-row forward cannot
+  avoid (x Vhᵀ, then Uᵀ) and nothing else: no scaling, no fusion, no mixture set-up. It is
+  measured in the same rounds, so it shows how much of mixed_vs_uniform_batch is the
+  factored shapes themselves and how much is routekit's per-row machinery.
 - svf_vs_lora_step: time of one SVF training step (forward, backward, AdamW) over a PEFT
   LoRA r=16 step on the same modules and batch; trainable-parameter counts of both.
 
@@ -60,24 +65,62 @@ def load_base() -> tuple[torch.nn.Module, str]:
         return LlamaForCausalLM(cfg).eval(), "random Llama of the world-base size (world not built)"
 
 
-def paired(baseline: Callable[[], None], candidate: Callable[[], None], rounds: int) -> dict:
-    """Median seconds of each and median of per-round ratios, alternating which runs first.
+def rounds_of(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+    """Seconds of every function in every round; the order rotates each round.
 
     Time is this thread's CPU time: with one torch thread all work runs on it, and CPU time
     does not count the slices other processes take on a shared machine.
     """
-    baseline(), candidate()
-    tb, tc = [], []
+    for fn in fns.values():
+        fn()  # warm-up
+    names = list(fns)
+    times: dict[str, list[float]] = {n: [] for n in names}
     for i in range(rounds):
-        order = [(baseline, tb), (candidate, tc)]
-        for fn, out in order if i % 2 == 0 else order[::-1]:
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
             t0 = time.thread_time()
-            fn()
-            out.append(time.thread_time() - t0)
+            fns[name]()
+            times[name].append(time.thread_time() - t0)
+    return times
+
+
+def ratio_stats(tb: list[float], tc: list[float]) -> dict:
+    """Median seconds of each, median of the per-round ratios, and the ratio of the medians."""
     mb, mc = statistics.median(tb), statistics.median(tc)
     per_round = statistics.median(c / b for b, c in zip(tb, tc))
     return {"baseline_s": mb, "candidate_s": mc, "ratio": per_round, "ratio_of_medians": mc / mb,
-            "rounds": rounds}
+            "rounds": len(tb)}
+
+
+def paired(baseline: Callable[[], None], candidate: Callable[[], None], rounds: int) -> dict:
+    """``ratio_stats`` of a candidate against a baseline, alternating which runs first."""
+    t = rounds_of({"baseline": baseline, "candidate": candidate}, rounds)
+    return ratio_stats(t["baseline"], t["candidate"])
+
+
+class _TwoMatmuls(torch.nn.Module):
+    """x Vhᵀ then Uᵀ as two plain linear layers: the matmul shapes of the factored path."""
+
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        out_f, r = layer.svf_U.shape
+        self.vh = torch.nn.Linear(layer.svf_Vh.shape[1], r, bias=False)
+        self.u = torch.nn.Linear(r, out_f, bias=False)
+        with torch.no_grad():
+            self.vh.weight.copy_(layer.svf_Vh)
+            self.u.weight.copy_(layer.svf_U * layer.svf_S)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.u(self.vh(x))
+
+
+def floor_model(base: torch.nn.Module, svf: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``base`` whose SVF-targeted layers are ``_TwoMatmuls`` (same function at z=1)."""
+    floor = copy.deepcopy(base)
+    for name, layer in svf_layers(svf).items():
+        parent, _, child = name.rpartition(".")
+        setattr(floor.get_submodule(parent), child, _TwoMatmuls(layer))
+    return floor.eval()
 
 
 def random_experts(model: torch.nn.Module, k: int) -> list[SVFExpert]:
@@ -128,9 +171,19 @@ def bench_mixed(base, svf, experts, batch, seq, rounds) -> dict:
         with torch.no_grad(), use_row_mixture(svf, experts, alpha):
             svf(ids)
 
-    r = paired(uniform, mixed, rounds)
+    floor = floor_model(base, svf)
+
+    def two_matmuls():
+        with torch.no_grad():
+            floor(ids)
+
+    t = rounds_of({"uniform": uniform, "mixed": mixed, "floor": two_matmuls}, rounds)
+    r, f = ratio_stats(t["uniform"], t["mixed"]), ratio_stats(t["uniform"], t["floor"])
     return {"uniform_merged_s": r["baseline_s"], "mixed_factored_s": r["candidate_s"],
-            "ratio": r["ratio"], "ratio_of_medians": r["ratio_of_medians"], "rounds": rounds}
+            "floor_two_matmuls_s": f["candidate_s"], "ratio": r["ratio"],
+            "ratio_of_medians": r["ratio_of_medians"], "floor_ratio": f["ratio"],
+            "mixed_over_floor": statistics.median(m / fl for m, fl in zip(t["mixed"], t["floor"])),
+            "rounds": rounds}
 
 
 def linear_flop_ratio(svf) -> float:
@@ -197,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         "svf_vs_lora_step": round(step["ratio"], 4),
         "svf_trainable_params": step["svf_trainable_params"],
         "lora_trainable_params": step["lora_trainable_params"],
+        "floor_vs_uniform_batch": round(mixed["floor_ratio"], 4),
+        "mixed_over_floor": round(mixed["mixed_over_floor"], 4),
         "mixed_linear_flop_ratio": round(linear_flop_ratio(svf), 4),
         "params_ratio": round(step["lora_trainable_params"] / step["svf_trainable_params"], 1),
         "model": source,
@@ -218,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for k in TARGETS:
             print(f"{k:26s} {result[k]:.3f}   (target {result['targets'][k]}, met={result['met'][k]})")
+        print(f"{'floor_vs_uniform_batch':26s} {result['floor_vs_uniform_batch']:.3f}   "
+              f"(two dense matmuls per targeted layer; mixed/floor {result['mixed_over_floor']:.3f})")
         print(f"trainable params: svf {result['svf_trainable_params']}, lora {result['lora_trainable_params']}")
     return 0
 
