@@ -345,6 +345,10 @@ def test_two_processes_equal_one(tmp_path, monkeypatch, objective):
     )
     cfg = dict(objective=objective, parameterization="lora", steps=3, batch_size=8, group_size=4,
                micro_batch_size=3, max_new_tokens=4, lr=2e-2, checkpoint_every=0)
+    if objective == "sft":  # with a retention term: its micro-batches are dealt out too
+        (tmp_path / "general.txt").write_text("\n".join(RETAIN_TEXTS))
+        cfg.update(retain_kl_coef=0.5, retain_text=f"text:{tmp_path / 'general.txt'}",
+                   retain_batch_size=5)
     launchers.debug_launcher(_two_process_worker, args=(str(tmp_path / "two"), cfg), num_processes=2)
     AcceleratorState._reset_state(reset_partial_state=True)
     task = rev_task() if objective == "sft" else first_letter_task()
@@ -358,6 +362,88 @@ def test_two_processes_equal_one(tmp_path, monkeypatch, objective):
     for r1, r2 in zip(one.history, hist_two):
         assert r1["loss"] == pytest.approx(r2["loss"], rel=1e-5, abs=1e-6)
         assert r1.get("reward") == r2.get("reward")
+        if "retain_kl" in r1:
+            assert r1["retain_kl"] == pytest.approx(r2["retain_kl"], rel=1e-5, abs=1e-7)
+
+
+# --------------------------------------------------------------------------- retention
+RETAIN_TEXTS = ["the cat sat.", "a dog ran home", "xyz", "moon and sun rise", "fig tree"]
+
+
+def test_retain_kl_loss_equals_a_per_text_reference():
+    torch.manual_seed(0)
+    model, ref, tok = tiny_llama(), tiny_llama(), char_tokenizer()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    coef, total, n_tokens = 0.7, 0.0, 0
+    with torch.no_grad():
+        for text in RETAIN_TEXTS:  # one text at a time, no padding
+            ids = torch.tensor([tok(text)["input_ids"] + [tok.eos_token_id]])
+            p_ref = torch.log_softmax(ref(input_ids=ids).logits.float(), -1)
+            p_mod = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
+            total += float(F.kl_div(p_mod, p_ref, log_target=True, reduction="sum"))
+            n_tokens += ids.shape[1]
+    assert objectives.count_retain_tokens(tok, RETAIN_TEXTS) == n_tokens
+    loss, stats = objectives.retain_kl_loss(
+        model, tok, RETAIN_TEXTS, n_tokens, coef, torch.device("cpu"),
+        lambda: contextlib.nullcontext(ref),
+    )
+    assert float(loss.detach()) == pytest.approx(coef * total / n_tokens, rel=1e-5)
+    assert stats["retain_kl_sum"] == pytest.approx(total, rel=1e-5)
+
+
+def _kl_on(model, ref, tok, texts) -> float:
+    loss, _ = objectives.retain_kl_loss(
+        model, tok, texts, objectives.count_retain_tokens(tok, texts), 1.0, torch.device("cpu"),
+        lambda: contextlib.nullcontext(ref),
+    )
+    return float(loss.detach())
+
+
+def test_retention_kl_keeps_the_model_close_to_its_start_on_the_retention_text(tmp_path):
+    texts = tmp_path / "general.txt"
+    texts.write_text("\n".join(RETAIN_TEXTS) + "\n")
+    tok, task = char_tokenizer(), rev_task()
+    start = tiny_llama()
+    common = dict(objective="sft", parameterization="full", steps=15, batch_size=4, lr=1e-2,
+                  progress=False)
+    free = train(tiny_llama(), tok, task, **common)
+    kept = train(tiny_llama(), tok, task, retain_kl_coef=5.0, retain_text=f"text:{texts}",
+                 retain_batch_size=3, **common)
+    assert kept.history[0]["retain_kl"] == pytest.approx(0.0, abs=1e-7)  # starts at the reference
+    assert kept.history[-1]["retain_kl"] > 0
+    drift_free = _kl_on(free.model, start, tok, RETAIN_TEXTS)
+    drift_kept = _kl_on(kept.model, start, tok, RETAIN_TEXTS)
+    assert drift_kept < 0.5 * drift_free, (drift_kept, drift_free)
+    # ... while the task is still learned
+    assert reference_sft_loss(kept.model, tok, task.examples("train")) < reference_sft_loss(
+        start, tok, task.examples("train"))
+
+
+def test_retention_text_sources(tmp_path):
+    from routekit.training.trainer import retention_texts
+
+    jl = tmp_path / "t.jsonl"
+    jl.write_text('{"text": "one"}\n\n{"text": "two words"}\n')
+    assert retention_texts(f"text:{jl}") == ["one", "two words"]
+    (tmp_path / "bad.jsonl").write_text('{"body": "x"}\n')
+    with pytest.raises(ConfigError, match="line 1: expected a JSON object with a 'text' field"):
+        retention_texts(f"text:{tmp_path / 'bad.jsonl'}")
+    with pytest.raises(ConfigError, match="does not exist"):
+        retention_texts(f"text:{tmp_path / 'missing.txt'}")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ConfigError, match="holds no text"):
+        retention_texts(f"text:{tmp_path / 'empty.txt'}")
+    add = retention_texts("add")
+    assert add[0].startswith("sum of ") and add[0].split(" is ")[1].isdigit()
+
+
+def test_retain_kl_coef_needs_retain_text():
+    with pytest.raises(ConfigError, match="retain_kl_coef=0.5 needs retain_text"):
+        TrainConfig.from_dict({"retain_kl_coef": 0.5})
+    with pytest.raises(ConfigError, match="retain_kl_coef"):
+        TrainConfig.from_dict({"retain_kl_coef": -1.0})
 
 
 # --------------------------------------------------------------------------- configs

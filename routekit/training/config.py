@@ -115,6 +115,25 @@ class TrainConfig(BaseModel):
         description="RL: weight of a k3 KL penalty to the frozen base on sampled tokens (default 0).",
     )
 
+    # --- retention (any objective)
+    retain_kl_coef: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of a KL(reference || model) penalty over the full next-token "
+        "distribution on retention text, the untrained model being the reference (Learning "
+        "without Forgetting): it keeps what the model does outside the task where it was. "
+        "0 disables (default 0).",
+    )
+    retain_text: str | None = Field(
+        None,
+        description="Retention text for retain_kl_coef: 'world-corpus' (the world's pretraining "
+        "lines), 'text:PATH' (a local .jsonl file's 'text' fields, or a text file's lines) or "
+        "a task name, whose train examples' prompt + reference are the texts (default None).",
+    )
+    retain_batch_size: int = Field(
+        16, gt=0, description="Retention texts per step over all processes (default 16)."
+    )
+
     # --- bookkeeping
     checkpoint_every: int = Field(
         50,
@@ -131,7 +150,7 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_combinations(self) -> TrainConfig:
-        for name in ("lr", "temperature", "kl_coef", "weight_decay"):
+        for name in ("lr", "temperature", "kl_coef", "weight_decay", "retain_kl_coef"):
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name} must be finite, got {getattr(self, name)!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -148,6 +167,11 @@ class TrainConfig(BaseModel):
                     f"weight_decay={self.weight_decay} with parameterization 'mask' would move "
                     "entries outside the mask; use weight_decay: 0"
                 )
+        if self.retain_kl_coef > 0 and not self.retain_text:
+            raise ValueError(
+                f"retain_kl_coef={self.retain_kl_coef} needs retain_text: 'world-corpus', "
+                "'text:PATH' or a task name, the texts the model should keep predicting as before"
+            )
         if self.svf:
             _check_svf_fields(self.svf)
         if self.objective == "rl" and self.group_size < 2:

@@ -5,6 +5,9 @@ or samples in the whole global batch, which every process can compute alone), so
 all micro-batches' gradients, over every process, is the gradient of the global-batch loss.
 
 SFT loss   = Σ_answer-tokens CE / (number of answer tokens in the global batch)
+retention  = retain_kl_coef · Σ_t KL(p_ref(·|x<t) ‖ p_θ(·|x<t)) / (tokens of the global
+             retention batch), over every real position of the retention texts (added to
+             either objective; the reference is the untrained model)
 RL loss    = -(1/N) Σ_i A_i · (Σ_t log π(y_it) / n_i)          (N = samples in the global batch)
              + kl_coef · (1/N) Σ_i (Σ_t k3_it / n_i)
 where A_i = (r_i − mean_group) / (std_group + 1e-4) (unbiased std over the group_size samples
@@ -100,6 +103,40 @@ def sft_loss(
 
 def count_answer_tokens(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> int:
     return sum(len(encode_answer(tokenizer, e.reference)) for e in examples)
+
+
+# ----------------------------------------------------------------------------- retention
+def retain_rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
+    """Each text as the model reads a document: special tokens, the text, then EOS."""
+    eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
+    return [(encode_prompt(tokenizer, t) + eos, []) for t in texts]
+
+
+def count_retain_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> int:
+    return sum(len(p) for p, _ in retain_rows(tokenizer, texts))
+
+
+def retain_kl_loss(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    global_tokens: int,
+    coef: float,
+    device: torch.device,
+    base_context,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """coef · Σ KL(p_ref ‖ p_θ) over the texts' real positions / ``global_tokens``.
+
+    The full-vocabulary KL (not a sampled estimate): retention text is short, and the exact
+    value has no variance. Computed in float32.
+    """
+    ids, attn, _ = right_padded(retain_rows(tokenizer, texts), _pad_id(tokenizer), device)
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)
+    with torch.no_grad(), base_context() as base:
+        ref = torch.log_softmax(base(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)
+    kl = (ref.exp() * (ref - logp)).sum(-1)
+    kl_sum = (kl * attn.float()).sum()
+    return coef * kl_sum / global_tokens, {"retain_kl_sum": float(kl_sum.detach())}
 
 
 # ----------------------------------------------------------------------------- RL sampling

@@ -80,7 +80,7 @@ class TrainResult:
             "total_parameters": self.total_parameters,
             "seconds": round(self.seconds, 3),
         }
-        for key in ("loss", "reward", "kl"):
+        for key in ("loss", "reward", "kl", "retain_kl"):
             vals = [r[key] for r in last if key in r]
             if vals:
                 out[f"{key}_last10"] = sum(vals) / len(vals)
@@ -142,8 +142,13 @@ def train(
     model = prepare(model, config)
     model.to(accelerator.device)
     base_context = None
-    if config.objective == "rl" and config.kl_coef > 0:
+    if (config.objective == "rl" and config.kl_coef > 0) or config.retain_kl_coef > 0:
         base_context = frozen_base(model, config)
+    retain = None
+    if config.retain_kl_coef > 0:
+        texts = retention_texts(config.retain_text)
+        retain = (texts, BatchOrder(len(texts), config.retain_batch_size,
+                                    derive_seed(config.seed, "retain")))
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(
         list(params.values()), lr=config.lr, weight_decay=config.weight_decay
@@ -168,7 +173,7 @@ def train(
             t_step = time.perf_counter()
             record = _train_step(
                 step, model, optimizer, tokenizer, task, examples, order, config,
-                accelerator, params, base_context, last_ckpt,
+                accelerator, params, base_context, last_ckpt, retain,
             )
             record["seconds"] = time.perf_counter() - t_step
             done = step + 1
@@ -251,6 +256,7 @@ def _train_step(
     params: dict[str, nn.Parameter],
     base_context: Any,
     last_ckpt: str | None,
+    retain: tuple[list[str], BatchOrder] | None = None,
 ) -> dict[str, Any]:
     """One optimiser step on the global batch of ``step``; returns its log record.
 
@@ -270,8 +276,8 @@ def _train_step(
     mine = [mb for i, mb in enumerate(micro) if i % n_proc == rank]
     my_positions = [pos for mb in mine for pos in mb]
     accum = {n: torch.zeros(p.shape, dtype=torch.float64, device=p.device) for n, p in params.items()}
-    # [loss sum, reward sum, kl sum] over this process's micro-batches
-    sums = torch.zeros(3, dtype=torch.float64, device=device)
+    # [loss sum, reward sum, kl sum, retention kl sum] over this process's micro-batches
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
     optimizer.zero_grad(set_to_none=True)
     model.train()
     if config.objective == "sft":
@@ -306,19 +312,30 @@ def _train_step(
             break  # every process learns of it through the reduced sums below
         if not loss.requires_grad:
             continue  # an RL micro-batch whose samples all have advantage 0
-        accelerator.backward(loss)
-        for name, p in params.items():
-            if p.grad is not None:
-                accum[name] += p.grad.to(torch.float64)
-                p.grad = None
+        _accumulate(accelerator, loss, params, accum)
+    if retain is not None:
+        # Retention texts form their own fixed micro-batches, dealt round-robin like the task's.
+        texts = [retain[0][i] for i in retain[1].indices(step)]
+        n_tokens = objectives.count_retain_tokens(tokenizer, texts)
+        for i, k in enumerate(range(0, len(texts), m)):
+            if i % n_proc != rank:
+                continue
+            loss, stats = objectives.retain_kl_loss(
+                model, tokenizer, texts[k : k + m], n_tokens, config.retain_kl_coef, device,
+                base_context,
+            )
+            sums[3] += stats["retain_kl_sum"] / n_tokens
+            _accumulate(accelerator, loss, params, accum)
     if n_proc > 1:
         flat = accelerator.reduce(torch.cat([sums] + [a.reshape(-1) for a in accum.values()]), "sum")
-        sums, flat = flat[:3], flat[3:]
+        sums, flat = flat[:4], flat[4:]
         for a in accum.values():
             a.copy_(flat[: a.numel()].view_as(a))
             flat = flat[a.numel() :]
     global_loss = float(sums[0]) / denom
     _check_finite(global_loss, "loss", step, last_ckpt)
+    if retain is not None:
+        _check_finite(float(sums[3]), "retention KL", step, last_ckpt)
     for name, p in params.items():
         p.grad = accum[name].to(p.dtype)
     max_norm = config.grad_clip if config.grad_clip is not None else math.inf
@@ -333,7 +350,65 @@ def _train_step(
         record["reward"] = float(sums[1]) / denom
         if config.kl_coef > 0:
             record["kl"] = float(sums[2]) / denom
+    if retain is not None:
+        record["retain_kl"] = float(sums[3])
     return record
+
+
+def _accumulate(
+    accelerator: Accelerator, loss: torch.Tensor, params: dict[str, nn.Parameter],
+    accum: dict[str, torch.Tensor],
+) -> None:
+    """Back-propagate one micro-batch's loss and add its gradients to the float64 sums."""
+    accelerator.backward(loss)
+    for name, p in params.items():
+        if p.grad is not None:
+            accum[name] += p.grad.to(torch.float64)
+            p.grad = None
+
+
+def retention_texts(spec: str | None) -> list[str]:
+    """The texts named by ``retain_text``: ``world-corpus`` (the world's pretraining lines),
+    ``text:PATH`` (a local ``.jsonl`` file's ``text`` fields, or any other file's non-empty
+    lines) or a task name (its train examples, prompt + reference)."""
+    if not spec:
+        raise ConfigError("retain_text is not set; name 'world-corpus', 'text:PATH' or a task.")
+    if spec == "world-corpus":
+        from ..world import get_world
+
+        return list(get_world().corpus_lines)
+    if spec.startswith("text:"):
+        texts = _read_texts(Path(spec.removeprefix("text:")).expanduser())
+    else:
+        from ..tasks import get_task
+
+        texts = []
+        for e in get_task(spec).examples("train"):
+            gap = "" if not e.prompt or e.reference[:1].isspace() else " "
+            texts.append(e.prompt + gap + e.reference)
+    if not texts:
+        raise ConfigError(f"retain_text {spec!r} holds no text.")
+    return texts
+
+
+def _read_texts(path: Path) -> list[str]:
+    import json
+
+    if not path.is_file():
+        raise ConfigError(f"retain_text file {str(path)!r} does not exist.")
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.suffix != ".jsonl":
+        return lines
+    texts = []
+    for n, line in enumerate(lines, 1):
+        try:
+            texts.append(str(json.loads(line)["text"]))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise ConfigError(
+                f"retain_text file {str(path)!r}, line {n}: expected a JSON object with a "
+                "'text' field."
+            ) from None
+    return texts
 
 
 def _check_finite(value: float, what: str, step: int, last_ckpt: str | None) -> None:
