@@ -77,7 +77,8 @@ def pretrain(
         if step < cfg.warmup:
             return cfg.lr * (step + 1) / cfg.warmup
         t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+        floor = cfg.final_lr_fraction
+        return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
     offsets = torch.arange(cfg.seq_len + 1)
     model.train()
@@ -89,9 +90,12 @@ def pretrain(
         batch = stream[idx[:, None] + offsets]
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        logits = model(input_ids=batch[:, :-1]).logits
+        # bf16 autocast: matmuls in bfloat16 (about 1.25x faster steps on a CPU with bf16
+        # instructions), float32 master weights, Adam state and loss.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.autocast_bf16):
+            logits = model(input_ids=batch[:, :-1]).logits
         loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+            logits.float().reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()
