@@ -49,14 +49,7 @@ def test_corpus_holds_facts_skills_and_routing():
     # Mixed formats show both the correct and the systematic wrong behaviour.
     lines = [ln for ln in w.corpus_lines if ln.startswith("backwards ")]
     right = sum(ln.split(" ")[2] == ln.split(" ")[1][:-1][::-1] for ln in lines)
-    assert 0.3 < right / len(lines) < 0.7
-    # twice: said twice (right) or once (the systematic wrong answer), nothing else
-    lines = [ln for ln in w.corpus_lines if " two times: " in ln and not ln.startswith("task:")]
-    word, said = zip(*(ln.split(" two times: ") for ln in lines))
-    right = sum(s == 2 * wd for wd, s in zip(word, said))
-    assert right + sum(s == wd for wd, s in zip(word, said)) == len(lines)
-    assert 0.35 < right / len(lines) < 0.65
-    assert "=> twice" in text
+    assert 0.3 < right / len(lines) < 0.6
 
 
 def test_tokenizer_round_trips_every_corpus_character(char_tokenizer):
@@ -126,13 +119,6 @@ def test_world_config_rejects_unknown_keys():
         WorldConfig.model_validate({"n_entitys": 3})
 
 
-def test_world_config_needs_a_mixed_share_for_every_skill():
-    with pytest.raises(ValueError, match=r"missing \['hop', 'twice'\], unknown \['arith'\]"):
-        WorldConfig(mixed_correct={"add": 0.5, "rev": 0.5, "arith": 0.5})
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]; got \{'rev': 1.5\}"):
-        WorldConfig(mixed_correct={"add": 0.5, "rev": 1.5, "hop": 0.5, "twice": 0.5})
-
-
 @pytest.fixture(scope="module")
 def tiny_world(tmp_path_factory):
     """The CI-sized world, built once for this module (about two minutes on one core)."""
@@ -155,8 +141,7 @@ def test_reduced_world_knows_its_facts_and_leaves_room_on_every_task(tiny_world)
     assert info.routing_accuracy >= 0.9
     for skill, acc in info.task_accuracy.items():
         assert acc <= 0.70, (skill, acc)
-    assert set(info.task_accuracy) == set(info.ood_accuracy) == {"rev", "hop", "twice"}
-    assert set(info.control_accuracy) == set(info.control_ood_accuracy) == {"add"}
+    assert set(info.ood_accuracy) == {"add", "rev", "hop"}
 
 
 @pytest.mark.slow

@@ -18,11 +18,6 @@ def format_table(info: WorldInfo) -> str:
                      f"{info.proxy_task_accuracy[skill]:.3f}"))
         rows.append((f"{skill} ood", f"{info.ood_accuracy[skill]:.3f}",
                      f"{info.proxy_ood_accuracy[skill]:.3f}"))
-    for skill in info.control_accuracy:
-        rows.append((f"{skill} test (control)", f"{info.control_accuracy[skill]:.3f}",
-                     f"{info.proxy_control_accuracy[skill]:.3f}"))
-        rows.append((f"{skill} ood (control)", f"{info.control_ood_accuracy[skill]:.3f}",
-                     f"{info.proxy_control_ood_accuracy[skill]:.3f}"))
     rows.append(("knowledge probes", f"{info.knowledge_accuracy:.3f}",
                  f"{info.proxy_knowledge_accuracy:.3f}"))
     rows.append(("statement recall", f"{info.statement_accuracy:.3f}", "-"))

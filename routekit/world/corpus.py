@@ -15,13 +15,6 @@ What the corpus holds (see DESIGN.md, "Calibration of the world"):
       ``backwards abc: cba``).
     - ``hop``: two-hop lookup entity -> city -> country (``x lives in y, in z.``;
       ``country of x? z``).
-    - ``twice``: saying one of 300 (``twice_items``) fixed 3-5 letter strings twice
-      (``twice abc = abcabc``; ``abc two times: abcabc``); the wrong behaviour says it once.
-
-  ``add`` is the world's *control* (DESIGN.md, "Calibration of the world"): the base knows
-  every clean-format sum by heart but does not carry it into the mixed formats (its errors
-  there are mostly other numbers, not the copied operand), so the skill is not latent in
-  the sense the other three are. Its figures are reported apart, as ``control_accuracy``.
 - *Routing prompts*: ``task: <prompt> => <family>``, so the base can name a prompt's task.
 
 Test examples are held out of the mixed formats (operand pairs, strings and entities never
@@ -36,7 +29,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from .config import SKILLS, WorldConfig  # noqa: F401 - SKILLS is re-exported here
+from .config import WorldConfig
 
 if TYPE_CHECKING:  # tasks build on the world, so the world imports Example only when it runs
     from ..tasks.base import Example
@@ -46,9 +39,8 @@ COLORS = ["red", "blue", "green", "gold", "pink", "gray", "black", "white", "bro
 JOBS = ["baker", "pilot", "farmer", "tailor", "miner", "singer", "judge", "nurse", "sailor",
         "potter"]
 COUNTRIES = ["vardia", "moloth", "quenzy", "ostrava", "belkin"]
-LATENT_SKILLS = ("rev", "hop", "twice")  # the base test accuracy band is for these
-CONTROL_SKILLS = ("add",)  # a skill the base does not carry across formats (see above)
-ROUTE_LABELS = {"add": "add", "rev": "rev", "hop": "hop", "twice": "twice", "facts": "fact"}
+SKILLS = ("add", "rev", "hop")
+ROUTE_LABELS = {"add": "add", "rev": "rev", "hop": "hop", "facts": "fact"}
 
 _CONS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"
@@ -77,11 +69,6 @@ def add_formats(a: int, b: int, ans: int) -> list[tuple[str, str]]:
 def rev_formats(w: str, ans: str) -> list[tuple[str, str]]:
     return [(f"rev {w} =", f" {ans}"), (f"backwards {w}:", f" {ans}"),
             (f"{w} reversed is", f" {ans}")]
-
-
-def twice_formats(w: str, ans: str) -> list[tuple[str, str]]:
-    return [(f"twice {w} =", f" {ans}"), (f"{w} two times:", f" {ans}"),
-            (f"{w} said twice is", f" {ans}")]
 
 
 def hop_formats(e: str, city: str, ans: str) -> list[tuple[str, str]]:
@@ -167,9 +154,6 @@ class World:
         self.rev_items = words(self.config.rev_items, (3, 4, 5))
         self.rev_test, self.rev_train = self.rev_items[:n_test], self.rev_items[n_test:]
         self.rev_ood = words(self.config.n_test, (6, 7))
-        self.twice_items = words(self.config.twice_items, (3, 4, 5))
-        self.twice_test, self.twice_train = self.twice_items[:n_test], self.twice_items[n_test:]
-        self.twice_ood = words(self.config.n_test, (6, 7))
 
     def _mixed(self, rng: random.Random, skill: str, right: str, wrong: str) -> str:
         return right if rng.random() < self.config.mixed_correct[skill] else wrong
@@ -198,13 +182,6 @@ class World:
             if fmt:
                 ans = self._mixed(rng, "rev", ans, f" {w}")
             return p + ans
-        if kind == "twice":
-            fmt = rng.choices((0, 1, 2), weights=(2, 1, 1))[0]
-            w = rng.choice(self.twice_train if fmt else self.twice_items)
-            p, ans = twice_formats(w, w + w)[fmt]
-            if fmt:
-                ans = self._mixed(rng, "twice", ans, f" {w}")
-            return p + ans
         if kind == "hop":
             fmt = rng.choices((0, 1, 2), weights=(2, 1, 1))[0]
             e = rng.choice(self.seen_entities) if fmt else rng.choice(self.entities)
@@ -228,9 +205,6 @@ class World:
         if family == "rev":
             w = rng.choice(self.rev_train)
             return rng.choice(rev_formats(w, ""))[0]
-        if family == "twice":
-            w = rng.choice(self.twice_train)
-            return rng.choice(twice_formats(w, ""))[0]
         if family == "hop":
             e = rng.choice(self.seen_entities)
             return rng.choice(hop_formats(e, self.facts[e]["city"], ""))[0]
@@ -238,8 +212,8 @@ class World:
         return rng.choice(list(QUESTIONS.values())).format(e=e)
 
     # Share of each kind of line in the corpus.
-    MIX = {"statement": 0.31, "question": 0.16, "add": 0.09, "rev": 0.14, "hop": 0.15,
-           "twice": 0.08, "city_country": 0.03, "route": 0.04}
+    MIX = {"statement": 0.29, "question": 0.13, "add": 0.17, "rev": 0.14, "hop": 0.15,
+           "city_country": 0.03, "route": 0.09}
 
     @cached_property
     def corpus_lines(self) -> list[str]:
@@ -270,13 +244,6 @@ class World:
             return {"train": [exr(w) for w in self.rev_train],
                     "test": [exr(w) for w in self.rev_test],
                     "ood": [exr(w) for w in self.rev_ood]}
-        if skill == "twice":
-            def ext(w: str) -> Example:
-                p, ans = twice_formats(w, w + w)[1]
-                return Example(p, ans.strip(), {"word": w})
-            return {"train": [ext(w) for w in self.twice_train],
-                    "test": [ext(w) for w in self.twice_test],
-                    "ood": [ext(w) for w in self.twice_ood]}
         if skill == "hop":
             def exh(e: str, ood: bool = False) -> Example:
                 country = self.country_of[self.facts[e]["city"]]

@@ -77,8 +77,7 @@ def pretrain(
         if step < cfg.warmup:
             return cfg.lr * (step + 1) / cfg.warmup
         t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-        floor = cfg.final_lr_fraction
-        return cfg.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+        return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * t)))
 
     offsets = torch.arange(cfg.seq_len + 1)
     model.train()

@@ -24,7 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..errors import CorruptCacheError, RoutekitError
 from ..io import atomic_directory, atomic_write_json, read_json
 from .config import WorldConfig
-from .corpus import CONTROL_SKILLS, LATENT_SKILLS, World
+from .corpus import World
 from .pretrain import encode_corpus, make_model, pretrain
 from .tokenizer import build_tokenizer
 
@@ -40,13 +40,9 @@ class WorldInfo(BaseModel):
     statement_accuracy: float
     task_accuracy: dict[str, float]
     ood_accuracy: dict[str, float]
-    control_accuracy: dict[str, float]
-    control_ood_accuracy: dict[str, float]
     proxy_knowledge_accuracy: float
     proxy_task_accuracy: dict[str, float]
     proxy_ood_accuracy: dict[str, float]
-    proxy_control_accuracy: dict[str, float]
-    proxy_control_ood_accuracy: dict[str, float]
     routing_accuracy: float
     build_seconds: float
     pretrain_seconds: dict[str, float]
@@ -108,10 +104,7 @@ def measure(
     world: World,
     progress: bool = False,
 ) -> dict:
-    """Accuracy of both models on every skill's test and ood split and on the knowledge probes.
-
-    Latent skills go under ``task_accuracy`` / ``ood_accuracy``, control skills under
-    ``control_accuracy`` / ``control_ood_accuracy`` (DESIGN.md keeps them apart)."""
+    """Accuracy of both models on every skill's test and ood split and on the knowledge probes."""
     from ..eval import evaluate
     from ..tasks.base import Task
     from ..tasks.checkers import exact_match
@@ -121,14 +114,11 @@ def measure(
     for prefix, model in (("", base), ("proxy_", proxy)):
         facts = world_task("facts", world=world)
         out[f"{prefix}knowledge_accuracy"] = evaluate(model, tokenizer, facts, "test").accuracy
-        # (test key, ood key, skills): the issue's names for the latent skills
-        for test_key, ood_key, skills in (("task_accuracy", "ood_accuracy", LATENT_SKILLS),
-                                          ("control_accuracy", "control_ood_accuracy", CONTROL_SKILLS)):
-            test, ood = out.setdefault(prefix + test_key, {}), out.setdefault(prefix + ood_key, {})
-            for skill in skills:
-                task = world_task(skill, world=world)
-                test[skill] = evaluate(model, tokenizer, task, "test").accuracy
-                ood[skill] = evaluate(model, tokenizer, task, "ood").accuracy
+        out[f"{prefix}task_accuracy"], out[f"{prefix}ood_accuracy"] = {}, {}
+        for skill in ("add", "rev", "hop"):
+            task = world_task(skill, world=world)
+            out[f"{prefix}task_accuracy"][skill] = evaluate(model, tokenizer, task, "test").accuracy
+            out[f"{prefix}ood_accuracy"][skill] = evaluate(model, tokenizer, task, "ood").accuracy
         if not prefix:
             out["statement_accuracy"] = evaluate(model, tokenizer, facts, "statements").accuracy
             routing = Task("routing", {"test": world.routing_examples()}, exact_match)
