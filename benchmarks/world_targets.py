@@ -75,10 +75,13 @@ def main() -> None:
     proxy_small, _ = world.load_proxy()
     facts = get_task("facts")
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    world_hash = world.WorldConfig().hash()
     for name in args.tasks:
         task = get_task(name)
         t0 = time.perf_counter()
         row: dict[str, Any] = results.get(name, {})
+        if row.get("world") != world_hash:  # figures of another world are not mixed in
+            row = {"world": world_hash}
         row["base"] = score(base, tok, task, facts)
         for method in ("svf_rl", "svf_sft"):
             if method not in args.methods:
