@@ -384,9 +384,10 @@ def test_retain_kl_loss_equals_a_per_text_reference():
             p_mod = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
             total += float(F.kl_div(p_mod, p_ref, log_target=True, reduction="sum"))
             n_tokens += ids.shape[1]
-    assert objectives.count_retain_tokens(tok, RETAIN_TEXTS) == n_tokens
+    rows = objectives.retain_rows(tok, RETAIN_TEXTS)
+    assert sum(len(ids) for ids, _ in rows) == n_tokens
     loss, stats = objectives.retain_kl_loss(
-        model, tok, RETAIN_TEXTS, n_tokens, coef, torch.device("cpu"),
+        model, tok, rows, n_tokens, coef, torch.device("cpu"),
         lambda: contextlib.nullcontext(ref),
     )
     assert float(loss.detach()) == pytest.approx(coef * total / n_tokens, rel=1e-5)
@@ -394,8 +395,9 @@ def test_retain_kl_loss_equals_a_per_text_reference():
 
 
 def _kl_on(model, ref, tok, texts) -> float:
+    rows = objectives.retain_rows(tok, texts)
     loss, _ = objectives.retain_kl_loss(
-        model, tok, texts, objectives.count_retain_tokens(tok, texts), 1.0, torch.device("cpu"),
+        model, tok, rows, sum(len(ids) for ids, _ in rows), 1.0, torch.device("cpu"),
         lambda: contextlib.nullcontext(ref),
     )
     return float(loss.detach())

@@ -112,25 +112,22 @@ def retain_rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> lis
     return [(encode_prompt(tokenizer, t) + eos, []) for t in texts]
 
 
-def count_retain_tokens(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> int:
-    return sum(len(p) for p, _ in retain_rows(tokenizer, texts))
-
-
 def retain_kl_loss(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    texts: Sequence[str],
+    rows: Sequence[tuple[list[int], list[int]]],
     global_tokens: int,
     coef: float,
     device: torch.device,
     base_context,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """coef · Σ KL(p_ref ‖ p_θ) over the texts' real positions / ``global_tokens``.
+    """coef · Σ KL(p_ref ‖ p_θ) over the real positions of ``rows`` (from :func:`retain_rows`)
+    / ``global_tokens``.
 
     The full-vocabulary KL (not a sampled estimate): retention text is short, and the exact
     value has no variance. Computed in float32.
     """
-    ids, attn, _ = right_padded(retain_rows(tokenizer, texts), _pad_id(tokenizer), device)
+    ids, attn, _ = right_padded(rows, _pad_id(tokenizer), device)
     logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)
     with torch.no_grad(), base_context() as base:
         ref = torch.log_softmax(base(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)

@@ -26,6 +26,7 @@ Loss normalisation and the KL estimator are documented in :mod:`.objectives`.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -146,9 +147,10 @@ def train(
         base_context = frozen_base(model, config)
     retain = None
     if config.retain_kl_coef > 0:
-        texts = retention_texts(config.retain_text)
-        retain = (texts, BatchOrder(len(texts), config.retain_batch_size,
-                                    derive_seed(config.seed, "retain")))
+        # Tokenised once here, not every step.
+        rows = objectives.retain_rows(tokenizer, retention_texts(config.retain_text))
+        retain = (rows, BatchOrder(len(rows), config.retain_batch_size,
+                                   derive_seed(config.seed, "retain")))
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(
         list(params.values()), lr=config.lr, weight_decay=config.weight_decay
@@ -256,7 +258,7 @@ def _train_step(
     params: dict[str, nn.Parameter],
     base_context: Any,
     last_ckpt: str | None,
-    retain: tuple[list[str], BatchOrder] | None = None,
+    retain: tuple[list[tuple[list[int], list[int]]], BatchOrder] | None = None,
 ) -> dict[str, Any]:
     """One optimiser step on the global batch of ``step``; returns its log record.
 
@@ -315,13 +317,13 @@ def _train_step(
         _accumulate(accelerator, loss, params, accum)
     if retain is not None:
         # Retention texts form their own fixed micro-batches, dealt round-robin like the task's.
-        texts = [retain[0][i] for i in retain[1].indices(step)]
-        n_tokens = objectives.count_retain_tokens(tokenizer, texts)
-        for i, k in enumerate(range(0, len(texts), m)):
+        rows = [retain[0][i] for i in retain[1].indices(step)]
+        n_tokens = sum(len(ids) for ids, _ in rows)
+        for i, k in enumerate(range(0, len(rows), m)):
             if i % n_proc != rank:
                 continue
             loss, stats = objectives.retain_kl_loss(
-                model, tokenizer, texts[k : k + m], n_tokens, config.retain_kl_coef, device,
+                model, tokenizer, rows[k : k + m], n_tokens, config.retain_kl_coef, device,
                 base_context,
             )
             sums[3] += stats["retain_kl_sum"] / n_tokens
@@ -392,8 +394,6 @@ def retention_texts(spec: str | None) -> list[str]:
 
 
 def _read_texts(path: Path) -> list[str]:
-    import json
-
     if not path.is_file():
         raise ConfigError(f"retain_text file {str(path)!r} does not exist.")
     lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
