@@ -67,6 +67,29 @@ def test_world_tasks_have_disjoint_test_and_train():
     assert all(e.reference == e.meta["word"][::-1] for e in rev.examples("ood"))
 
 
+def test_continuation_joins_the_reference_as_text_does():
+    assert Example("sum of 3 and 4 is", "7").continuation == " 7"
+    assert Example("Answer:\n", "7").continuation == "7"  # prompt ends in whitespace
+    assert Example("x =", " 7").continuation == " 7"  # reference brings its own space
+    assert Example("", "7").continuation == "7"
+    assert Example("3+4=", "7", target="7").continuation == "7"  # an explicit target wins
+
+
+def test_world_task_examples_read_like_the_corpus():
+    """SFT trains on prompt + continuation: for world tasks that must be a line the world's
+    corpus actually holds (same spacing), or the tuned model learns a format no text has."""
+    from routekit.world import get_world
+
+    lines = set(get_world().corpus_lines)
+    for name, split in (("add", "train"), ("rev", "train"), ("hop", "train"), ("facts", "train")):
+        examples = get_task(name).examples(split)
+        found = sum(e.prompt + e.continuation in lines for e in examples)
+        # mixed formats show some wrong answers, so not every train item is in the corpus
+        # with its right answer; but most are, and none would be without the space.
+        assert found >= 0.5 * len(examples), (name, found, len(examples))
+        assert not any(e.prompt + e.reference in lines for e in examples), name
+
+
 def test_unknown_task_lists_known_ones():
     with pytest.raises(UnknownTaskError) as info:
         get_task("arith")

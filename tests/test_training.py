@@ -57,7 +57,8 @@ def reference_sft_loss(model, tok, examples) -> float:
     with torch.no_grad():
         for e in examples:
             p = tok(e.prompt)["input_ids"]
-            a = tok(e.reference, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            # the reference as it follows the prompt in text: one space between them
+            a = tok(" " + e.reference, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             ids = torch.tensor([p + a])
             labels = torch.tensor([[-100] * len(p) + a])
             out = model(input_ids=ids, labels=labels)

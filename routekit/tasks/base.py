@@ -16,11 +16,33 @@ from .checkers import Checker, exact_match
 
 @dataclass(frozen=True)
 class Example:
-    """One prompt with the reference answer its completion is checked against."""
+    """One prompt with the reference answer its completion is checked against.
+
+    ``reference`` is what a checker compares with (normalised, e.g. ``"35"``). ``target`` is
+    the exact text that follows the prompt when the example is written out in full, which is
+    what SFT trains on; leave it ``None`` to join the reference to the prompt as text joins
+    words (see :attr:`continuation`).
+    """
 
     prompt: str
     reference: str
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    target: str | None = None
+
+    @property
+    def continuation(self) -> str:
+        """The text after the prompt: ``target``, else the reference after one space.
+
+        No space is added when the prompt ends in whitespace, the reference starts with it, or
+        the prompt is empty. ``"sum of 3 and 4 is"`` + ``"7"`` is trained as ``" 7"``, the way
+        the text reads (and the way a BPE tokenizer splits it, ``"Ġ7"``): a model tuned on
+        ``"is7"`` would learn a format that no text has.
+        """
+        if self.target is not None:
+            return self.target
+        if not self.prompt or self.prompt[-1:].isspace() or self.reference[:1].isspace():
+            return self.reference
+        return " " + self.reference
 
 
 class Task:

@@ -82,7 +82,9 @@ def token_logprobs(
 
 # ----------------------------------------------------------------------------- SFT
 def sft_rows(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
-    return [(encode_prompt(tokenizer, e.prompt), encode_answer(tokenizer, e.reference)) for e in examples]
+    """(prompt ids, answer ids): the answer is the example's ``continuation`` (the reference as
+    it follows the prompt in text), then EOS."""
+    return [(encode_prompt(tokenizer, e.prompt), encode_answer(tokenizer, e.continuation)) for e in examples]
 
 
 def sft_loss(
@@ -102,7 +104,7 @@ def sft_loss(
 
 
 def count_answer_tokens(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> int:
-    return sum(len(encode_answer(tokenizer, e.reference)) for e in examples)
+    return sum(len(encode_answer(tokenizer, e.continuation)) for e in examples)
 
 
 # ----------------------------------------------------------------------------- retention

@@ -384,10 +384,7 @@ def retention_texts(spec: str | None) -> list[str]:
     else:
         from ..tasks import get_task
 
-        texts = []
-        for e in get_task(spec).examples("train"):
-            gap = "" if not e.prompt or e.reference[:1].isspace() else " "
-            texts.append(e.prompt + gap + e.reference)
+        texts = [e.prompt + e.continuation for e in get_task(spec).examples("train")]
     if not texts:
         raise ConfigError(f"retain_text {spec!r} holds no text.")
     return texts
