@@ -55,7 +55,7 @@ class WorldConfig(BaseModel):
     )
     n_lines: int = Field(60_000, description="corpus lines (one document per line)")
     mixed_correct: dict[str, float] = Field(
-        default_factory=lambda: {"add": 0.7, "rev": 0.5, "hop": 0.6},
+        default_factory=lambda: {"add": 0.85, "rev": 0.5, "hop": 0.6},
         description="per skill: share of correct demonstrations in its mixed formats "
         "(the rest show the skill's systematic wrong answer)",
     )
