@@ -56,7 +56,9 @@ def proxy_alpha_sweep(
 
     Returns ``{"alphas": [...], "task": {alpha: acc}, "probes": {split: {alpha: acc}},
     "finetuned": {...} | None, "gap_closed": {alpha: share} | None,
-    "probe_delta_points": {split: {alpha: points vs alpha 0}}}``.
+    "probe_delta_points": {split: {alpha: points vs alpha 0}},
+    "best_within_1_point": {alpha, gap_closed, ...} | None}`` (the last two need alpha 0 in
+    ``alphas``; the best alpha is judged on the first probe split, held-out questions).
     """
     expert = ProxyExpert(tuned, untuned, f"{task.name}-proxy", tokenizer=tokenizer)
     probe_splits = [s for s in probe_splits if probes is not None and s in probes.splits]
@@ -91,7 +93,21 @@ def proxy_alpha_sweep(
             s: {k: round(100 * (v - accs[str(0.0)]), 2) for k, v in accs.items()}
             for s, accs in out["probes"].items()
         }
+        out["best_within_1_point"] = best_within(out, probe_splits[0]) if probe_splits else None
     return out
+
+
+def best_within(result: dict[str, Any], split: str, points: float = 1.0) -> dict[str, Any] | None:
+    """The alpha that closes most of the gap while ``split`` probes stay within ``points`` of
+    alpha 0 (the proxy issue's target), or None when fine-tuning did not beat the base."""
+    gaps = result.get("gap_closed") or {}
+    deltas = result["probe_delta_points"][split]
+    ok = [a for a, g in gaps.items() if g is not None and abs(deltas[a]) <= points]
+    if not ok:
+        return None
+    a = max(ok, key=lambda k: (gaps[k], -float(k)))
+    return {"alpha": float(a), "gap_closed": gaps[a], "task": result["task"][a],
+            "probe_split": split, "probe_delta_points": deltas[a]}
 
 
 def _load(path: str | None, default: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
