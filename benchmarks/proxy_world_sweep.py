@@ -98,11 +98,12 @@ def proxy_alpha_sweep(
 
 
 def best_within(result: dict[str, Any], split: str, points: float = 1.0) -> dict[str, Any] | None:
-    """The alpha that closes most of the gap while ``split`` probes stay within ``points`` of
-    alpha 0 (the proxy issue's target), or None when fine-tuning did not beat the base."""
+    """The alpha that closes most of the gap while ``split`` probes lose at most ``points``
+    against alpha 0 (the proxy issue's target: knowledge within 1 point of the base; a gain
+    is not a loss), or None when fine-tuning did not beat the base."""
     gaps = result.get("gap_closed") or {}
     deltas = result["probe_delta_points"][split]
-    ok = [a for a, g in gaps.items() if g is not None and abs(deltas[a]) <= points]
+    ok = [a for a, g in gaps.items() if g is not None and deltas[a] >= -points]
     if not ok:
         return None
     a = max(ok, key=lambda k: (gaps[k], -float(k)))
