@@ -456,7 +456,7 @@ CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("recipes/configs/**/*.
 def test_configs_are_shipped():
     names = {p.relative_to(p.parents[1]).as_posix() for p in CONFIGS}
     for task in ("add", "rev", "hop"):
-        for method in ("svf_rl", "svf_sft", "proxy_sft", "proxy_rl"):
+        for method in ("svf_rl", "svf_sft", "proxy_sft", "proxy_rl", "full_sft"):
             assert f"world/{task}_{method}.yaml" in names
     assert "qwen2.5-0.5b/gsm8k_svf_rl.yaml" in names
 
