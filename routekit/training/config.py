@@ -128,7 +128,7 @@ class TrainConfig(BaseModel):
         None,
         description="Retention text for retain_kl_coef: 'world-corpus' (the world's pretraining "
         "lines), 'text:PATH' (a local .jsonl file's 'text' fields, or a text file's lines) or "
-        "a task name, whose train examples' prompt + reference are the texts (default None).",
+        "a task name, whose train examples' prompt + continuation are the texts (default None).",
     )
     retain_batch_size: int = Field(
         16, gt=0, description="Retention texts per step over all processes (default 16)."

@@ -372,7 +372,7 @@ def _accumulate(
 def retention_texts(spec: str | None) -> list[str]:
     """The texts named by ``retain_text``: ``world-corpus`` (the world's pretraining lines),
     ``text:PATH`` (a local ``.jsonl`` file's ``text`` fields, or any other file's non-empty
-    lines) or a task name (its train examples, prompt + reference)."""
+    lines) or a task name (its train examples, prompt + continuation)."""
     if not spec:
         raise ConfigError("retain_text is not set; name 'world-corpus', 'text:PATH' or a task.")
     if spec == "world-corpus":

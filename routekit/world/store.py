@@ -142,8 +142,9 @@ def _clean_stale_tmp(parent: Path) -> None:
     if not parent.is_dir():
         return
     for p in parent.glob(".tmp-*"):
+        # .tmp-<name>-<pid>-<random>: the random part has no '-', the name may
         fields = p.name.split("-")
-        pid = int(fields[2]) if len(fields) > 3 and fields[2].isdigit() else None
+        pid = int(fields[-2]) if len(fields) > 3 and fields[-2].isdigit() else None
         if pid is None or not _pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
 
