@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -10,7 +12,14 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .models import left_pad, pad_token_id
 from .tasks.base import Task
+
+# Set by ``routekit.mixture`` while a per-prompt mixture is active: called with
+# (chunk start, chunk stop, number of prompts), it returns a context that applies that chunk's
+# rows. A hook rather than an import, because experts sit above this module.
+ROW_WINDOW: ContextVar[Callable[[int, int, int], contextlib.AbstractContextManager] | None] = (
+    ContextVar("routekit_row_window", default=None))
 
 
 class EvalResult(BaseModel):
@@ -53,38 +62,43 @@ def generate(
 
     With ``num_return_sequences = k`` the result holds k completions per prompt, grouped
     by prompt. Extra keyword arguments go to ``model.generate`` (e.g. ``logits_processor``).
+    Inside ``routekit.mixture(...)`` with one alpha row per prompt, each batch of
+    ``batch_size`` prompts runs with its own rows. The tokenizer is not modified.
     """
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
+    pad = pad_token_id(tokenizer)
+    window = ROW_WINDOW.get()
     stop = _stop_ids(tokenizer, model)
     out: list[str] = []
     was_training = model.training
-    model.eval()
+    if was_training:  # leave an eval-mode model alone: other threads may be using it
+        model.eval()
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     try:
         for i in range(0, len(prompts), batch_size):
             chunk = list(prompts[i : i + batch_size])
-            enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                temperature=temperature if do_sample else None,
-                top_k=None if not do_sample else 0,
-                top_p=None if not do_sample else 1.0,
-                num_return_sequences=num_return_sequences,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=stop or None,
-                **generate_kwargs,
-            )
+            enc = left_pad(tokenizer, chunk, device)
+            rows = window(i, i + len(chunk), len(prompts)) if window else contextlib.nullcontext()
+            with rows:
+                gen = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=do_sample,
+                    temperature=temperature if do_sample else None,
+                    top_k=None if not do_sample else 0,
+                    top_p=None if not do_sample else 1.0,
+                    num_return_sequences=num_return_sequences,
+                    pad_token_id=pad,
+                    eos_token_id=stop or None,
+                    **generate_kwargs,
+                )
             new = gen[:, enc["input_ids"].shape[1] :]
             out.extend(tokenizer.batch_decode(new, skip_special_tokens=True))
             bar.update(len(chunk))
     finally:
         bar.close()
-        model.train(was_training)
+        if was_training:
+            model.train(True)
     return out
 
 

@@ -117,3 +117,35 @@ def resolve_model(spec: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedT
 
         return world.load() if str(spec) == "world" else world.load_proxy()
     return load_model(spec)
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its EOS token."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise TokenizerMismatchError(
+            f"{type(tokenizer).__name__} has neither a pad nor an EOS token, so batches cannot be "
+            "padded; set tokenizer.pad_token first."
+        )
+    return int(pad)
+
+
+def left_pad(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], device: str | torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``texts``, left-padded for generation.
+
+    The one left-padding helper: it never changes the tokenizer (no ``padding_side`` or pad
+    token is set on it), so concurrent calls on a shared tokenizer cannot disturb each other.
+    """
+    rows = tokenizer(list(texts))["input_ids"]
+    width = max((len(r) for r in rows), default=0)
+    ids = torch.full((len(rows), width), pad_token_id(tokenizer), dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        if r:
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+    if device is not None:
+        ids, mask = ids.to(device), mask.to(device)
+    return {"input_ids": ids, "attention_mask": mask}

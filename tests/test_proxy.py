@@ -316,7 +316,7 @@ def test_bad_alpha_is_refused(world, alpha, match):
 
 
 def test_alpha_rows_must_match_prompts(world):
-    with pytest.raises(ConfigError, match="3 rows but there are 4 prompts"):
+    with pytest.raises(ConfigError, match="3 row\(s\) but there are 4 prompt"):
         proxy_generate(world["base"], world["tok"], world["e1"], PROMPTS, alpha=[[1.0]] * 3)
     proc = ProxyLogitsProcessor(world["e1"], alpha=[[1.0]] * 3)
     with pytest.raises(ConfigError, match="alpha has 3 rows but generate runs a batch of 4"):
@@ -375,7 +375,7 @@ def test_load_refuses_missing_or_altered_files(world, tmp_path):
     with pytest.raises(ExpertFileError, match="colour"):
         ProxyExpert.from_pretrained(tmp_path / "exp")
     cfg_path.write_text(json.dumps({**cfg, "kind": "svf"}))
-    with pytest.raises(ExpertFileError, match="'svf' expert, not a proxy expert"):
+    with pytest.raises(ExpertFileError, match="'svf' expert, not a 'proxy' expert"):
         ProxyExpert.from_pretrained(tmp_path / "exp")
     # Weights swapped behind the config's back: the recorded fingerprint catches it.
     e1.save_pretrained(tmp_path / "exp")

@@ -10,8 +10,8 @@ from transformers.pytorch_utils import Conv1D
 import routekit.svf.factors as factors_mod
 from routekit.errors import ConfigError, ExpertFileError, FingerprintMismatchError
 from routekit.io import model_fingerprint
+from routekit.experts import mixture
 from routekit.svf import (
-    RowMixture,
     SVFConfig,
     SVFExpert,
     SVFLinear,
@@ -19,14 +19,12 @@ from routekit.svf import (
     get_svf_model,
     merge,
     mix_experts,
-    set_expert,
-    set_row_z,
     svf_layers,
     unmerge,
     unwrap_svf_model,
-    use_row_mixture,
-    use_row_z,
 )
+from routekit.svf.layer import SVFCallState, call_state, current_state
+from routekit.svf.model import _set_expert as set_expert
 
 from .conftest import tiny_causal_lm
 
@@ -51,6 +49,13 @@ def random_expert(model, name: str, seed: int, scale: float = 0.3) -> SVFExpert:
     z = {n: 1 + scale * torch.randn(layer.rank, generator=g) for n, layer in svf_layers(model).items()}
     return SVFExpert(z, name=name, target_modules=model.svf_config.target_modules,
                      base_fingerprint=model.svf_base_fingerprint)
+
+
+def use_row_z(model, z):
+    """Per-row z on the named layers only (the others keep svf_z), as the mixture applies it."""
+    layers, outer = svf_layers(model), current_state()
+    scales = {id(layers[n]): layers[n].row_scales(t) for n, t in z.items()}
+    return call_state(SVFCallState(scales={**(outer.scales if outer else {}), **scales}))
 
 
 @pytest.fixture
@@ -102,7 +107,7 @@ def test_per_row_mixture_equals_each_row_alone_merged(arch, cfg):
     experts = [random_expert(model, f"e{k}", seed=10 + k) for k in range(3)]
     alpha = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.5, 0.3], [0.0, -0.4, 1.4], [0.6, 0.6, -0.2]])
     x = ids(rows=4)
-    with use_row_mixture(model, experts, alpha):
+    with mixture(model, experts, alpha):
         mixed = logits(model, x)
     for b in range(4):
         merge(model, mix_experts(experts, alpha[b]))
@@ -117,19 +122,24 @@ def test_per_layer_alpha_and_mix_arithmetic(cfg):
     model = get_svf_model(tiny("llama"), cfg())
     e1, e2 = random_expert(model, "a", 1), random_expert(model, "b", 2)
     names = e1.layer_names
-    alpha = torch.rand(2, len(names))
+    alpha = torch.rand(1, 2, len(names))  # one row, per expert per layer
     mixed = mix_experts([e1, e2], alpha)
     for i, n in enumerate(names):
-        torch.testing.assert_close(mixed.z[n], alpha[0, i] * e1.z[n] + alpha[1, i] * e2.z[n])
-    flat = mix_experts([e1, e2], [0.25, 0.75])
+        want = 1 + alpha[0, 0, i] * (e1.z[n] - 1) + alpha[0, 1, i] * (e2.z[n] - 1)
+        torch.testing.assert_close(mixed.z[n], want)
+    flat = mix_experts([e1, e2], [0.25, 0.75])  # weights summing to 1: Transformer²'s Σ α z
     torch.testing.assert_close(flat.z[names[0]], 0.25 * e1.z[names[0]] + 0.75 * e2.z[names[0]])
-    # Per-row, per-layer alpha through set_expert(RowMixture) equals the per-row z it implies.
+    zero = mix_experts([e1, e2], [0.0, 0.0])  # no weight: the base
+    assert all(torch.equal(v, torch.ones_like(v)) for v in zero.z.values())
+    with pytest.raises(ConfigError, match="one row"):
+        mix_experts([e1, e2], torch.rand(2, 2))
+    # Per-row, per-layer alpha (B, K, L) equals the per-row z it implies.
     row_alpha = torch.rand(2, 2, len(names))
     x = ids(rows=2)
-    set_expert(model, RowMixture([e1, e2], row_alpha))
-    got = logits(model, x)
+    with mixture(model, [e1, e2], row_alpha):
+        got = logits(model, x)
     for b in range(2):
-        set_expert(model, mix_experts([e1, e2], row_alpha[b]))
+        set_expert(model, mix_experts([e1, e2], row_alpha[b : b + 1]))
         torch.testing.assert_close(got[b : b + 1], logits(model, x[b : b + 1]), atol=1e-5, rtol=0)
 
 
@@ -258,11 +268,8 @@ def test_wrong_shape_z_is_refused(tmp_path, cfg):
         (tmp_path / "e" / "expert_config.json").read_text())
     with pytest.raises(ExpertFileError, match=layer):
         SVFExpert.from_pretrained(tmp_path / "b")
-    # Per-row z of the wrong shape, and a batch that does not match the rows set.
-    r = svf_layers(model)[layer].rank
-    with pytest.raises(ConfigError, match=rf"\(2, {r + 1}\)"):
-        set_row_z(model, {layer: torch.ones(2, r + 1)})
-    with use_row_z(model, {layer: torch.ones(2, r)}), pytest.raises(ConfigError, match="2 rows"):
+    # A mixture whose rows do not match the batch.
+    with mixture(model, [good], [[1.0], [0.5]]), pytest.raises(ConfigError, match="2 row"):
         logits(model, ids(rows=3))
 
 
@@ -298,9 +305,8 @@ def test_nan_z_is_refused_on_load_and_on_set(tmp_path, cfg):
     save_file(tensors, str(f))
     with pytest.raises(ExpertFileError, match=f"{layer}.*NaN"):
         SVFExpert.from_pretrained(tmp_path / "e")
-    r = svf_layers(model)[layer].rank
-    with pytest.raises(ConfigError, match="NaN"):
-        set_row_z(model, {layer: torch.full((2, r), float("nan"))})
+    with pytest.raises(ConfigError, match="NaN"), mixture(model, [good], [[float("nan")]]):
+        pass
 
 
 def test_mixing_refuses_other_targets_and_wrong_alpha(cfg):
@@ -312,10 +318,10 @@ def test_mixing_refuses_other_targets_and_wrong_alpha(cfg):
     e2 = random_expert(mlp_model, "m2", 3)
     with pytest.raises(ConfigError, match=r"\(3,\).*\(2,\)"):
         mix_experts([e_mlp, e2], [0.2, 0.3, 0.5])
+    with pytest.raises(ConfigError, match=r"\(4, 3\)"), mixture(mlp_model, [e_mlp, e2], torch.ones(4, 3)):
+        pass
     with pytest.raises(ConfigError, match="NaN"):
         mix_experts([e_mlp, e2], [0.5, float("nan")])
-    with pytest.raises(ConfigError, match=r"\(4, 3\)"):
-        set_expert(mlp_model, RowMixture([e_mlp, e2], torch.ones(4, 3)))
     with pytest.raises(ConfigError, match="does not fit"):
         set_expert(mlp_model, e_attn)
 

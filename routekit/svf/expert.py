@@ -1,6 +1,6 @@
 """SVFExpert: the z vectors of one expert with their metadata, saved safely, and mixing.
 
-An expert directory holds ``expert_config.json`` (metadata, layer order) and
+An expert directory holds ``expert_config.json`` (kind ``"svf"``, metadata, layer order) and
 ``expert_model.safetensors`` (one float32 vector per layer, key ``<layer>.svf_z``).
 """
 
@@ -9,12 +9,19 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
+from ..experts import (
+    AlphaLike,
+    Expert,
+    check_expert_kind,
+    normalize_alpha,
+    refuse_foreign_directory,
+)
 from ..io import (
     atomic_directory,
     atomic_save_safetensors,
@@ -34,6 +41,7 @@ class _ExpertFileConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    kind: Literal["svf"] = "svf"
     format: str
     version: int
     name: str
@@ -60,9 +68,12 @@ def check_z(layer: str, z: torch.Tensor, rank: int | None = None, what: str = "e
         )
 
 
-class SVFExpert:
+class SVFExpert(Expert):
     """z vectors per layer (in model order) plus name, target modules, base fingerprint,
-    training config and metrics."""
+    training config and metrics. The z vectors are the expert's own copies: changing the
+    tensors it was built from (a model's ``svf_z`` that keeps training) never changes it."""
+
+    kind = "svf"
 
     def __init__(
         self,
@@ -76,7 +87,9 @@ class SVFExpert:
     ) -> None:
         if not z:
             raise ExpertFileError(f"expert {name!r} has no layers.")
-        self.z = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in z.items()}
+        # clone(): .to()/.contiguous() return the same storage for a CPU float32 tensor, so
+        # without it an expert exported from a live model would follow the model's training.
+        self.z = {k: v.detach().to("cpu", torch.float32).clone() for k, v in z.items()}
         for layer, vec in self.z.items():
             check_z(layer, vec, what=f"expert {name!r}")
         self.name = name
@@ -92,6 +105,10 @@ class SVFExpert:
         )
 
     @property
+    def base_id(self) -> str:
+        return self.base_fingerprint
+
+    @property
     def layer_names(self) -> list[str]:
         return list(self.z)
 
@@ -101,7 +118,7 @@ class SVFExpert:
 
     def _file_config(self) -> dict[str, Any]:
         return _ExpertFileConfig(
-            format=FORMAT, version=1, name=self.name, target_modules=self.target_modules,
+            format=FORMAT, version=2, name=self.name, target_modules=self.target_modules,
             base_fingerprint=self.base_fingerprint,
             layers=[(k, int(v.shape[0])) for k, v in self.z.items()],
             training_config=self.training_config, metrics=self.metrics,
@@ -113,13 +130,7 @@ class SVFExpert:
         Refuses to replace a directory that holds anything but expert files.
         """
         target = Path(save_directory)
-        if target.exists():
-            foreign = sorted(p.name for p in target.iterdir() if p.name not in (CONFIG_NAME, WEIGHTS_NAME))
-            if not target.is_dir() or foreign:
-                raise ExpertFileError(
-                    f"{str(target)!r} exists and is not an expert directory (holds {foreign[:5]}); "
-                    "choose an empty or new directory."
-                )
+        refuse_foreign_directory(target, (CONFIG_NAME, WEIGHTS_NAME))
         with atomic_directory(target) as tmp:
             atomic_save_safetensors(
                 {k + _Z_SUFFIX: v for k, v in self.z.items()}, tmp / WEIGHTS_NAME,
@@ -132,6 +143,7 @@ class SVFExpert:
     def from_pretrained(cls, directory: str | os.PathLike) -> SVFExpert:
         """Load and check an expert directory (shapes, layer set, finite values)."""
         directory = Path(directory)
+        check_expert_kind(directory, cls)
         raw = read_json(directory / CONFIG_NAME, what="expert config")
         try:
             cfg = _ExpertFileConfig.model_validate(raw)
@@ -186,44 +198,33 @@ def check_compatible(experts: Sequence[SVFExpert]) -> None:
                 )
 
 
-def _check_alpha(alpha: torch.Tensor, k: int, n_layers: int, lead: tuple[int, ...] = ()) -> None:
-    shapes = [(*lead, k), (*lead, k, n_layers)]
-    if tuple(alpha.shape) not in shapes:
-        raise ConfigError(
-            f"alpha has shape {tuple(alpha.shape)} but {k} expert(s) over {n_layers} layer(s) need "
-            f"shape {shapes[0]} (one weight per expert) or {shapes[1]} (per expert per layer)."
-        )
-    if not torch.isfinite(alpha).all():
-        raise ConfigError(f"alpha holds NaN/inf values: {alpha.tolist()}")
-
-
-def stacked_mixture(
-    experts: Sequence[SVFExpert], alpha: torch.Tensor | Sequence[float], rows: int | None = None
-) -> dict[str, torch.Tensor]:
-    """Σₖ αₖ zₖ per layer. ``rows=None``: alpha (K,) or (K, L), gives (r,) per layer;
-    ``rows=B``: alpha (B, K) or (B, K, L), gives (B, r) per layer."""
-    check_compatible(experts)
-    alpha = torch.as_tensor(alpha, dtype=torch.float32)
-    layers = experts[0].layer_names
-    lead = () if rows is None else (rows,)
-    _check_alpha(alpha, len(experts), len(layers), lead)
-    out = {}
-    for i, layer in enumerate(layers):
-        zs = torch.stack([e.z[layer] for e in experts])  # (K, r)
-        a = alpha[..., i] if alpha.dim() == len(lead) + 2 else alpha  # (*lead, K)
-        out[layer] = a @ zs
-    return out
-
-
 def mix_experts(
-    experts: Sequence[SVFExpert], alpha: torch.Tensor | Sequence[float], name: str | None = None
+    experts: Sequence[SVFExpert], alpha: AlphaLike, name: str | None = None
 ) -> SVFExpert:
-    """One expert whose z is Σₖ αₖ zₖ per layer; alpha of shape (K,) or (K, n_layers)."""
-    z = stacked_mixture(experts, alpha)
+    """One expert for one fixed mixture: z = 1 + Σₖ αₖ (zₖ − 1) per layer (``routekit.mixture``'s
+    rule; Transformer²'s Σₖ αₖ zₖ when the weights sum to 1).
+
+    ``alpha``: (K,) one weight per expert, or one row (1, K) / (1, K, L) as in
+    ``routekit.mixture``. Use it to merge a mixture (``merge(model, mix_experts(...))``) or to
+    export one (``save_adapted_checkpoint``).
+    """
+    check_compatible(experts)
+    layers = experts[0].layer_names
+    a = normalize_alpha(alpha, len(experts), len(layers))
+    if a.ndim >= 2:
+        if a.shape[0] != 1:
+            raise ConfigError(
+                f"mix_experts makes one expert, so alpha needs one row; got {a.shape[0]} rows "
+                "(use routekit.mixture for one mixture per prompt)."
+            )
+        a = a[0]
+    z = {}
+    for i, layer in enumerate(layers):
+        delta = torch.stack([e.z[layer] for e in experts]) - 1.0  # (K, r)
+        z[layer] = 1.0 + (a[:, i] if a.ndim == 2 else a) @ delta
     first = experts[0]
     return SVFExpert(
         z, name=name or "+".join(e.name for e in experts), target_modules=first.target_modules,
         base_fingerprint=first.base_fingerprint,
-        training_config={"mixture_of": [e.name for e in experts],
-                         "alpha": torch.as_tensor(alpha).tolist()},
+        training_config={"mixture_of": [e.name for e in experts], "alpha": a.tolist()},
     )

@@ -5,10 +5,13 @@ When the first member of such a group is called, the group projects x onto all m
 right singular vectors in one matmul, scales, applies every member's U, returns its own
 output and keeps the others for their calls with that same tensor (checked by identity).
 Any other call pattern falls back to each layer's own computation, so fusion never changes
-results, only speed.
+results, only speed. The kept outputs belong to the call that made them: they live in a
+``ContextVar``, never on the shared group, so two threads never receive each other's.
 """
 
 from __future__ import annotations
+
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,18 @@ SHARED_INPUT_GROUPS = (
     ("q_proj", "k_proj", "v_proj"),
     ("query", "key", "value"),
 )
+
+
+# id(group) -> (the input tensor, {id(member): its pending output}) for this context only.
+_PENDING: ContextVar[dict | None] = ContextVar("routekit_svf_fusion_pending", default=None)
+
+
+def _pending() -> dict:
+    store = _PENDING.get()
+    if store is None:
+        store = {}
+        _PENDING.set(store)  # per thread / task: a new thread starts with an empty context
+    return store
 
 
 class FusedGroup:
@@ -39,20 +54,19 @@ class FusedGroup:
         leader.register_buffer("svf_Vh_fused", fused, persistent=False)
         for m, (a, b) in zip(members, self.offsets):
             m.svf_Vh = fused[a:b]
-        self._x: torch.Tensor | None = None
-        self._pending: dict[int, torch.Tensor] = {}
 
-    def forward(self, member: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        key = id(member)
-        if self._x is x and key in self._pending:
-            out = self._pending.pop(key)
-            if not self._pending:
-                self._x = None
+    def forward(self, member: nn.Module, x: torch.Tensor, state=None) -> torch.Tensor:
+        key, store = id(member), _pending()
+        kept = store.get(id(self))
+        if kept is not None and kept[0] is x and key in kept[1]:
+            out = kept[1].pop(key)
+            if not kept[1]:
+                del store[id(self)]
             return out
         leader = self.members[0]
         dtype = leader.svf_Vh_fused.dtype
         h = F.linear(x.to(dtype), leader.svf_Vh_fused)
-        scales = [m._scale(x) for m in self.members]
+        scales = [m._scale(x, state) for m in self.members]
         lead = max((s.shape[:-1] for s in scales), key=len)  # some members may have per-row z
         scale = torch.cat([s.expand(*lead, s.shape[-1]) for s in scales], dim=-1)
         h = h.mul_(scale) if not torch.is_grad_enabled() else h * scale
@@ -61,7 +75,7 @@ class FusedGroup:
             bias = m.base_layer.bias
             outs[id(m)] = F.linear(h[..., a:b], m.svf_U, None if bias is None else bias.to(dtype)).to(x.dtype)
         out = outs.pop(key)
-        self._x, self._pending = x, outs
+        store[id(self)] = (x, outs)
         return out
 
     def remove(self) -> None:
@@ -69,7 +83,9 @@ class FusedGroup:
             m.svf_Vh = m.svf_Vh.clone()
             object.__setattr__(m, "_fusion", None)
         del self.members[0]._buffers["svf_Vh_fused"]
-        self._x, self._pending = None, {}
+        store = _PENDING.get()
+        if store is not None:
+            store.pop(id(self), None)
 
 
 def install_fusion(model: nn.Module) -> int:

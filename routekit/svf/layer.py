@@ -1,12 +1,21 @@
 """SVFLinear: a linear layer whose singular values are rescaled by a trainable vector z.
 
-W = U diag(S) Vh. The factored forward computes ((x Vhᵀ) ⊙ (S ⊙ z)) Uᵀ + b, where z is
-either the trainable ``svf_z`` (r,) or a per-row matrix (batch, r) so every row of a batch
-can carry its own expert mixture. The merged forward writes U diag(S ⊙ z) Vh into the base
-layer's weight (base speed) and keeps the original weight to restore it bit-exactly.
+W = U diag(S) Vh. The factored forward computes ((x Vhᵀ) ⊙ (S ⊙ z)) Uᵀ + b, where z is the
+trainable ``svf_z`` (r,) unless the current call carries its own scales. The merged forward
+writes U diag(S ⊙ z) Vh into the base layer's weight (base speed) and keeps the original
+weight to restore it bit-exactly.
+
+Per-call state (a mixture per batch row, "compute the base") never lives on the layer: it
+is a :class:`SVFCallState` in a ``contextvars.ContextVar``, so two threads (or asyncio
+tasks) calling one model at once each see only their own state.
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +24,39 @@ from transformers.pytorch_utils import Conv1D
 
 from ..errors import ConfigError
 from .factors import Factors
+
+
+@dataclass(frozen=True)
+class SVFCallState:
+    """What one call (one thread's ``with`` block) asks of the SVF layers.
+
+    ``scales`` maps ``id(layer)`` to S ⊙ z for that layer: (r,) for the whole batch, or
+    (rows, r) with one row per prompt; layers not named use their ``svf_z``. ``disabled``
+    makes every layer compute its base.
+    """
+
+    scales: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    disabled: bool = False
+    # (layer id, batch) -> scales repeated for num_return_sequences; filled lazily.
+    _expanded: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+_CALL: ContextVar[SVFCallState | None] = ContextVar("routekit_svf_call", default=None)
+
+
+def current_state() -> SVFCallState | None:
+    """The SVF state of the running call, or None."""
+    return _CALL.get()
+
+
+@contextlib.contextmanager
+def call_state(state: SVFCallState) -> Iterator[SVFCallState]:
+    """Make ``state`` the running call's SVF state inside the block (this context only)."""
+    token = _CALL.set(state)
+    try:
+        yield state
+    finally:
+        _CALL.reset(token)
 
 
 class SVFLinear(nn.Module):
@@ -34,10 +76,8 @@ class SVFLinear(nn.Module):
         self.register_buffer("svf_S", s.to(torch.float32).contiguous(), persistent=False)
         self.register_buffer("svf_Vh", vh.to(factor_dtype).contiguous(), persistent=False)
         self.svf_z = nn.Parameter(torch.full_like(self.svf_S, float(z_init)))
-        self._row_sz: torch.Tensor | None = None  # (batch, r): S ⊙ z per row
         self._kept_weight: torch.Tensor | None = None  # original weight while merged
         self._fusion = None  # a FusedGroup when siblings share this layer's input
-        self.svf_disabled = False  # True: compute the base layer (e.g. a KL reference pass)
 
     @property
     def rank(self) -> int:
@@ -55,39 +95,46 @@ class SVFLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"rank={self.rank}, merged={self.merged}, conv1d={self.is_conv1d}"
 
-    # ----- per-row z -------------------------------------------------------------------
-    def set_row_z(self, z: torch.Tensor | None) -> None:
-        """Use ``z`` (batch, r) instead of ``svf_z``, one row per batch row; None clears it."""
-        if z is None:
-            self._row_sz = None
-            return
-        if self.merged:
-            raise ConfigError("per-row z needs the factored path; call unmerge(model) first.")
-        self._row_sz = (self.svf_S * z.to(self.svf_S)).to(self.svf_U.dtype).contiguous()
+    def row_scales(self, z: torch.Tensor) -> torch.Tensor:
+        """S ⊙ z in the factors' dtype, for z of shape (r,) or (rows, r)."""
+        return (self.svf_S * z.to(self.svf_S)).to(self.svf_U.dtype).contiguous()
 
     # ----- forward ---------------------------------------------------------------------
-    def _scale(self, x: torch.Tensor) -> torch.Tensor:
-        if self._row_sz is None:
+    def _scale(self, x: torch.Tensor, state: SVFCallState | None) -> torch.Tensor:
+        sz = state.scales.get(id(self)) if state is not None else None
+        if sz is None:
             return (self.svf_S * self.svf_z).to(self.svf_U.dtype)
-        sz = self._row_sz
-        if x.dim() < 2 or x.shape[0] != sz.shape[0]:
-            raise ConfigError(
-                f"per-row z was set for a batch of {sz.shape[0]} rows but the input has shape "
-                f"{tuple(x.shape)}; set a z (or mixture) for every row of this batch."
-            )
+        if sz.dim() == 1:
+            return sz
+        rows, batch = sz.shape[0], (x.shape[0] if x.dim() >= 2 else -1)
+        if batch != rows:
+            if batch <= 0 or batch % rows:
+                raise ConfigError(
+                    f"the mixture has {rows} row(s) but the input has shape {tuple(x.shape)}; "
+                    "give one row of alpha per prompt of this batch (rows are repeated for "
+                    "num_return_sequences)."
+                )
+            key = (id(self), batch)
+            cached = state._expanded.get(key)
+            if cached is None:
+                # generate() repeats each prompt num_return_sequences times, consecutively.
+                cached = state._expanded[key] = sz.repeat_interleave(batch // rows, dim=0)
+            sz = cached
         return sz.view(sz.shape[0], *([1] * (x.dim() - 2)), sz.shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.svf_disabled:
+        state = _CALL.get()
+        if state is not None and state.disabled:
             return self._base_forward(x)
         if self.merged:
             return self.base_layer(x)
         if self._fusion is not None:
-            return self._fusion.forward(self, x)
+            return self._fusion.forward(self, x, state)
         dtype = self.svf_Vh.dtype
         h = F.linear(x.to(dtype), self.svf_Vh)
+        scale = self._scale(x, state)
         # In place when nothing needs h for a backward pass: saves one (tokens, r) buffer.
-        h = h.mul_(self._scale(x)) if not torch.is_grad_enabled() else h * self._scale(x)
+        h = h.mul_(scale) if not torch.is_grad_enabled() else h * scale
         bias = self.base_layer.bias
         y = F.linear(h, self.svf_U, None if bias is None else bias.to(dtype))
         return y.to(x.dtype)
@@ -104,7 +151,11 @@ class SVFLinear(nn.Module):
 
     # ----- merge / unmerge -------------------------------------------------------------
     def adapted_weight(self, z: torch.Tensor | None = None) -> torch.Tensor:
-        """U diag(S ⊙ z) Vh in float32, in the base layer's own orientation."""
+        """U diag(S ⊙ z) Vh in float32, in the base layer's own orientation.
+
+        This is the SVD reconstruction: with z = 1 it equals the base weight only up to
+        float32 rounding (see ``routekit.svf.delta`` for the exact update ΔW).
+        """
         z = self.svf_z if z is None else z
         w = (self.svf_U.float() * (self.svf_S * z.float())) @ self.svf_Vh.float()
         return w.t() if self.is_conv1d else w
@@ -112,15 +163,19 @@ class SVFLinear(nn.Module):
     @torch.no_grad()
     def merge(self) -> None:
         """Write U diag(S ⊙ svf_z) Vh into the base weight, keeping the original."""
-        if self._row_sz is not None:
-            raise ConfigError("cannot merge while a per-row z is set; clear it first.")
         weight = self.base_layer.weight
         if self._kept_weight is None:
             self._kept_weight = weight.detach().clone()
         weight.copy_(self.adapted_weight().to(weight.dtype))
-        if not self.svf_disabled:
-            # Merged, this layer *is* its base layer: skip a module call per token (decode speed).
-            self.forward = self.base_layer.forward
+        # Merged, this layer *is* its base layer: skip the checks of ``forward`` and the base
+        # layer's module call per token (decode speed).
+        self.forward = self._merged_forward
+
+    def _merged_forward(self, x: torch.Tensor) -> torch.Tensor:
+        state = _CALL.get()
+        if state is not None and state.disabled:
+            return self._base_forward(x)
+        return self.base_layer.forward(x)
 
     @torch.no_grad()
     def unmerge(self) -> None:

@@ -1,17 +1,17 @@
-"""Turning a causal LM into an SVF model and back, and putting experts into it.
+"""Turning a causal LM into an SVF model and back, and merging an expert into its weights.
 
 ``get_svf_model`` wraps the targeted layers in place (PEFT-style, ``base_layer`` kept) and
-freezes all but ``svf_z``. Experts go in with ``set_expert`` (one z for the batch),
-``use_row_mixture``/``use_row_z`` (one z per batch row, factored path) or ``merge`` (one z
-written into the weights, base speed; ``unmerge`` restores them bit-exactly).
+freezes all but ``svf_z``. An expert is applied per call with ``routekit.mixture`` (factored
+path, one mixture per batch row, safe under threads), or written into the weights with
+``merge`` (base speed, for every caller; ``unmerge`` restores them bit-exactly).
+``disable_svf`` makes the calls of one block compute the base.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -20,18 +20,10 @@ from torch import nn
 from ..errors import ConfigError, FingerprintMismatchError
 from ..io import model_fingerprint
 from .config import SVFConfig, resolve_targets
-from .expert import SVFExpert, check_z, stacked_mixture
+from .expert import SVFExpert, check_z
 from .factors import load_or_compute_factors
 from .fusion import install_fusion, remove_fusion
-from .layer import SVFLinear
-
-
-@dataclass
-class RowMixture:
-    """One mixture per batch row: row b uses z = Σₖ alpha[b, k] zₖ (alpha (B, K) or (B, K, L))."""
-
-    experts: Sequence[SVFExpert]
-    alpha: torch.Tensor | Sequence[Sequence[float]]
+from .layer import SVFCallState, SVFLinear, call_state, current_state
 
 
 def svf_layers(model: nn.Module) -> dict[str, SVFLinear]:
@@ -100,7 +92,7 @@ def export_expert(
 ) -> SVFExpert:
     """The model's current ``svf_z`` vectors as an SVFExpert remembering the base fingerprint."""
     layers = _require_svf(model)
-    return SVFExpert(
+    return SVFExpert(  # SVFExpert copies the vectors: later training leaves this expert as it is
         {n: layer.svf_z.detach() for n, layer in layers.items()},
         name=name, target_modules=model.svf_config.target_modules,
         base_fingerprint=model.svf_base_fingerprint,
@@ -108,7 +100,8 @@ def export_expert(
     )
 
 
-def _check_expert(model: nn.Module, layers: dict[str, SVFLinear], expert: SVFExpert) -> None:
+def check_expert_fits(model: nn.Module, layers: dict[str, SVFLinear], expert: SVFExpert) -> None:
+    """Refuse an expert made for another base or other layers (naming what differs)."""
     if expert.base_fingerprint != model.svf_base_fingerprint:
         raise FingerprintMismatchError(
             f"expert {expert.name!r} was trained on base {expert.base_fingerprint} but this model's "
@@ -126,22 +119,24 @@ def _check_expert(model: nn.Module, layers: dict[str, SVFLinear], expert: SVFExp
         check_z(n, expert.z[n], layer.rank, what=f"expert {expert.name!r}")
 
 
-@torch.no_grad()
-def set_expert(model: nn.Module, expert: SVFExpert | RowMixture | None) -> None:
-    """Load one expert's z into ``svf_z`` (None: back to ``z_init``), or a RowMixture per row.
+def _refuse_while_mixing(what: str) -> None:
+    state = current_state()
+    if state is not None and state.scales:
+        raise ConfigError(f"cannot {what} inside a routekit.mixture block; leave the block first.")
 
-    Everything is checked before anything changes. A merged model is re-merged with the
-    new z.
+
+@torch.no_grad()
+def _set_expert(model: nn.Module, expert: SVFExpert | None) -> None:
+    """Load one expert's z into ``svf_z`` (None: back to ``z_init``); checked before any change.
+
+    ``svf_z`` is shared by every caller of the model (it is what trains): per-call experts go
+    through ``routekit.mixture`` instead. A merged model is re-merged with the new z.
     """
     layers = _require_svf(model)
-    if isinstance(expert, RowMixture):
-        set_row_mixture(model, expert.experts, expert.alpha)
-        return
     if expert is not None:
-        _check_expert(model, layers, expert)
+        check_expert_fits(model, layers, expert)
     was_merged = any(layer.merged for layer in layers.values())
     unmerge(model)
-    clear_row_z(model)
     for n, layer in layers.items():
         if expert is None:
             layer.svf_z.fill_(model.svf_config.z_init)
@@ -152,12 +147,15 @@ def set_expert(model: nn.Module, expert: SVFExpert | RowMixture | None) -> None:
 
 
 def merge(model: nn.Module, expert: SVFExpert | None = None) -> None:
-    """Write U diag(S ⊙ z) Vh into every base weight (z from ``expert``, else ``svf_z``)."""
+    """Write U diag(S ⊙ z) Vh into every base weight (z from ``expert``, else ``svf_z``).
+
+    Merging changes the model for every caller (the weights are shared); it is for serving
+    one fixed expert or mixture (``mix_experts``) at the base's speed.
+    """
     layers = _require_svf(model)
+    _refuse_while_mixing("merge")
     if expert is not None:
-        set_expert(model, expert)
-    if any(layer._row_sz is not None for layer in layers.values()):
-        raise ConfigError("cannot merge while per-row z is set; call clear_row_z(model) first.")
+        _set_expert(model, expert)
     for layer in layers.values():
         layer.merge()
 
@@ -168,94 +166,11 @@ def unmerge(model: nn.Module) -> None:
         layer.unmerge()
 
 
-def set_row_z(model: nn.Module, z: Mapping[str, torch.Tensor]) -> None:
-    """Give the named layers one z per batch row ((batch, r) each); others keep ``svf_z``."""
-    layers = _require_svf(model)
-    rows = None
-    for n, t in z.items():
-        if n not in layers:
-            raise ConfigError(f"{n!r} is not an SVF layer; SVF layers include {list(layers)[:3]}.")
-        r = layers[n].rank
-        if t.dim() != 2 or t.shape[1] != r or (rows is not None and t.shape[0] != rows):
-            raise ConfigError(
-                f"per-row z of layer {n!r} has shape {tuple(t.shape)}, expected (batch, {r}) "
-                f"with one batch size for all layers" + (f" ({rows})" if rows else "") + "."
-            )
-        if not torch.isfinite(t).all():
-            raise ConfigError(f"per-row z of layer {n!r} holds NaN/inf values.")
-        rows = t.shape[0]
-    if any(layer.merged for layer in layers.values()):
-        raise ConfigError("per-row z needs the factored path; call unmerge(model) first.")
-    for n, t in z.items():
-        layers[n].set_row_z(t)
-
-
-def clear_row_z(model: nn.Module) -> None:
-    """Back to one shared ``svf_z`` per layer."""
-    for layer in _require_svf(model).values():
-        layer.set_row_z(None)
-
-
-def row_z_from_mixture(
-    model: nn.Module, experts: Sequence[SVFExpert], alpha: torch.Tensor | Sequence[Sequence[float]]
-) -> dict[str, torch.Tensor]:
-    """Per-layer (batch, r) z for alpha (B, K) or (B, K, L) over ``experts``."""
-    layers = _require_svf(model)
-    for e in experts:
-        _check_expert(model, layers, e)
-    alpha = torch.as_tensor(alpha, dtype=torch.float32)
-    if alpha.dim() not in (2, 3):
-        raise ConfigError(
-            f"a per-row mixture needs alpha of shape (batch, K) or (batch, K, n_layers); got "
-            f"{tuple(alpha.shape)}."
-        )
-    return stacked_mixture(experts, alpha, rows=alpha.shape[0])
-
-
-def set_row_mixture(
-    model: nn.Module, experts: Sequence[SVFExpert], alpha: torch.Tensor | Sequence[Sequence[float]]
-) -> None:
-    """Row b of the next batches uses z = Σₖ alpha[b, k] zₖ (factored path)."""
-    layers = _require_svf(model)
-    z = row_z_from_mixture(model, experts, alpha)
-    device = next(iter(layers.values())).svf_S.device
-    set_row_z(model, {n: t.to(device) for n, t in z.items()})
-
-
 @contextlib.contextmanager
 def disable_svf(model: nn.Module) -> Iterator[nn.Module]:
-    """``with disable_svf(model):`` the model computes its base (merged or not), as PEFT's
-    ``disable_adapter()``; used for reference passes such as an RL KL penalty."""
-    layers = _require_svf(model)
-    for layer in layers.values():
-        layer.svf_disabled = True
-        layer.__dict__.pop("forward", None)
-    try:
+    """``with disable_svf(model):`` this thread's calls compute the base (merged or not), as
+    PEFT's ``disable_adapter()``; used for reference passes such as an RL KL penalty. Other
+    threads keep their own behaviour."""
+    _require_svf(model)
+    with call_state(SVFCallState(disabled=True)):
         yield model
-    finally:
-        for layer in layers.values():
-            layer.svf_disabled = False
-            if layer.merged:
-                layer.forward = layer.base_layer.forward
-
-
-@contextlib.contextmanager
-def use_row_z(model: nn.Module, z: Mapping[str, torch.Tensor]) -> Iterator[nn.Module]:
-    """``with use_row_z(model, {layer: (batch, r)}):`` per-row z inside, cleared on exit."""
-    set_row_z(model, z)
-    try:
-        yield model
-    finally:
-        clear_row_z(model)
-
-
-@contextlib.contextmanager
-def use_row_mixture(
-    model: nn.Module, experts: Sequence[SVFExpert], alpha: torch.Tensor | Sequence[Sequence[float]]
-) -> Iterator[nn.Module]:
-    """``with use_row_mixture(model, experts, alpha):`` row b mixes experts by alpha[b]."""
-    set_row_mixture(model, experts, alpha)
-    try:
-        yield model
-    finally:
-        clear_row_z(model)

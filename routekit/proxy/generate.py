@@ -1,0 +1,56 @@
+"""proxy_generate: generate from a base steered by proxy experts (``routekit.mixture`` + generate)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..errors import ConfigError
+from ..eval import generate
+from ..experts import AlphaLike, mixture, normalize_alpha
+from .expert import ProxyExpert
+from .steering import check_context
+
+
+def proxy_generate(
+    base: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    experts: ProxyExpert | Sequence[ProxyExpert],
+    prompts: Sequence[str],
+    alpha: AlphaLike = 1.0,
+    *,
+    max_new_tokens: int = 16,
+    do_sample: bool = False,
+    batch_size: int = 64,
+    **kw: Any,
+) -> list[str]:
+    """Generate from ``base`` steered by proxy ``experts``; returns each prompt's new text.
+
+    ``alpha``: one number, one per expert (K,), or a (len(prompts), K) table (one row per
+    prompt). Prompts are left-padded in batches of ``batch_size``; other keyword arguments
+    (temperature, num_return_sequences, progress ...) go to :func:`routekit.generate`. A
+    prompt plus ``max_new_tokens`` longer than a proxy's context is refused before any work.
+    """
+    experts = [experts] if isinstance(experts, ProxyExpert) else list(experts)
+    for e in experts:
+        if not isinstance(e, ProxyExpert):
+            raise ConfigError(f"proxy_generate takes ProxyExperts, got {type(e).__name__}.")
+    normalize_alpha(alpha, len(experts), rows=len(prompts))
+    if prompts:
+        longest = max(len(ids) for ids in tokenizer(list(prompts))["input_ids"])
+        check_context(experts, longest, max_new_tokens)
+    models = {id(m): m for e in experts for m in (e.tuned, e.untuned)}
+    modes = {k: m.training for k, m in models.items()}
+    for m in models.values():
+        if m.training:
+            m.eval()
+    try:
+        with mixture(base, experts, alpha, tokenizer=tokenizer):
+            return generate(base, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                            batch_size=batch_size, do_sample=do_sample, **kw)
+    finally:
+        for k, m in models.items():
+            if modes[k]:
+                m.train(True)

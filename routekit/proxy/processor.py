@@ -1,0 +1,235 @@
+"""ProxyLogitsProcessor: adds proxy experts' log-prob offsets to a base's scores inside generate.
+
+It keeps its own KV cache for every distinct proxy model and feeds it only the new token each
+step, so the decode costs about one step of each model. Temperature, top-k/top-p and sampling
+apply *after* the offset, because ``generate`` appends its warpers after user processors.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache, LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
+
+from ..errors import ConfigError
+from ..experts import AlphaLike, normalize_alpha
+from .expert import ProxyExpert
+
+
+def _forward_kwargs(model: PreTrainedModel) -> tuple[str, dict[str, Any]]:
+    """The cache keyword this transformers version uses, and logits_to_keep when supported."""
+    params = inspect.signature(model.forward).parameters
+    cache_kw = "cache" if "cache" in params else "past_key_values"
+    extra: dict[str, Any] = {"use_cache": True}
+    if "logits_to_keep" in params:
+        extra["logits_to_keep"] = 1
+    elif "num_logits_to_keep" in params:
+        extra["num_logits_to_keep"] = 1
+    return cache_kw, extra
+
+
+def _new_cache(model: PreTrainedModel) -> Any:
+    try:
+        return DynamicCache(config=model.config)
+    except TypeError:  # older transformers: no config argument
+        return DynamicCache()
+
+
+class ProxyLogitsProcessor(LogitsProcessor):
+    """Adds ``sum_k alpha_k * (log p_tuned_k - log p_untuned_k)`` to the base's log-probs.
+
+    Use it inside generate, first in the list::
+
+        proc = ProxyLogitsProcessor([expert], alpha=1.0, tokenizer=tok)
+        base.generate(**enc, logits_processor=LogitsProcessorList([proc]))
+
+    It returns ``log_softmax(base scores) + offset``; generate's temperature and top-k/top-p
+    warpers run after it, so temperature scales the steered distribution.
+
+    * ``alpha``: one number, one per expert (K,), or one row per prompt (batch, K). With
+      ``num_return_sequences = n`` the rows are repeated n times.
+    * Each distinct proxy model (by object identity) runs once per step with its own KV
+      cache: the prompt at the first call (attention mask and positions from the left
+      padding, i.e. leading ``pad_token_id``s), then only the newest token. Rows that
+      finished get generate's pad tokens; their caches stay aligned and their scores are
+      unused. A model whose net weight is zero in every row (alpha = 0) is not run at all.
+    * A call whose ``input_ids`` do not extend the previous call's by one token starts over
+      (a new ``generate`` call reuses the processor safely; beam search gives the right
+      scores but re-runs the proxies on the whole sequence whenever beams reorder).
+    * Proxy logits are sliced to ``base_vocab_size`` (default: the width of the base's
+      scores); base score columns past it are set to -inf.
+    * A sequence longer than a proxy's ``max_position_embeddings`` is refused with a
+      ConfigError (no silent truncation: a truncated proxy would steer from another context).
+    * Padding: ``attention_mask`` (the prompt's, as given to generate) says which prompt
+      positions are padding; without it, leading ``pad_token_id``s are. With neither, a batch
+      of more than one row is refused (its padding could not be told from text).
+    """
+
+    def __init__(
+        self,
+        experts: ProxyExpert | Sequence[ProxyExpert],
+        alpha: AlphaLike = 1.0,
+        *,
+        base_vocab_size: int | None = None,
+        pad_token_id: int | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> None:
+        experts = [experts] if isinstance(experts, ProxyExpert) else list(experts)
+        if not experts:
+            raise ConfigError("ProxyLogitsProcessor needs at least one ProxyExpert, got none.")
+        for e in experts:
+            if not isinstance(e, ProxyExpert):
+                raise ConfigError(f"expected ProxyExpert objects, got {type(e).__name__}.")
+        if tokenizer is not None:
+            for e in experts:
+                e.check_base(tokenizer)
+            if pad_token_id is None:
+                pad_token_id = tokenizer.pad_token_id
+        self.experts = experts
+        self.alpha = normalize_alpha(alpha, len(experts))
+        self.prompt_mask = attention_mask
+        self.base_vocab_size = base_vocab_size
+        self.pad_token_id = pad_token_id
+        # Distinct models by identity, and the sign matrix S (K, M): offset = alpha @ S @ logp.
+        self.models: list[PreTrainedModel] = []
+        index: dict[int, int] = {}
+        pairs = []
+        for e in experts:
+            for m in (e.tuned, e.untuned):
+                if id(m) not in index:
+                    index[id(m)] = len(self.models)
+                    self.models.append(m)
+            pairs.append((index[id(e.tuned)], index[id(e.untuned)]))
+        sign = torch.zeros(len(experts), len(self.models))
+        for k, (t, u) in enumerate(pairs):
+            sign[k, t] += 1.0
+            sign[k, u] -= 1.0
+        self._sign = sign
+        self._call_kwargs = [_forward_kwargs(m) for m in self.models]
+        limits = [getattr(m.config, "max_position_embeddings", None) for m in self.models]
+        self.max_positions = min((int(x) for x in limits if x), default=None)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the caches; the next call starts from its whole ``input_ids``."""
+        self._prev_ids: torch.Tensor | None = None
+        self._caches: list[Any] = []
+        self._mask: torch.Tensor | None = None
+        self._next_pos: torch.Tensor | None = None
+        self._length = 0  # longest row's token count fed so far (for the context check)
+        self._active: list[int] = []  # models whose coefficient is not zero for some row
+        self._coef: list[torch.Tensor] = []  # per active model: (batch, 1) weights
+        self._devices: list[torch.device] = []
+
+    # -- state --------------------------------------------------------------------------
+    def _continues(self, input_ids: torch.Tensor) -> bool:
+        prev = self._prev_ids
+        return (
+            prev is not None
+            and input_ids.shape[0] == prev.shape[0]
+            and input_ids.shape[1] == prev.shape[1] + 1
+            and torch.equal(input_ids[:, :-1], prev)
+        )
+
+    def _coefficients(self, batch: int, device: torch.device) -> None:
+        a = self.alpha
+        if a.ndim == 2:
+            rows = a.shape[0]
+            if batch % rows:
+                raise ConfigError(
+                    f"alpha has {rows} rows but generate runs a batch of {batch}; give one row per "
+                    "prompt (rows are repeated for num_return_sequences)."
+                )
+            a = a.repeat_interleave(batch // rows, dim=0)
+        else:
+            a = a.expand(batch, -1)
+        coef = a @ self._sign  # (batch, M): the weight of each distinct model's log-probs
+        self._active = [m for m in range(coef.shape[1]) if bool(coef[:, m].ne(0).any())]
+        self._coef = [coef[:, m : m + 1].to(device) for m in self._active]
+
+    def _check_length(self) -> None:
+        if self.max_positions is not None and self._length > self.max_positions:
+            raise ConfigError(
+                f"the sequence has reached {self._length} tokens but a proxy model's context is "
+                f"{self.max_positions} tokens (max_position_embeddings); shorten the prompt or "
+                "lower max_new_tokens (routekit does not truncate what a proxy sees)."
+            )
+
+    def _run(self, m: int, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        model = self.models[m]
+        cache_kw, extra = self._call_kwargs[m]
+        dev = self._devices[m]
+        out = model(
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=pos.to(dev),
+            **{cache_kw: self._caches[m]},
+            **extra,
+        )
+        return out.logits[:, -1]
+
+    def _prefill(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        self._coefficients(input_ids.shape[0], input_ids.device)
+        given = self.prompt_mask
+        if given is not None and given.shape[1] == input_ids.shape[1] and (
+                input_ids.shape[0] % given.shape[0] == 0):
+            mask = given.to(input_ids.device).long().repeat_interleave(
+                input_ids.shape[0] // given.shape[0], dim=0)
+        elif self.pad_token_id is None:
+            if input_ids.shape[0] > 1:
+                raise ConfigError(
+                    "ProxyLogitsProcessor got a batch of several rows but neither pad_token_id "
+                    "nor attention_mask, so it cannot tell left padding from text (the proxies "
+                    "would read padding as tokens). Pass tokenizer=..., pad_token_id=... or "
+                    "attention_mask=..."
+                )
+            mask = torch.ones_like(input_ids)
+        else:
+            # Left padding: positions before a row's first non-pad token are padding. Pad may
+            # equal EOS, so only *leading* pads count.
+            mask = (input_ids != self.pad_token_id).cumsum(1).gt(0).long()
+        pos = (mask.cumsum(1) - 1).clamp(min=0)
+        self._mask, self._next_pos = mask, pos[:, -1:] + 1
+        self._length = int(mask.sum(1).max()) if self._active else 0
+        self._check_length()
+        self._caches = [_new_cache(m) if i in self._active else None for i, m in enumerate(self.models)]
+        self._devices = [m.device for m in self.models]  # looked up once, not every step
+        return [self._run(m, input_ids, mask, pos) for m in self._active]
+
+    def _step(self, new: torch.Tensor) -> list[torch.Tensor]:
+        self._mask = torch.cat([self._mask, self._mask.new_ones(new.shape[0], 1)], dim=1)
+        pos = self._next_pos
+        self._next_pos = pos + 1
+        self._length += 1
+        self._check_length()
+        return [self._run(m, new, self._mask, pos) for m in self._active]
+
+    # -- the processor ------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self._continues(input_ids):
+            logits = self._step(input_ids[:, -1:]) if self._active else []
+        else:
+            logits = self._prefill(input_ids)
+        self._prev_ids = input_ids
+        width = scores.shape[-1]
+        vocab = self.base_vocab_size or width
+        out = F.log_softmax(scores[:, :vocab].float(), dim=-1)
+        for lg, c in zip(logits, self._coef):
+            if lg.shape[-1] < vocab:
+                raise ConfigError(
+                    f"a proxy model scores {lg.shape[-1]} tokens but the base scores {vocab}; pass "
+                    "base_vocab_size=len(tokenizer) if the base's extra rows are padding, or use a "
+                    "proxy with the base's vocabulary."
+                )
+            lp = F.log_softmax(lg[:, :vocab].float(), dim=-1)
+            out.addcmul_(c, lp.to(out.device))  # a no-op move when the proxy shares the device
+        if vocab < width:
+            out = torch.cat([out, out.new_full((out.shape[0], width - vocab), -math.inf)], dim=1)
+        return out
