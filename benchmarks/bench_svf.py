@@ -32,6 +32,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from routekit import mixture
 from routekit.svf import (
     SVFConfig,
     SVFExpert,
@@ -39,7 +40,6 @@ from routekit.svf import (
     merge,
     svf_layers,
     unmerge,
-    use_row_mixture,
 )
 
 TARGETS = {
@@ -168,7 +168,7 @@ def bench_mixed(base, svf, experts, batch, seq, rounds) -> dict:
 
     def mixed():
         # Setting the per-row z is part of serving a mixed batch, so it is timed too.
-        with torch.no_grad(), use_row_mixture(svf, experts, alpha):
+        with torch.no_grad(), mixture(svf, experts, alpha):
             svf(ids)
 
     floor = floor_model(base, svf)

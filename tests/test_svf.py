@@ -9,8 +9,8 @@ from transformers.pytorch_utils import Conv1D
 
 import routekit.svf.factors as factors_mod
 from routekit.errors import ConfigError, ExpertFileError, FingerprintMismatchError
-from routekit.io import model_fingerprint
 from routekit.experts import mixture
+from routekit.io import model_fingerprint
 from routekit.svf import (
     SVFConfig,
     SVFExpert,

@@ -51,8 +51,15 @@ def check_context(experts: Sequence[ProxyExpert], prompt_tokens: int, max_new_to
         )
 
 
-def _steered(model: PreTrainedModel, original: Any) -> Any:
-    @functools.wraps(original)
+def _steered(model: PreTrainedModel) -> Any:
+    # An earlier instance-level wrapper is kept; otherwise the class's generate is looked up at
+    # every call, so patching the class later (profilers, tests) still takes effect.
+    own = model.__dict__.get("generate")
+
+    def original(*args: Any, **kwargs: Any) -> Any:
+        return own(*args, **kwargs) if own is not None else type(model).generate(model, *args, **kwargs)
+
+    @functools.wraps(type(model).generate)
     def generate(*args: Any, **kwargs: Any) -> Any:
         active = (_ACTIVE.get() or {}).get(id(model))
         if active is None:
@@ -85,7 +92,7 @@ def install_generate_hook(model: PreTrainedModel) -> None:
     with _HOOK_LOCK:
         if not getattr(model.generate, "_routekit_steered", False):
             # An instance attribute: the class and other models are untouched.
-            model.__dict__["generate"] = _steered(model, model.generate)
+            model.__dict__["generate"] = _steered(model)
 
 
 @contextlib.contextmanager
