@@ -142,7 +142,7 @@ def main() -> None:
         "tuned": lambda: timed_generate(tuned, ids, mask, gen_cfg),
         "untuned": lambda: timed_generate(untuned, ids, mask, gen_cfg),
         "proxy_cached": lambda: timed_generate(
-            base, ids, mask, gen_cfg, [ProxyLogitsProcessor(expert, alpha=1.0)]),
+            base, ids, mask, gen_cfg, [ProxyLogitsProcessor(expert, alpha=1.0, attention_mask=mask)]),
     }
     for fn in runs.values():  # warm-up
         fn()
