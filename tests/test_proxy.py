@@ -382,6 +382,36 @@ def test_load_refuses_missing_or_altered_files(world, tmp_path):
     world["e2"].tuned.save_pretrained(tmp_path / "exp" / "tuned")
     with pytest.raises(ExpertFileError, match="tuned weights have fingerprint"):
         ProxyExpert.from_pretrained(tmp_path / "exp")
+    # ... also when a dtype is asked for: the check runs on the saved weights, before the cast.
+    with pytest.raises(ExpertFileError, match="tuned weights have fingerprint"):
+        ProxyExpert.from_pretrained(tmp_path / "exp", dtype=torch.bfloat16)
+    e1.save_pretrained(tmp_path / "exp")
+    cast = ProxyExpert.from_pretrained(tmp_path / "exp", dtype=torch.bfloat16)
+    assert cast.tuned.dtype == torch.bfloat16
+    assert torch.equal(cast.tuned.lm_head.weight, e1.tuned.lm_head.weight.to(torch.bfloat16))
+
+
+def test_save_refuses_a_foreign_directory(world, tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    with pytest.raises(ExpertFileError, match="notes.txt"):
+        world["e1"].save_pretrained(tmp_path / "d")
+    assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+
+
+def test_padding_cannot_be_guessed_without_pad_id_or_mask(world):
+    tok = world["tok"]
+    proc = ProxyLogitsProcessor([world["e1"]], alpha=1.0)  # no tokenizer, pad id or mask
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    with pytest.raises(ConfigError, match="cannot tell left padding"):
+        world["base"].generate(**enc, logits_processor=LogitsProcessorList([proc]),
+                               max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id)
+    # With the prompts' attention mask the processor gives what the pad id gives.
+    _, by_mask = run(world["base"], tok, PROMPTS, [ProxyLogitsProcessor(
+        [world["e1"]], alpha=1.0, attention_mask=enc["attention_mask"])])
+    _, by_pad = run(world["base"], tok, PROMPTS, [ProxyLogitsProcessor(
+        [world["e1"]], alpha=1.0, pad_token_id=tok.pad_token_id)])
+    assert torch.equal(by_mask.sequences, by_pad.sequences)
 
 
 def test_save_needs_a_tokenizer(world, tmp_path):
