@@ -161,6 +161,12 @@ def test_mixture_refuses_bad_experts_and_changes_nothing(setup, tmp_path):
     z_before = {n: m.svf_z.clone() for n, m in svf_layers(s["base"]).items()}
     with pytest.raises(FingerprintMismatchError, match=foreign.base_fingerprint):
         gen_with(s, [s["s1"], foreign], [0.5, 0.5], PROMPTS[:1])
+    # Given the base, loading refuses an expert of another base already (naming both).
+    foreign.save_pretrained(tmp_path / "foreign")
+    with pytest.raises(FingerprintMismatchError, match=f"{foreign.base_fingerprint}.*"
+                       f"{s['base'].svf_base_fingerprint}"):
+        load_expert(tmp_path / "foreign", base_model=s["base"])
+    assert load_expert(tmp_path / "foreign", base_model=other).name == "foreign"
     with pytest.raises(ConfigError, match="at least one expert"):
         gen_with(s, [], [], PROMPTS[:1])
     with pytest.raises(ConfigError, match="unique"):

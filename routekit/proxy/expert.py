@@ -207,8 +207,12 @@ class ProxyExpert(Expert):
         *,
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        base_tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> ProxyExpert:
-        """Load an expert written by :meth:`save_pretrained`; refuses missing or altered files."""
+        """Load an expert written by :meth:`save_pretrained`; refuses missing or altered files.
+
+        With ``base_tokenizer`` a base whose vocabulary does not fit is refused here; without
+        it the same check runs when the expert is applied (``routekit.mixture``)."""
         directory = Path(directory)
         check_expert_kind(directory, cls)
         raw = read_json(directory / EXPERT_CONFIG, what="proxy expert config")
@@ -248,10 +252,13 @@ class ProxyExpert(Expert):
             raise ExpertFileError(
                 f"proxy expert {str(directory)!r}: its tokenizer cannot be loaded ({e})."
             ) from e
-        return cls(
+        expert = cls(
             models["tuned"],
             models["untuned"],
             name=cfg.name,
             tokenizer=tok,
             base_tokenizer_fingerprint=cfg.base_tokenizer_fingerprint,
         )
+        if base_tokenizer is not None:
+            expert.check_base(base_tokenizer)
+        return expert

@@ -27,6 +27,7 @@ from ..io import (
     atomic_save_safetensors,
     atomic_write_json,
     load_safetensors,
+    model_fingerprint,
     read_json,
 )
 
@@ -140,8 +141,15 @@ class SVFExpert(Expert):
         return target
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> SVFExpert:
-        """Load and check an expert directory (shapes, layer set, finite values)."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, base_model: torch.nn.Module | None = None
+    ) -> SVFExpert:
+        """Load and check an expert directory (shapes, layer set, finite values).
+
+        With ``base_model`` (plain or SVF-wrapped) an expert trained on another base is refused
+        here, naming both fingerprints; without it the same check runs when the expert is
+        applied (``routekit.mixture``, ``merge``).
+        """
         directory = Path(directory)
         check_expert_kind(directory, cls)
         raw = read_json(directory / CONFIG_NAME, what="expert config")
@@ -166,6 +174,13 @@ class SVFExpert(Expert):
                 f"expert weights in {str(directory)!r} hold tensors its config does not list: "
                 f"{sorted(tensors)[:5]}"
             )
+        if base_model is not None:
+            have = getattr(base_model, "svf_base_fingerprint", None) or model_fingerprint(base_model)
+            if have != cfg.base_fingerprint:
+                raise FingerprintMismatchError(
+                    f"expert {str(directory)!r} was trained on base {cfg.base_fingerprint} but the "
+                    f"given model's base is {have}; load the base it was trained on."
+                )
         return cls(
             z, name=cfg.name, target_modules=cfg.target_modules,
             base_fingerprint=cfg.base_fingerprint, training_config=cfg.training_config,
