@@ -160,6 +160,23 @@ def merge(model: nn.Module, expert: SVFExpert | None = None) -> None:
         layer.merge()
 
 
+@contextlib.contextmanager
+def merged(model: nn.Module, expert: SVFExpert) -> Iterator[nn.Module]:
+    """``with merged(model, expert):`` the expert is merged inside; on exit the weights are
+    restored bit-exactly and ``svf_z`` holds what it held before (for every caller: use it
+    where one caller owns the model, as ``AdaptiveModel`` does for its batches)."""
+    layers = _require_svf(model)
+    kept = {n: layer.svf_z.detach().clone() for n, layer in layers.items()}
+    merge(model, expert)
+    try:
+        yield model
+    finally:
+        unmerge(model)
+        with torch.no_grad():
+            for n, layer in layers.items():
+                layer.svf_z.copy_(kept[n])
+
+
 def unmerge(model: nn.Module) -> None:
     """Restore every merged base weight bit-exactly from its kept copy."""
     for layer in _require_svf(model).values():
