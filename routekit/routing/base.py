@@ -95,7 +95,13 @@ class Router(ABC):
 
     def __init__(self, experts: Sequence[ExpertLike], base_fingerprint: str | None = None) -> None:
         self.expert_names = expert_names(experts)
-        self.base_fingerprint = base_fingerprint or experts_base_fingerprint(experts)
+        theirs = experts_base_fingerprint(experts)
+        if base_fingerprint and theirs and base_fingerprint != theirs:
+            raise FingerprintMismatchError(
+                f"the experts were made on a base with fingerprint {theirs!r}, but this router's "
+                f"base has fingerprint {base_fingerprint!r}; route with the experts' own base."
+            )
+        self.base_fingerprint = base_fingerprint or theirs
 
     @abstractmethod
     def route(self, prompts: Sequence[str]) -> list[Mixture]:

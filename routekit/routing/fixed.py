@@ -46,6 +46,6 @@ class FixedRouter(Router):
 
     @classmethod
     def _from_saved(cls, file: RouterFile, tensors: dict[str, torch.Tensor], **context: Any) -> Router:
-        return cls(file.expert_names, file.config.get("weights", {}),
-                   allow_negative=bool(file.config.get("allow_negative", False)),
-                   base_fingerprint=file.base_fingerprint)
+        config = dict(file.config)
+        return cls(file.expert_names, config.pop("weights", {}),
+                   base_fingerprint=file.base_fingerprint, **config)
