@@ -433,3 +433,64 @@ def test_fewshot_per_layer_needs_svf_experts(char_tokenizer):
     with pytest.raises(ConfigError, match="SVF experts only"):
         FewShotRouter.fit(model, char_tokenizer, fake_experts(["one", "two"]), task,
                           examples=examples, per_layer=True, apply_mixture=apply)
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cli(argv):
+    import argparse
+
+    from routekit.routing import commands
+
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_fits_saves_and_routes(char_tokenizer, monkeypatch, tmp_path, capsys):
+    import routekit.models
+    from routekit.routing import commands
+
+    model = tiny_causal_lm("llama", vocab_size=len(char_tokenizer))
+    monkeypatch.setattr(routekit.models, "resolve_model", lambda spec: (model, char_tokenizer))
+    monkeypatch.setattr(commands, "load_experts", lambda paths: fake_experts(paths))
+    data = tmp_path / "routing.jsonl"
+    planted = _planted(0, 40)
+    data.write_text("\n".join(json.dumps({"prompt": p, "expert": c})
+                              for c, ps in planted.items() for p in ps) + "\n")
+    assert _cli(["router", "fit", "classifier", "--experts", *NAMES, "--data", str(data),
+                 "--out", str(tmp_path / "clf"), "--json"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["n_per_class"] == {"add": 40, "rev": 40, "none": 40}
+    prompts = ["17+4=", "rev abc ="]
+    want = load_router(tmp_path / "clf", model=model, tokenizer=char_tokenizer).route(prompts)
+    assert _cli(["route", "--experts", *NAMES, "--router", str(tmp_path / "clf"), "--json",
+                 *prompts]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["prompt"] for x in lines] == prompts
+    assert [Mixture(weights=x["mixture"]) for x in lines] == want
+
+    assert _cli(["router", "fit", "fixed", "--experts", *NAMES, "--weights", "rev=0.5",
+                 "--out", str(tmp_path / "fixed")]) == 0
+    with pytest.raises(FingerprintMismatchError):  # a router for other experts is refused
+        _cli(["route", "--experts", "add", "rev", "--router", str(tmp_path / "fixed"), "x"])
+    with pytest.raises(ConfigError, match="NAME=NUMBER"):
+        _cli(["router", "fit", "fixed", "--experts", *NAMES, "--weights", "rev",
+              "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_default_routing_data_is_each_experts_training_split():
+    from routekit.routing.data import task_routing_prompts
+    from routekit.tasks import get_task
+
+    experts = [SimpleNamespace(name="rev_svf", training_config={"task": "rev"}), "add"]
+    data = task_routing_prompts(experts)
+    assert list(data) == ["rev_svf", "add", "none"]
+    assert data["rev_svf"] == get_task("rev").prompts("train")
+    assert data["add"] == get_task("add").prompts("train")
+    assert data["none"] == get_task("facts").prompts("train")
+    for name, task in (("rev_svf", "rev"), ("add", "add"), ("none", "facts")):
+        assert not set(data[name]) & set(get_task(task).prompts("test"))
+    with pytest.raises(ConfigError, match="facts"):
+        task_routing_prompts(["facts"])
