@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -494,3 +495,84 @@ def test_default_routing_data_is_each_experts_training_split():
         assert not set(data[name]) & set(get_task(task).prompts("test"))
     with pytest.raises(ConfigError, match="facts"):
         task_routing_prompts(["facts"])
+
+
+# ----------------------------------------------------------------------------- real experts
+# These use the one mixture context (routekit.experts.mixture); they are skipped on a tree
+# that does not have it yet.
+def _svf_setup(char_tokenizer, tmp_path):
+    import routekit
+
+    if not (Path(routekit.__file__).parent / "experts.py").is_file():
+        pytest.skip("routekit.experts (the one mixture context) is not in this tree yet")
+    import routekit.experts as experts_mod
+
+    from routekit.svf import SVFConfig, SVFExpert, get_svf_model, svf_layers
+
+    model = get_svf_model(tiny_causal_lm("llama", vocab_size=len(char_tokenizer)),
+                          SVFConfig(target_modules="all-linear", cache_dir=str(tmp_path)))
+    experts = []
+    for k, name in enumerate(("one", "two")):
+        g = torch.Generator().manual_seed(10 + k)
+        z = {n: 1 + 0.5 * torch.randn(layer.rank, generator=g)
+             for n, layer in svf_layers(model).items()}
+        experts.append(SVFExpert(z, name=name, target_modules="all-linear",
+                                 base_fingerprint=model.svf_base_fingerprint))
+    return experts_mod, model, experts
+
+
+def _merged_reference(model, tok, experts, alpha, prompts, max_new_tokens):
+    """Completions of ``prompts`` with the mixture merged into the weights (not factored)."""
+    from routekit import generate
+    from routekit.svf import merge, mix_experts, unmerge
+
+    merge(model, mix_experts(experts, torch.tensor(alpha, dtype=torch.float32)))
+    try:
+        return generate(model, tok, prompts, max_new_tokens=max_new_tokens)
+    finally:
+        unmerge(model)
+
+
+def test_fixed_router_alpha_table_through_the_mixture_equals_the_merged_expert(
+    char_tokenizer, tmp_path
+):
+    experts_mod, model, experts = _svf_setup(char_tokenizer, tmp_path)
+    from routekit import generate
+
+    prompts = ["12+3=", "rev abc =", "q: where does kulo live? a:"]
+    routers = [FixedRouter(experts, {"one": 1.0}), FixedRouter(experts, {"two": 1.0}),
+               FixedRouter(experts, {})]
+    mixtures = [r.route(prompts[i : i + 1])[0] for i, r in enumerate(routers)]
+    table = alpha_table(mixtures, [e.name for e in experts])
+    with experts_mod.mixture(model, experts, table, tokenizer=char_tokenizer):
+        got = generate(model, char_tokenizer, prompts, max_new_tokens=6)
+    for p, g, row in zip(prompts, got, table.tolist()):
+        assert g == _merged_reference(model, char_tokenizer, experts, row, [p], 6)[0]
+
+
+def test_fewshot_objective_with_svf_experts_equals_merged_mixtures(char_tokenizer, tmp_path):
+    from routekit import generate
+
+    experts_mod, model, experts = _svf_setup(char_tokenizer, tmp_path)
+    prompts = ["12+3=", "rev abc =", "q: x? a:", "hi", "7+7="]
+    # references: what the base itself says, so the base scores 1.0 and experts differ
+    refs = generate(model, char_tokenizer, prompts, max_new_tokens=3)
+    examples = [Example(p, r, target=r) for p, r in zip(prompts, refs)]
+    check = lambda c, r: c[:3] == r  # noqa: E731
+    obj = fewshot_objective(model, char_tokenizer, experts, examples, check,
+                            max_new_tokens=3, batch_size=4)
+    pop = np.array([[0.0, 0.0], [1.0, 0.0], [0.4, 0.9]])
+    keys = obj(pop)
+    assert keys[0, 0] == 1.0
+    for row, k in zip(pop, keys):
+        got = _merged_reference(model, char_tokenizer, experts, row.tolist(), prompts, 3)
+        assert k[0] == np.mean([check(c, r) for c, r in zip(got, refs)])
+        from routekit.svf import merge, mix_experts, unmerge
+
+        merge(model, mix_experts(experts, torch.tensor(row, dtype=torch.float32)))
+        try:
+            _, ll = _reference_keys(model, char_tokenizer, examples,
+                                    lambda *a, **kw: contextlib.nullcontext(), [0.0])
+        finally:
+            unmerge(model)
+        assert math.isclose(k[1], ll, abs_tol=1e-4)

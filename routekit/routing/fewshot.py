@@ -63,6 +63,37 @@ def alpha_from_vectors(x: np.ndarray, n_experts: int, n_layers: int | None = Non
     return torch.tensor(x, dtype=torch.float32).reshape(shape)
 
 
+def steered_logprobs(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    experts: Sequence[Any],
+    alpha: torch.Tensor,
+    ids: torch.Tensor,
+    attn: torch.Tensor,
+) -> torch.Tensor:
+    """log p(ids[:, t] | ids[:, <t]) (B, L-1) under the row mixtures ``alpha`` (B, K[, L]).
+
+    The forward pass carries the SVF experts (the caller's mixture context applies them);
+    proxy experts act on ``generate`` only, so their offsets are added here the way their
+    logits processor adds them: log_softmax(base) + Σₖ αₖ (log p_tunedₖ − log p_untunedₖ),
+    renormalised.
+    """
+    proxies = [k for k, e in enumerate(experts) if getattr(e, "kind", None) == "proxy"]
+    if not proxies:
+        return token_logprobs(model, ids, attn)
+    vocab = len(tokenizer)
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+    out = torch.log_softmax(logits[:, :-1, :vocab].float(), -1)
+    a = alpha[..., 0] if alpha.dim() == 3 else alpha
+    for k in proxies:
+        w = a[:, k].to(out.device)[:, None, None]
+        for m, sign in ((experts[k].tuned, 1.0), (experts[k].untuned, -1.0)):
+            dev = next(m.parameters()).device
+            lg = m(input_ids=ids.to(dev), attention_mask=attn.to(dev), use_cache=False).logits
+            out = out + sign * w * torch.log_softmax(lg[:, :-1, :vocab].float(), -1).to(out.device)
+    return torch.log_softmax(out, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
 def fewshot_objective(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -108,7 +139,7 @@ def fewshot_objective(
                                         max_new_tokens=max_new_tokens, batch_size=a.shape[0])
                 if loglik:
                     ids, attn, comp = right_padded([rows[j] for j in idx], pad, device)
-                    lp = token_logprobs(model, ids, attn)
+                    lp = steered_logprobs(model, tokenizer, experts, a, ids, attn)
                     mask = comp[:, 1:].float()
                     lls.append(((lp * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu())
         correct = np.array([check(c, refs[k % n]) for k, c in enumerate(completions)], float)
