@@ -44,3 +44,12 @@ class CheckpointError(RoutekitError):
 
 class TrainingError(RoutekitError):
     """Training stopped: NaN/inf in the loss or parameters, or a resume that does not match."""
+
+
+class MixtureError(RoutekitError):
+    """An expert mixture with an unknown expert name, or a NaN, infinite or (where the router
+    does not allow it) negative weight.
+
+    Deliberately not a ``ValueError``: pydantic passes it through unwrapped, so the user sees
+    routekit's message, not a validation dump.
+    """

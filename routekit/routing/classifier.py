@@ -1,0 +1,249 @@
+"""ClassifierRouter: a linear classifier on the base's own hidden states.
+
+Features are the base's last hidden layer, mean-pooled over a prompt's real tokens (left
+padding, position ids counted from the first real token, so a row's features do not depend
+on what it was batched with), standardised with the training set's mean and spread. A
+multinomial logistic regression (L2-penalised, class-balanced, fitted to convergence by
+L-BFGS from zero, so the fit is a convex problem with one answer) maps them to one class per
+expert plus a ``none`` class for prompts that fit no expert. Outputs are soft: a softmax with
+a temperature, cut to the top-k classes and renormalised; the ``none`` share goes to the base.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
+from .base import ExpertLike, Router, RouterFile, base_fingerprint_of, register_router
+from .mixture import Mixture
+
+NONE_CLASS = "none"
+
+
+@torch.no_grad()
+def hidden_features(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """Mean of the last hidden layer over each prompt's real tokens: (N, hidden) float32."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    feats = []
+    try:
+        for i in range(0, len(prompts), batch_size):
+            enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True)
+            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                        output_hidden_states=True, use_cache=False)
+            h = out.hidden_states[-1].float()
+            m = mask[..., None].float()
+            feats.append(((h * m).sum(1) / m.sum(1).clamp(min=1.0)).cpu())
+    finally:
+        model.train(was_training)
+    if not feats:
+        return torch.zeros((0, model.config.hidden_size), dtype=torch.float32)
+    return torch.cat(feats)
+
+
+def fit_logistic(
+    x: torch.Tensor, y: torch.Tensor, n_classes: int, *, l2: float = 1e-3, max_iter: int = 500
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced multinomial logistic regression with an L2 penalty on the weights:
+    (W (C, D), b (C,)), fitted by L-BFGS from zero (a convex problem: one optimum)."""
+    x = x.double()
+    counts = torch.bincount(y, minlength=n_classes).double()
+    sample_w = (len(y) / (n_classes * counts.clamp(min=1)))[y]
+    w = torch.zeros((n_classes, x.shape[1]), dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-9,
+                            tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        nll = torch.nn.functional.cross_entropy(x @ w.T + b, y, reduction="none")
+        loss = (nll * sample_w).sum() / sample_w.sum() + l2 * (w * w).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return w.detach().float(), b.detach().float()
+
+
+@register_router
+class ClassifierRouter(Router):
+    """Routes with a linear classifier over the base's hidden states (see the module doc).
+
+    Build it with :meth:`fit`. ``temperature`` softens (>1) or sharpens (<1) the class
+    probabilities; ``top_k`` keeps that many classes (1: hard routing to the likeliest).
+    """
+
+    kind = "classifier"
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        experts: Sequence[ExpertLike],
+        *,
+        classes: Sequence[str],
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        feature_mean: torch.Tensor,
+        feature_std: torch.Tensor,
+        temperature: float = 1.0,
+        top_k: int = 1,
+        none_class: str = NONE_CLASS,
+        batch_size: int = 32,
+        base_fingerprint: str | None = None,
+        fit_info: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__(experts, base_fingerprint or base_fingerprint_of(model))
+        self.classes = list(classes)
+        self.none_class = none_class
+        unknown = [c for c in self.classes if c != none_class and c not in self.expert_names]
+        if unknown:
+            raise ConfigError(
+                f"classifier classes {unknown} name no expert; the experts are "
+                f"{self.expert_names} (plus the {none_class!r} class)."
+            )
+        hidden = getattr(model.config, "hidden_size", None) or model.config.n_embd
+        if tuple(weight.shape) != (len(self.classes), hidden) or tuple(bias.shape) != (len(self.classes),):
+            raise FingerprintMismatchError(
+                f"classifier weights of shape {tuple(weight.shape)} do not fit {len(self.classes)} "
+                f"classes over a model with hidden size {hidden}; the router was fitted on "
+                "another model."
+            )
+        self.model, self.tokenizer = model, tokenizer
+        self.weight, self.bias = weight.float().clone(), bias.float().clone()
+        self.feature_mean, self.feature_std = feature_mean.float().clone(), feature_std.float().clone()
+        self.batch_size = batch_size
+        self.fit_info = dict(fit_info or {})
+        self.set_output(temperature=temperature, top_k=top_k)
+
+    def set_output(self, *, temperature: float | None = None, top_k: int | None = None) -> None:
+        """Change how soft the routing is, without refitting."""
+        t = self.temperature if temperature is None else float(temperature)
+        k = self.top_k if top_k is None else int(top_k)
+        if not t > 0 or t != t or t == float("inf"):
+            raise ConfigError(f"temperature must be a positive finite number, got {temperature!r}.")
+        if not 1 <= k <= len(self.classes):
+            raise ConfigError(f"top_k must be between 1 and {len(self.classes)} classes, got {top_k!r}.")
+        self.temperature, self.top_k = t, k
+
+    # ----------------------------------------------------------------- fitting
+    @classmethod
+    def fit(
+        cls,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        prompts_by_class: Mapping[str, Sequence[str]],
+        *,
+        experts: Sequence[ExpertLike] | None = None,
+        none_class: str = NONE_CLASS,
+        max_per_class: int | None = None,
+        l2: float = 1e-3,
+        temperature: float = 1.0,
+        top_k: int = 1,
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> ClassifierRouter:
+        """Fit on labelled prompts: ``{expert name: prompts, ..., "none": prompts}``.
+
+        Use prompts from each expert's *training* split only (and, for ``none``, prompts no
+        expert should take, such as the world's knowledge questions). ``experts`` defaults to
+        the classes other than ``none``; an expert without prompts is never routed to.
+        ``max_per_class`` keeps a seeded random subset of each class.
+        """
+        names = list(prompts_by_class)
+        experts = list(experts) if experts is not None else [n for n in names if n != none_class]
+        empty = [c for c in names if not prompts_by_class[c]]
+        if empty or len(names) < 2:
+            raise ConfigError(
+                f"a classifier needs prompts for at least two classes; got classes {names}"
+                + (f", of which {empty} have none" if empty else "") + "."
+            )
+        rng = random.Random(seed)
+        prompts: list[str] = []
+        labels: list[int] = []
+        for c, name in enumerate(names):
+            ps = list(prompts_by_class[name])
+            if max_per_class is not None and len(ps) > max_per_class:
+                ps = rng.sample(ps, max_per_class)
+            prompts += ps
+            labels += [c] * len(ps)
+        x = hidden_features(model, tokenizer, prompts, batch_size=batch_size)
+        mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+        y = torch.tensor(labels)
+        w, b = fit_logistic((x - mean) / std, y, len(names), l2=l2)
+        train_acc = float((((x - mean) / std) @ w.T + b).argmax(-1).eq(y).float().mean())
+        info = {"n_per_class": {n: labels.count(c) for c, n in enumerate(names)},
+                "train_accuracy": train_acc, "l2": l2, "seed": seed}
+        return cls(model, tokenizer, experts, classes=names, weight=w, bias=b,
+                   feature_mean=mean, feature_std=std, temperature=temperature, top_k=top_k,
+                   none_class=none_class, batch_size=batch_size, fit_info=info)
+
+    # ----------------------------------------------------------------- routing
+    def logits(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Class logits (N, C) before temperature."""
+        x = hidden_features(self.model, self.tokenizer, prompts, batch_size=self.batch_size)
+        return ((x - self.feature_mean) / self.feature_std) @ self.weight.T + self.bias
+
+    def probabilities(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Routing probabilities (N, C): softmax(logits / temperature), top-k kept, renormalised."""
+        p = torch.softmax(self.logits(prompts) / self.temperature, dim=-1)
+        if self.top_k < p.shape[-1]:
+            keep = torch.zeros_like(p, dtype=torch.bool)
+            keep.scatter_(-1, p.topk(self.top_k, dim=-1).indices, True)
+            p = torch.where(keep, p, torch.zeros_like(p))
+            p = p / p.sum(-1, keepdim=True)
+        return p
+
+    def classify(self, prompts: Sequence[str]) -> list[str]:
+        """The likeliest class of each prompt (an expert name or the none class)."""
+        return [self.classes[i] for i in self.logits(prompts).argmax(-1).tolist()]
+
+    def route(self, prompts: Sequence[str]) -> list[Mixture]:
+        out = []
+        for row in self.probabilities(prompts).tolist():
+            out.append(Mixture(weights={c: p for c, p in zip(self.classes, row)
+                                        if c != self.none_class and p > 0.0}))
+        return out
+
+    # ----------------------------------------------------------------- files
+    def _config(self) -> dict[str, Any]:
+        return {"classes": self.classes, "none_class": self.none_class,
+                "temperature": self.temperature, "top_k": self.top_k,
+                "batch_size": self.batch_size, "fit_info": self.fit_info}
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight, "bias": self.bias, "feature_mean": self.feature_mean,
+                "feature_std": self.feature_std}
+
+    @classmethod
+    def _from_saved(cls, file: RouterFile, tensors: dict[str, torch.Tensor], **context: Any) -> Router:
+        model, tokenizer = context.get("model"), context.get("tokenizer")
+        if model is None or tokenizer is None:
+            raise ConfigError(
+                "a classifier router reads the base's hidden states: load it with model=... "
+                "and tokenizer=...."
+            )
+        missing = {"weight", "bias", "feature_mean", "feature_std"} - set(tensors)
+        if missing:
+            raise ExpertFileError(
+                f"classifier router weights lack {sorted(missing)}; save the router again."
+            )
+        return cls(model, tokenizer, file.expert_names, base_fingerprint=file.base_fingerprint,
+                   **tensors, **file.config)
