@@ -50,6 +50,15 @@ class TrainConfig(BaseModel):
         None, description="Task name for routekit.tasks.get_task, e.g. 'add' or 'jsonl:data.jsonl'."
     )
     split: str = Field("train", description="Split whose examples are trained on (default 'train').")
+    world: str | None = Field(
+        None,
+        description="The world that model 'world'/'world-proxy', world task names (add, rev, "
+        "hop, facts) and retain_text 'world-corpus' refer to: 'default', 'tiny' or the path of "
+        "a world_config.json (or of the world cache entry holding it). Default None: the world "
+        "whose cache entry the model was loaded from ('world' loads the default world); a model "
+        "from no world entry then needs it for world tasks. A world that differs from the "
+        "model's is refused.",
+    )
 
     # --- the method
     objective: Literal["sft", "rl"] = Field(
