@@ -495,6 +495,27 @@ def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
         TrainConfig.from_dict({"parameterization": "mask", "mask": 0.1, "weight_decay": 0.01})
 
 
+@pytest.mark.parametrize("text, message", [
+    ("lora:\n  r: many\n", r"^.*: key 'lora\.r': Input should be a valid integer.*\(got 'many'\)$"),
+    ("lora: 5\n", r"key 'lora': .*\(got 5\)"),
+    # a union's alternatives: one entry for the key, not 'mask.float' and 'mask.str'
+    ("mask: [1]\n", r"key 'mask': Input should be a valid number or Input should be a valid string \(got \[1\]\)$"),
+    ("svf:\n  target_modules: 5\n", r"key 'svf\.target_modules': .* \(got 5\)$"),
+    ("world: [tiny]\n", r"key 'world': Input should be a valid string"),
+    ("- steps: 3\n", r"expected a mapping of keys, got list"),
+])
+def test_pydantic_errors_of_a_recipe_name_the_key(tmp_path, text, message):
+    from routekit.training.recipe import run_recipe
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        run_recipe(bad, tmp_path / "out")
+    assert str(bad) in str(info.value)
+    assert ".float" not in str(info.value) and ".str'" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_keyword_overrides_are_validated():
     with pytest.raises(ConfigError, match=r"unknown key 'lrate'"):
         train(tiny_llama(), char_tokenizer(), rev_task(), lrate=1.0, progress=False)
@@ -574,6 +595,7 @@ STATE_DAMAGE = {
     "not JSON": lambda s: "{not json",
     "wrong type": lambda s: json.dumps({**json.loads(s), "step": "one"}),
     "missing key": lambda s: json.dumps({k: v for k, v in json.loads(s).items() if k != "history"}),
+    "unknown key": lambda s: json.dumps({**json.loads(s), "stepz": 1}),
     "history of another length": lambda s: json.dumps({**json.loads(s), "history": []}),
     "bad config": lambda s: json.dumps({**json.loads(s), "config": {"lr": "fast"}}),
 }
@@ -591,8 +613,13 @@ def test_a_damaged_checkpoint_state_is_refused_naming_the_file(tmp_path, damage)
     files = _files(tmp_path)
     model = tiny_llama()
     before = params_of(model)
-    with pytest.raises(CheckpointError, match=re.escape(repr(str(state)))):
+    with pytest.raises(CheckpointError, match=re.escape(repr(str(state)))) as info:
         train(model, tok, task, cfg, out_dir=tmp_path, resume=True, progress=False)
+    expected = {"not JSON": "not valid JSON", "wrong type": "key 'step'", "missing key":
+                "key 'history': this key is required", "unknown key": "unknown key 'stepz'",
+                "history of another length": "step 1 but 0 history records",
+                "bad config": "key 'lr'"}[damage]
+    assert expected in str(info.value)
     _assert_untouched(model, before)
     assert _files(tmp_path) == files
 
