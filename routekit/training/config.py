@@ -44,8 +44,9 @@ class TrainConfig(BaseModel):
     # --- what to train on (used by recipes / `routekit train`; train() takes loaded objects)
     model: str = Field(
         "world",
-        description="'world' (routekit.world.load()), 'world-proxy' (routekit.world.load_proxy()) "
-        "or a local checkpoint directory (default 'world').",
+        description="'world' (the base model of the world named by `world`, by default the "
+        "default world), 'world-proxy' (that world's proxy) or a local checkpoint directory "
+        "(default 'world').",
     )
     task: str | None = Field(
         None, description="Task name for routekit.tasks.get_task, e.g. 'add' or 'jsonl:data.jsonl'."
@@ -224,11 +225,9 @@ class TrainConfig(BaseModel):
 
 
 def _check_svf_fields(fields: dict[str, Any]) -> None:
-    """Validate the ``svf`` mapping against SVFConfig (skipped if routekit.svf is absent)."""
-    try:
-        from ..svf import SVFConfig
-    except ImportError:  # the SVF module is optional for lora/full/mask users
-        return
+    """Validate the ``svf`` mapping against SVFConfig."""
+    from ..svf import SVFConfig
+
     try:
         SVFConfig.model_validate(fields)
     except ValidationError as e:
