@@ -723,7 +723,7 @@ def test_outputs_are_written_whole_and_replace_only_their_own_kind(tmp_path, kin
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     # A folder of the user's (a file no training output writes) is never replaced.
     (out / "notes.txt").write_text("mine")
-    with pytest.raises(ExpertFileError, match=r"holds files that a .* output does not write \(\['notes.txt'\]\)"):
+    with pytest.raises(ExpertFileError, match=r"is not an expert directory \(holds \['notes.txt'\]\)"):
         save_trained(res, tok, out, name="expert", run_dir=tmp_path / "run")
     assert _files(out) == {**written, "notes.txt": b"mine"}
 

@@ -18,7 +18,8 @@ from typing import Any
 from accelerate import PartialState
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from ..errors import ConfigError, ExpertFileError
+from ..errors import ConfigError
+from ..experts import refuse_foreign_directory
 from ..io import atomic_directory, atomic_write_json
 from ..models import resolve_model
 from ..tasks.base import Task
@@ -85,26 +86,19 @@ def check_output_dir(
     written: Iterable[str] = (),
 ) -> None:
     """Refuse (ExpertFileError) an ``out`` that exists and is not an earlier output of this
-    kind: a file, or a directory holding other files (a folder of the user's is never
-    replaced). ``written``: names this save has just written, which are its own too."""
+    kind: a file, or a directory holding other files or folders (a folder of the user's is
+    never replaced). ``written``: names this save has just written, which are its own too."""
     out = Path(out)
-    if not out.exists():
-        return
     if not out.is_dir():
-        raise ExpertFileError(f"output {str(out)!r} exists and is not a directory; choose another --out.")
+        refuse_foreign_directory(out, ())  # absent: fine; a file: refused
+        return
     ours = output_names(parameterization, tokenizer) | set(written)
-    model_files = parameterization in ("full", "mask")
-
-    def is_ours(p: Path) -> bool:
-        return p.is_file() and (p.name in ours or bool(model_files and _MODEL_FILES.fullmatch(p.name)))
-
-    foreign = sorted(p.name for p in out.iterdir() if not is_ours(p))
-    if foreign:
-        raise ExpertFileError(
-            f"output {str(out)!r} exists and holds files that a {parameterization!r} training "
-            f"output does not write ({foreign[:5]}); it is not replaced. Choose an empty or new "
-            "directory for --out."
-        )
+    shards = parameterization in ("full", "mask")
+    own = [
+        p.name for p in out.iterdir()
+        if p.is_file() and (p.name in ours or bool(shards and _MODEL_FILES.fullmatch(p.name)))
+    ]
+    refuse_foreign_directory(out, own)
 
 
 def default_run_dir(out: str | os.PathLike) -> Path:
