@@ -1,5 +1,6 @@
 """Benchmark ``routekit diff`` on two locally made ~1B-parameter checkpoints.
 
+    pip install -e ".[bench]"                         # the bench extra: psutil
     python benchmarks/bench_diff.py --json            # the 1B pair (about 4.2 GB of disk, bf16)
     python benchmarks/bench_diff.py --small --json    # a ~20M pair, for a quick check
     python benchmarks/bench_diff.py --keep --dir D    # keep (and later reuse) the checkpoints

@@ -8,7 +8,7 @@ lr 3e-3, no KL, weight decay 0, one CPU thread; TRL with use_cpu, bf16 off, beta
   one forward over 128 completions) over TRL's.
 - routekit_mb4_vs_trl_step: the same with routekit's default micro_batch_size 4.
 
-    PYTHONPATH=. python benchmarks/bench_trainer.py --json
+    pip install -e ".[bench]"; PYTHONPATH=. python benchmarks/bench_trainer.py --json  # bench extra: trl
 """
 
 from __future__ import annotations

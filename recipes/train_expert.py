@@ -13,9 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from routekit.models import resolve_model
 from routekit.training import TrainConfig, train
-from routekit.training.recipe import default_run_dir, resolve_task, save_trained
+from routekit.training.recipe import (
+    check_output_dir,
+    default_run_dir,
+    load_config_model,
+    resolve_task,
+    save_trained,
+)
 
 
 def main() -> None:
@@ -23,7 +28,7 @@ def main() -> None:
     parser.add_argument("config", help="a YAML file under recipes/configs/")
     parser.add_argument("--out", default=None, help="output directory (default experts/<config name>)")
     parser.add_argument("--run-dir", default=None, help="checkpoints + log (default runs/<name of OUT>)")
-    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint (refused if none)")
     args = parser.parse_args()
 
     # 1. The config: every key checked before any work starts.
@@ -31,9 +36,11 @@ def main() -> None:
     out = Path(args.out or Path("experts") / Path(args.config).stem)
     run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(out)
 
-    # 2. The model to train ("world", "world-proxy" or a local checkpoint) and the task.
-    model, tokenizer = resolve_model(config.model)
-    task = resolve_task(config)
+    # 2. The model to train ("world", "world-proxy" or a local checkpoint), a check that OUT
+    #    is new or an earlier output of this kind, and the task (world tasks: the model's world).
+    model, tokenizer = load_config_model(config)
+    check_output_dir(out, config.parameterization, tokenizer)
+    task = resolve_task(config, model)
 
     # 3. Train: objective x parameterization from the config; checkpoints in RUN_DIR/checkpoint.
     result = train(model, tokenizer, task, config, out_dir=run_dir, resume=args.resume)

@@ -136,3 +136,28 @@ def test_dataset_task_from_memory_and_disk(tmp_path):
     t2 = get_task(f"hf:{tmp_path / 'toy'}")
     for t in (t1, t2):
         assert t.references("train") == ["1"] and t.references("test") == ["2"]
+
+
+def test_unknown_checker_and_template_fields_are_refused_by_name(tmp_path):
+    from routekit.errors import ConfigError
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps({"question": "x", "answer": "1", "topic": "math"}) + "\n")
+    with pytest.raises(ConfigError, match=r"unknown checker 'fuzzy'; known checkers: answer, exact"):
+        jsonl_task(path, checker="fuzzy")
+    with pytest.raises(ConfigError, match=r"reads \['context'\].*it has \['answer', 'question', 'topic'\]"):
+        jsonl_task(path, template="{context}\n{question} =")
+    with pytest.raises(ConfigError, match=r"positional fields \[''\]"):
+        jsonl_task(path, template="{} =")
+    with pytest.raises(ConfigError, match="is malformed"):
+        jsonl_task(path, template="{question =")
+    with pytest.raises(ConfigError, match=r"cannot be filled from record 0.*AttributeError"):
+        jsonl_task(path, template="{question.upper_case}")
+    # a field the record does have is read, including the prompt field under its own name
+    task = jsonl_task(path, template="[{topic}] {question} =")
+    assert task.prompts("test") == ["[math] x ="]
+    ds = datasets.Dataset.from_list([{"question": "y", "answer": "2"}])
+    with pytest.raises(ConfigError, match=r"unknown checker 'fuzzy'"):
+        dataset_task(ds, checker="fuzzy")
+    with pytest.raises(ConfigError, match=r"reads \['context'\]"):
+        dataset_task(ds, template="{context}")

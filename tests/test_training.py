@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -12,11 +13,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from routekit.errors import ConfigError, TrainingError
+from routekit.errors import ConfigError, ExpertFileError, TrainingError
 from routekit.io import load_safetensors, read_json
 from routekit.tasks.base import Example, Task
 from routekit.training import TrainConfig, objectives, train, trainable_parameters
 from routekit.training.checkpoint import checkpoint_dir
+from routekit.world import WorldConfig
 from routekit.world.tokenizer import build_tokenizer as char_tokenizer
 from tests.conftest import tiny_causal_lm
 
@@ -27,7 +29,6 @@ torch.set_num_threads(1)  # 2 shared cores: threads only fight each other on the
 # parallel region) the two-process run matches the trainer's own exactness: bit-identical here.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-HAS_SVF = importlib.util.find_spec("routekit.svf") is not None
 WORDS = ["abc", "dog", "cat", "xyz", "ab", "qrs", "mno", "hello", "tree", "sun", "moon", "fig"]
 GOOD_FIRST = "abcdefgh"
 
@@ -165,7 +166,7 @@ def test_rl_increases_reward():
     assert sum(rewards[-3:]) > sum(rewards[:3])
 
 
-@pytest.mark.parametrize("kind", ["lora", "full"] + (["svf"] if HAS_SVF else []))
+@pytest.mark.parametrize("kind", ["lora", "full", "svf"])
 def test_rl_kl_penalty_is_zero_at_the_base_and_positive_after_moving(kind, tmp_path):
     model, tok, task = tiny_llama(), char_tokenizer(), first_letter_task()
     res = train(model, tok, task, objective="rl", parameterization=kind, steps=4, batch_size=4,
@@ -188,7 +189,7 @@ def test_eval_every_records_the_greedy_accuracy_of_the_model_at_that_step():
 
 
 # --------------------------------------------------------------------------- what moves
-@pytest.mark.parametrize("kind", ["lora", "mask"] + (["svf"] if HAS_SVF else []))
+@pytest.mark.parametrize("kind", ["lora", "mask", "svf"])
 def test_only_trainable_parameters_change(kind, tmp_path):
     model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
     base = params_of(model)
@@ -358,6 +359,8 @@ def test_two_processes_equal_one(tmp_path, monkeypatch, objective):
     state_two = read_json(checkpoint_dir(tmp_path / "two") / "state.json")
     assert state_two["num_processes"] == 2
     hist_two = state_two["history"]
+    assert len(hist_two) == len(one.history) == cfg["steps"]  # zip below must not hide a gap
+    assert [r["step"] for r in hist_two] == [r["step"] for r in one.history]
     for name, p in trainable_parameters(one.model).items():
         torch.testing.assert_close(two[name], p.detach(), rtol=1e-6, atol=1e-6)
     for r1, r2 in zip(one.history, hist_two):
@@ -492,6 +495,27 @@ def test_unknown_key_and_wrong_type_name_the_key(tmp_path):
         TrainConfig.from_dict({"parameterization": "mask", "mask": 0.1, "weight_decay": 0.01})
 
 
+@pytest.mark.parametrize("text, message", [
+    ("lora:\n  r: many\n", r"^.*: key 'lora\.r': Input should be a valid integer.*\(got 'many'\)$"),
+    ("lora: 5\n", r"key 'lora': .*\(got 5\)"),
+    # a union's alternatives: one entry for the key, not 'mask.float' and 'mask.str'
+    ("mask: [1]\n", r"key 'mask': Input should be a valid number or Input should be a valid string \(got \[1\]\)$"),
+    ("svf:\n  target_modules: 5\n", r"key 'svf\.target_modules': .* \(got 5\)$"),
+    ("world: [tiny]\n", r"key 'world': Input should be a valid string"),
+    ("- steps: 3\n", r"expected a mapping of keys, got list"),
+])
+def test_pydantic_errors_of_a_recipe_name_the_key(tmp_path, text, message):
+    from routekit.training.recipe import run_recipe
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        run_recipe(bad, tmp_path / "out")
+    assert str(bad) in str(info.value)
+    assert ".float" not in str(info.value) and ".str'" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_keyword_overrides_are_validated():
     with pytest.raises(ConfigError, match=r"unknown key 'lrate'"):
         train(tiny_llama(), char_tokenizer(), rev_task(), lrate=1.0, progress=False)
@@ -503,7 +527,6 @@ def test_svf_fields_are_checked_against_svfconfig():
 
 
 # --------------------------------------------------------------------------- CLI recipe
-@pytest.mark.skipif(not HAS_SVF, reason="routekit.svf not merged")
 def test_routekit_train_writes_an_svf_expert_equal_to_the_trained_z(tmp_path):
     from routekit.cli import main
     from routekit.svf import SVFExpert
@@ -543,3 +566,273 @@ def test_routekit_train_refuses_a_bad_config(tmp_path, capsys):
     cfg.write_text("objective: rl\nstep: 3\n")
     assert main(["train", str(cfg)]) == 1
     assert "unknown key 'step'" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- bad input, no change
+def _assert_untouched(model, before: dict[str, torch.Tensor]) -> None:
+    """The model was neither wrapped nor changed: same parameter names and values."""
+    now = params_of(model)
+    assert now.keys() == before.keys()
+    assert all(torch.equal(now[n], before[n]) for n in before)
+    assert not hasattr(model, "_routekit_parameterization")
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_resume_without_a_checkpoint_is_refused_and_changes_nothing(tmp_path):
+    model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
+    before = params_of(model)
+    with pytest.raises(TrainingError, match=r"no checkpoint to resume.*state\.json"):
+        train(model, tok, task, parameterization="lora", steps=2, batch_size=2,
+              out_dir=tmp_path / "run", resume=True, progress=False)
+    _assert_untouched(model, before)
+    assert not (tmp_path / "run").exists()
+
+
+STATE_DAMAGE = {
+    "not JSON": lambda s: "{not json",
+    "wrong type": lambda s: json.dumps({**json.loads(s), "step": "one"}),
+    "missing key": lambda s: json.dumps({k: v for k, v in json.loads(s).items() if k != "history"}),
+    "unknown key": lambda s: json.dumps({**json.loads(s), "stepz": 1}),
+    "history of another length": lambda s: json.dumps({**json.loads(s), "history": []}),
+    "bad config": lambda s: json.dumps({**json.loads(s), "config": {"lr": "fast"}}),
+}
+
+
+@pytest.mark.parametrize("damage", list(STATE_DAMAGE))
+def test_a_damaged_checkpoint_state_is_refused_naming_the_file(tmp_path, damage):
+    from routekit.errors import CheckpointError
+
+    tok, task = char_tokenizer(), rev_task()
+    cfg = dict(parameterization="lora", steps=2, batch_size=2, checkpoint_every=1)
+    train(tiny_llama(), tok, task, {**cfg, "steps": 1}, out_dir=tmp_path, progress=False)
+    state = checkpoint_dir(tmp_path) / "state.json"
+    state.write_text(STATE_DAMAGE[damage](state.read_text()))
+    files = _files(tmp_path)
+    model = tiny_llama()
+    before = params_of(model)
+    with pytest.raises(CheckpointError, match=re.escape(repr(str(state)))) as info:
+        train(model, tok, task, cfg, out_dir=tmp_path, resume=True, progress=False)
+    expected = {"not JSON": "not valid JSON", "wrong type": "key 'step'", "missing key":
+                "key 'history': this key is required", "unknown key": "unknown key 'stepz'",
+                "history of another length": "step 1 but 0 history records",
+                "bad config": "key 'lr'"}[damage]
+    assert expected in str(info.value)
+    _assert_untouched(model, before)
+    assert _files(tmp_path) == files
+
+
+def test_a_truncated_checkpoint_tensor_file_is_a_checkpoint_error(tmp_path):
+    from routekit.errors import CheckpointError
+
+    tok, task = char_tokenizer(), rev_task()
+    cfg = dict(parameterization="full", steps=2, batch_size=2, checkpoint_every=1)
+    train(tiny_llama(), tok, task, {**cfg, "steps": 1}, out_dir=tmp_path, progress=False)
+    opt = checkpoint_dir(tmp_path) / "optimizer.safetensors"
+    opt.write_bytes(opt.read_bytes()[:100])
+    model = tiny_llama()
+    before = params_of(model)
+    with pytest.raises(CheckpointError, match=r"optimizer\.safetensors.*truncated or corrupt"):
+        train(model, tok, task, cfg, out_dir=tmp_path, resume=True, progress=False)
+    _assert_untouched(model, before)
+
+
+# --------------------------------------------------------------------------- masks from a file
+def test_masks_from_a_safetensors_file_decide_what_moves(tmp_path):
+    from safetensors.torch import save_file
+
+    model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
+    up = "model.layers.0.mlp.up_proj.weight"
+    down = "model.layers.1.mlp.down_proj.weight"
+    g = torch.Generator().manual_seed(5)
+    shapes = dict(model.named_parameters())
+    masks = {
+        up: torch.rand(shapes[up].shape, generator=g) < 0.25,  # bool
+        down: (torch.rand(shapes[down].shape, generator=g) < 0.5).to(torch.float32),  # 0/1 floats
+    }
+    save_file(masks, str(tmp_path / "masks.safetensors"))
+    base = params_of(model)
+    res = train(model, tok, task, parameterization="mask", mask=str(tmp_path / "masks.safetensors"),
+                steps=3, batch_size=4, lr=1e-2, progress=False)
+    assert set(trainable_parameters(res.model)) == {up, down}
+    assert res.trainable_parameters == sum(int(m.sum()) for m in masks.values())
+    for name, p in res.model.named_parameters():
+        moved = p.detach() != base[name]
+        if name in masks:
+            keep = masks[name].bool()
+            assert not (moved & ~keep).any(), f"{name} moved outside its mask"
+            assert moved.any(), name
+        else:
+            assert not moved.any(), f"{name} is absent from the mask file but moved"
+
+
+def test_a_non_boolean_mask_file_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
+    up = "model.layers.0.mlp.up_proj.weight"
+    m = torch.zeros(dict(model.named_parameters())[up].shape)
+    m[0, 0], m[0, 1] = 0.3, 1.0
+    save_file({up: m}, str(tmp_path / "scores.safetensors"))
+    before = params_of(model)
+    with pytest.raises(ConfigError, match=rf"mask for '{re.escape(up)}'.*not boolean.*1 entries.*0\.3"):
+        train(model, tok, task, parameterization="mask", mask=str(tmp_path / "scores.safetensors"),
+              steps=1, batch_size=2, progress=False)
+    _assert_untouched(model, before)
+    assert all(p.grad is None for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- outputs of a run
+@pytest.mark.parametrize("kind", ["lora", "full", "mask"])
+def test_outputs_are_written_whole_and_replace_only_their_own_kind(tmp_path, kind, monkeypatch):
+    from routekit.models import load_model
+    from routekit.training.recipe import save_trained
+
+    tok, task = char_tokenizer(), rev_task()
+    res = train(tiny_llama(), tok, task, parameterization=kind, mask=0.5 if kind == "mask" else None,
+                steps=1, batch_size=2, lr=1e-2, progress=False)
+    out = tmp_path / "expert"
+    save_trained(res, tok, out, name="expert", run_dir=tmp_path / "run")
+    names = {p.name for p in out.iterdir()}
+    if kind == "lora":
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= names
+    else:
+        assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+        saved, _ = load_model(out)
+        trained = dict(res.model.named_parameters())
+        for n, p in saved.named_parameters():
+            assert torch.equal(p, trained[n].detach()), n
+    written = _files(out)
+    save_trained(res, tok, out, name="expert", run_dir=tmp_path / "run")  # its own kind: replaced
+    assert _files(out) == written
+    # A save that dies half way leaves the previous output whole, and no temporary behind.
+    target = type(res.model)
+    real = target.save_pretrained
+
+    def dying(self, path, *a, **k):
+        real(self, path, *a, **k)
+        raise _Killed()
+
+    monkeypatch.setattr(target, "save_pretrained", dying)
+    with pytest.raises(_Killed):
+        save_trained(res, tok, out, name="expert", run_dir=tmp_path / "run")
+    monkeypatch.undo()
+    assert _files(out) == written
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # A folder of the user's (a file no training output writes) is never replaced.
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExpertFileError, match=r"is not an expert directory \(holds \['notes.txt'\]\)"):
+        save_trained(res, tok, out, name="expert", run_dir=tmp_path / "run")
+    assert _files(out) == {**written, "notes.txt": b"mine"}
+
+
+def test_routekit_train_refuses_a_foreign_out_before_training(tmp_path, capsys):
+    from routekit.cli import main
+
+    tiny_llama().save_pretrained(tmp_path / "model")
+    char_tokenizer().save_pretrained(tmp_path / "model")
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(f'{{"question": "{w} =", "answer": "{w[::-1]}", "split": "train"}}\n'
+                            for w in WORDS))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {tmp_path / 'model'}\ntask: jsonl:{data}\nparameterization: full\n"
+                   "steps: 1\nbatch_size: 2\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(out), "--run-dir", str(run), "--no-progress"]) == 1
+    assert "thesis.tex" in capsys.readouterr().err
+    assert _files(out) == {"thesis.tex": b"years of work"}
+    assert not run.exists()  # refused before any step ran
+
+
+# --------------------------------------------------------------------------- which world
+@pytest.fixture
+def micro_world(tmp_path, monkeypatch):
+    """A world of seconds in a private cache: (its WorldConfig, its base model, tokenizer)."""
+    from routekit import world
+    from tests.test_world import MICRO
+
+    monkeypatch.setenv("ROUTEKIT_CACHE", str(tmp_path / "cache"))
+    world.build(MICRO, progress=False)
+    model, tok = world.load(MICRO, build_if_missing=False)
+    return MICRO, model, tok
+
+
+def test_world_corpus_retention_comes_from_the_world_of_the_model(micro_world, monkeypatch):
+    from routekit.tasks.world_tasks import world_of_model
+    from routekit.world import World
+
+    config, model, tok = micro_world
+    assert world_of_model(model).hash() == config.hash()
+    seen = []
+    real = objectives.retain_rows
+    monkeypatch.setattr(objectives, "retain_rows", lambda t, texts: seen.append(texts) or real(t, texts))
+    res = train(model, tok, rev_task(), parameterization="lora", steps=2, batch_size=2,
+                retain_kl_coef=1.0, retain_text="world-corpus", retain_batch_size=4, progress=False)
+    (texts,) = seen
+    assert texts == World(config).corpus_lines  # the micro world's corpus, not the default's
+    assert texts[:50] != World(WorldConfig()).corpus_lines[:50]
+    assert res.history[0]["retain_kl"] == pytest.approx(0.0, abs=1e-7)  # starts at the reference
+    assert res.history[-1]["retain_kl"] > 0
+
+
+def test_a_world_task_or_named_world_of_another_world_is_refused(micro_world):
+    from routekit.tasks import get_task
+    from routekit.world import world_dir
+
+    config, model, tok = micro_world
+    before = params_of(model)
+    hint = re.escape(repr(str(world_dir(config) / "world_config.json")))
+    with pytest.raises(ConfigError, match=rf"task 'add' is the default world.*world: {hint}"):
+        train(model, tok, get_task("add"), parameterization="lora", steps=1, batch_size=2,
+              progress=False)
+    with pytest.raises(ConfigError, match=rf"world: 'tiny' is the tiny world.*world: {hint}"):
+        train(model, tok, rev_task(), parameterization="lora", world="tiny", steps=1,
+              batch_size=2, progress=False)
+    _assert_untouched(model, before)
+    # The model's own world, named or not, is accepted.
+    task = get_task("add", world_config=config)
+    res = train(model, tok, task, parameterization="lora", world=str(world_dir(config)), steps=1,
+                batch_size=2, progress=False)
+    assert res.steps == 1
+
+
+def test_a_model_of_no_world_needs_the_world_named(micro_world, tmp_path):
+    from routekit.world import world_dir
+
+    config, _, tok = micro_world
+    model = tiny_llama()  # from no world cache entry
+    before = params_of(model)
+    with pytest.raises(ConfigError, match=r"retain_text 'world-corpus' refers to the world.*Name it with world: 'default', 'tiny'"):
+        train(model, tok, rev_task(), parameterization="lora", retain_kl_coef=1.0,
+              retain_text="world-corpus", steps=1, batch_size=2, progress=False)
+    _assert_untouched(model, before)
+    res = train(model, tok, rev_task(), parameterization="lora", retain_kl_coef=1.0,
+                retain_text="world-corpus", world=str(world_dir(config) / "world_config.json"),
+                steps=1, batch_size=2, progress=False)
+    assert "retain_kl" in res.history[0]
+    with pytest.raises(ConfigError, match=r"world 'nowhere' names no world"):
+        train(tiny_llama(), tok, rev_task(), world="nowhere", steps=1, progress=False)
+
+
+def test_recipe_world_tasks_and_models_follow_the_named_world(micro_world, tmp_path):
+    from routekit.tasks import world_task
+    from routekit.training.recipe import load_config_model, resolve_task
+    from routekit.world import world_dir
+
+    config, _, _ = micro_world
+    cfg = TrainConfig.from_dict({"model": "world", "world": str(world_dir(config)), "task": "hop"})
+    model, _ = load_config_model(cfg)
+    assert Path(model.config._name_or_path) == world_dir(config) / "base"
+    task = resolve_task(cfg, model)
+    assert task.world.hash() == config.hash()
+    assert task.examples("train") == world_task("hop", config).examples("train")
+    # the world comes from the model when the config names none ...
+    assert resolve_task(TrainConfig.from_dict({"task": "hop"}), model).world.hash() == config.hash()
+    # ... and a model of no world with no world named is refused
+    with pytest.raises(ConfigError, match=r"task 'hop' refers to the world"):
+        resolve_task(TrainConfig.from_dict({"task": "hop"}), tiny_llama())

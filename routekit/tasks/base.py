@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RoutekitError
 from .checkers import Checker, exact_match
+
+if TYPE_CHECKING:
+    from ..world.config import WorldConfig
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,8 @@ class Task:
     """A named task with splits (``train``, ``test``, ``ood`` ...) and a checker.
 
     Subclasses fill ``self._splits`` (split name -> list of Examples) or override
-    :meth:`examples`.
+    :meth:`examples`. ``world`` is the WorldConfig of the world a world task was drawn from
+    (None for other tasks), so a trainer can refuse a model of another world.
     """
 
     name: str = "task"
@@ -61,11 +65,13 @@ class Task:
         splits: dict[str, Sequence[Example]],
         checker: Checker | Callable[[str, str], bool] = exact_match,
         family: str | None = None,
+        world: WorldConfig | None = None,
     ) -> None:
         self.name = name
         self._splits = {k: list(v) for k, v in splits.items()}
         self.checker = checker
         self.family = family or name
+        self.world = world
 
     @property
     def splits(self) -> tuple[str, ...]:

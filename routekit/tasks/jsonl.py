@@ -8,20 +8,52 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import string
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import RoutekitError
+from ..errors import ConfigError, RoutekitError
 from .base import Example, Task
-from .checkers import CHECKERS, extract_answer
+from .checkers import CHECKERS, Checker, extract_answer
 
 DEFAULT_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+def _checker(name: str) -> Checker:
+    """The checker named ``name``; an unknown name is a ConfigError listing the known ones."""
+    if name not in CHECKERS:
+        raise ConfigError(
+            f"unknown checker {name!r}; known checkers: {', '.join(sorted(CHECKERS))} "
+            "('exact': normalised first line equals the reference, 'answer': format-tolerant)."
+        )
+    return CHECKERS[name]
+
+
+def template_fields(template: str) -> set[str]:
+    """The record fields a prompt template reads (``{question}`` is the prompt field).
+
+    A malformed template or a positional field (``{}``, ``{0}``) is a ConfigError.
+    """
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        raise ConfigError(f"prompt template {template!r} is malformed ({e}); write fields as {{name}}.") from None
+    roots = {re.split(r"[.\[]", f, maxsplit=1)[0] for f in names}
+    positional = sorted(r for r in roots if not r or r.isdigit())
+    if positional:
+        raise ConfigError(
+            f"prompt template {template!r} has positional fields {positional}; name record "
+            "fields instead, e.g. {question}."
+        )
+    return roots
 
 
 def _examples(
     records: Iterable[Mapping[str, Any]], prompt_key: str, answer_key: str, template: str, where: str
 ) -> list[Example]:
+    fields = template_fields(template)
     out = []
     for i, rec in enumerate(records):
         missing = [k for k in (prompt_key, answer_key) if k not in rec]
@@ -30,7 +62,20 @@ def _examples(
                 f"record {i} of {where} lacks {missing}; it has {sorted(rec)}. Pass "
                 "prompt_key=/answer_key= naming its fields."
             )
-        prompt = template.format(**{**rec, "question": rec[prompt_key]})
+        values = {**rec, "question": rec[prompt_key]}
+        unknown = sorted(fields - set(values))
+        if unknown:
+            raise ConfigError(
+                f"prompt template {template!r} reads {unknown}, which record {i} of {where} "
+                f"lacks; it has {sorted(values)}. Use those fields in the template."
+            )
+        try:
+            prompt = template.format(**values)
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError) as e:
+            raise ConfigError(
+                f"prompt template {template!r} cannot be filled from record {i} of {where} "
+                f"({type(e).__name__}: {e}); its fields are {sorted(values)}."
+            ) from None
         out.append(Example(prompt, extract_answer(str(rec[answer_key])), {"raw_answer": rec[answer_key]}))
     return out
 
@@ -58,6 +103,8 @@ def jsonl_task(
 ) -> Task:
     """A task from a JSONL file (records with a ``split`` field are split by it, others are
     ``test``) or from a folder whose ``<split>.jsonl`` files are the splits."""
+    check = _checker(checker)
+    template_fields(template)
     p = Path(path).expanduser()
     if not p.exists():
         raise RoutekitError(f"task data {str(p)!r} does not exist; give a local .jsonl file or folder.")
@@ -75,7 +122,7 @@ def jsonl_task(
             by_split.setdefault(str(rec.get("split", "test")), []).append(rec)
         for split, recs in by_split.items():
             splits[split] = _examples(recs, prompt_key, answer_key, template, str(f))
-    return Task(name or p.stem, splits, CHECKERS[checker])
+    return Task(name or p.stem, splits, check)
 
 
 def dataset_task(
@@ -91,6 +138,8 @@ def dataset_task(
     folder written by ``save_to_disk`` (loaded with ``datasets.load_from_disk``, no download)."""
     import datasets
 
+    check = _checker(checker)
+    template_fields(template)
     if isinstance(dataset, (str, os.PathLike)):
         p = Path(dataset).expanduser()
         if not p.exists():
@@ -98,4 +147,4 @@ def dataset_task(
         dataset = datasets.load_from_disk(str(p))
     parts = dict(dataset) if isinstance(dataset, datasets.DatasetDict) else {"test": dataset}
     splits = {k: _examples(v, prompt_key, answer_key, template, f"{name}/{k}") for k, v in parts.items()}
-    return Task(name, splits, CHECKERS[checker])
+    return Task(name, splits, check)

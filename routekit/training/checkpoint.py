@@ -8,13 +8,15 @@ No pickle files: every tensor is safetensors, everything else JSON.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from ..errors import CheckpointError, TrainingError
+from ..errors import CheckpointError, ExpertFileError, TrainingError
 from ..io import (
     atomic_directory,
     atomic_save_safetensors,
@@ -22,7 +24,7 @@ from ..io import (
     load_safetensors,
     read_json,
 )
-from .config import TrainConfig
+from .config import TrainConfig, format_validation_error
 
 FORMAT = 1
 
@@ -73,20 +75,74 @@ def save_checkpoint(
     return target
 
 
-def load_checkpoint(
-    out_dir: str | Path,
-    params: dict[str, nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    config: TrainConfig,
-) -> tuple[int, list[dict[str, Any]]]:
-    """Restore parameters, optimizer and RNG in place; returns (step, history).
+class _State(BaseModel):
+    """What ``state.json`` must hold (checked before anything is restored)."""
 
-    Refuses (TrainingError) a checkpoint written with a different config, since resuming it
-    would not reproduce the uninterrupted run; only steps and bookkeeping may change.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    format: int
+    step: int = Field(ge=0)
+    num_processes: int = Field(ge=1)
+    param_names: list[str]
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint read from disk and checked, not yet applied to a model."""
+
+    path: Path
+    step: int
+    history: list[dict[str, Any]]
+    param_names: list[str]
+    params: dict[str, torch.Tensor]
+    optimizer: dict[str, torch.Tensor]
+    rng: dict[str, torch.Tensor]
+
+
+def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
+    try:
+        return load_safetensors(path, what=what)
+    except ExpertFileError as e:
+        raise CheckpointError(f"{e} Resume from another run_dir or start without resume.") from None
+
+
+def read_checkpoint(out_dir: str | Path, config: TrainConfig) -> Checkpoint:
+    """Read and check ``out_dir/checkpoint`` for a run with ``config``; changes nothing.
+
+    A missing checkpoint is a TrainingError (``resume=True`` never silently starts afresh);
+    an unreadable or inconsistent ``state.json`` or tensor file is a CheckpointError naming
+    the file; a checkpoint written with a different config is a TrainingError, since resuming
+    it would not reproduce the uninterrupted run (only steps and bookkeeping may change).
     """
     path = checkpoint_dir(out_dir)
-    state = read_json(path / "state.json", what="checkpoint state")
-    saved = TrainConfig.model_validate(state["config"])
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise TrainingError(
+            f"resume=True but there is no checkpoint to resume: {str(state_file)!r} does not "
+            "exist. Point out_dir / --run-dir at the run to continue, or start without resume."
+        )
+    bad = f"checkpoint state {str(state_file)!r}"
+    try:
+        state = _State.model_validate(read_json(state_file, what="checkpoint state"))
+    except ExpertFileError as e:
+        raise CheckpointError(f"{e} Resume from another run_dir or start without resume.") from None
+    except ValidationError as e:
+        raise CheckpointError(
+            f"{bad} is damaged ({format_validation_error(e)}); resume from another run_dir or "
+            "start without resume."
+        ) from None
+    if state.format != FORMAT:
+        raise CheckpointError(f"{bad} has format {state.format!r}; this routekit reads {FORMAT}.")
+    if len(state.history) != state.step:
+        raise CheckpointError(
+            f"{bad} is damaged: step {state.step} but {len(state.history)} history records."
+        )
+    try:
+        saved = TrainConfig.model_validate(state.config)
+    except ValidationError as e:
+        raise CheckpointError(f"{bad} holds an invalid config ({format_validation_error(e)}).") from None
     old, new = saved.resume_key(), config.resume_key()
     diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if diff:
@@ -95,33 +151,76 @@ def load_checkpoint(
             f"checkpoint {str(path)!r} was written with a different config ({shown}); resuming "
             "would not reproduce that run. Use the original config or another out_dir."
         )
-    names = list(params)
-    if state["param_names"] != names:
-        missing = sorted(set(state["param_names"]) ^ set(names))[:5]
+    ckpt = Checkpoint(
+        path=path,
+        step=state.step,
+        history=state.history,
+        param_names=state.param_names,
+        params=_tensors(path / "trainable.safetensors", "checkpoint parameters"),
+        optimizer=_tensors(path / "optimizer.safetensors", "checkpoint optimizer"),
+        rng=_tensors(path / "rng.safetensors", "checkpoint RNG"),
+    )
+    missing = sorted(set(state.param_names) - set(ckpt.params))
+    opt_names = {key.rsplit("::", 1)[0] for key in ckpt.optimizer}
+    stray = sorted(opt_names - set(state.param_names)) + [k for k in ckpt.optimizer if "::" not in k]
+    if missing or stray or "torch_cpu" not in ckpt.rng:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} holds other trainable parameters than the model "
-            f"(differing names: {missing}); resume onto the same base and parameterization."
+            f"checkpoint {str(path)!r} is inconsistent (parameters missing from "
+            f"trainable.safetensors: {missing[:5]}; optimizer entries of unknown parameters: "
+            f"{stray[:5]}; CPU RNG state present: {'torch_cpu' in ckpt.rng}). Resume from "
+            "another run_dir or start without resume."
         )
-    tensors = load_safetensors(path / "trainable.safetensors", what="checkpoint parameters")
+    return ckpt
+
+
+def restore_checkpoint(
+    ckpt: Checkpoint, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, Any]]]:
+    """Apply a read checkpoint to parameters, optimizer and RNG; returns (step, history).
+
+    Names and shapes are all checked first, so a refused checkpoint changes nothing.
+    """
+    names = list(params)
+    if ckpt.param_names != names:
+        differing = sorted(set(ckpt.param_names) ^ set(names))[:5]
+        raise CheckpointError(
+            f"checkpoint {str(ckpt.path)!r} holds other trainable parameters than the model "
+            f"(differing names: {differing}); resume onto the same base and parameterization."
+        )
+    for name, p in params.items():
+        t = ckpt.params[name]
+        if t.shape != p.shape:
+            raise CheckpointError(
+                f"checkpoint parameter {name!r} in {str(ckpt.path)!r} has shape "
+                f"{tuple(t.shape)}, the model has {tuple(p.shape)}."
+            )
+    per_param: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in ckpt.optimizer.items():
+        name, field = key.rsplit("::", 1)
+        if value.dim() and value.shape != params[name].shape:
+            raise CheckpointError(
+                f"checkpoint optimizer entry {key!r} in {str(ckpt.path)!r} has shape "
+                f"{tuple(value.shape)}, the parameter has {tuple(params[name].shape)}."
+            )
+        per_param.setdefault(names.index(name), {})[field] = value
     with torch.no_grad():
         for name, p in params.items():
-            t = tensors[name]
-            if t.shape != p.shape:
-                raise CheckpointError(
-                    f"checkpoint parameter {name!r} has shape {tuple(t.shape)}, model has {tuple(p.shape)}."
-                )
-            p.copy_(t.to(p.dtype))
-    opt_tensors = load_safetensors(path / "optimizer.safetensors", what="checkpoint optimizer")
-    per_param: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in opt_tensors.items():
-        name, field = key.rsplit("::", 1)
-        per_param.setdefault(names.index(name), {})[field] = value
+            p.copy_(ckpt.params[name].to(p.dtype))
     current = optimizer.state_dict()
     optimizer.load_state_dict({"state": per_param, "param_groups": current["param_groups"]})
-    rng = load_safetensors(path / "rng.safetensors", what="checkpoint RNG")
-    torch.set_rng_state(rng["torch_cpu"])
+    torch.set_rng_state(ckpt.rng["torch_cpu"])
     if torch.cuda.is_available():
-        cuda = [rng[k] for k in sorted(rng) if k.startswith("torch_cuda_")]
+        cuda = [ckpt.rng[k] for k in sorted(ckpt.rng) if k.startswith("torch_cuda_")]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-    return int(state["step"]), list(state["history"])
+    return ckpt.step, list(ckpt.history)
+
+
+def load_checkpoint(
+    out_dir: str | Path,
+    params: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    config: TrainConfig,
+) -> tuple[int, list[dict[str, Any]]]:
+    """Read, check and restore ``out_dir/checkpoint`` in place; returns (step, history)."""
+    return restore_checkpoint(read_checkpoint(out_dir, config), params, optimizer)

@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--run-dir", default=None, help="checkpoints and train_result.json (default runs/<name of OUT>)"
     )
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint if present")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint (refused if there is none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
     p.set_defaults(func=_run)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,13 +44,23 @@ class TrainConfig(BaseModel):
     # --- what to train on (used by recipes / `routekit train`; train() takes loaded objects)
     model: str = Field(
         "world",
-        description="'world' (routekit.world.load()), 'world-proxy' (routekit.world.load_proxy()) "
-        "or a local checkpoint directory (default 'world').",
+        description="'world' (the base model of the world named by `world`, by default the "
+        "default world), 'world-proxy' (that world's proxy) or a local checkpoint directory "
+        "(default 'world').",
     )
     task: str | None = Field(
         None, description="Task name for routekit.tasks.get_task, e.g. 'add' or 'jsonl:data.jsonl'."
     )
     split: str = Field("train", description="Split whose examples are trained on (default 'train').")
+    world: str | None = Field(
+        None,
+        description="The world that model 'world'/'world-proxy', world task names (add, rev, "
+        "hop, facts) and retain_text 'world-corpus' refer to: 'default', 'tiny' or the path of "
+        "a world_config.json (or of the world cache entry holding it). Default None: the world "
+        "whose cache entry the model was loaded from ('world' loads the default world); a model "
+        "from no world entry then needs it for world tasks. A world that differs from the "
+        "model's is refused.",
+    )
 
     # --- the method
     objective: Literal["sft", "rl"] = Field(
@@ -214,26 +225,44 @@ class TrainConfig(BaseModel):
 
 
 def _check_svf_fields(fields: dict[str, Any]) -> None:
-    """Validate the ``svf`` mapping against SVFConfig (skipped if routekit.svf is absent)."""
-    try:
-        from ..svf import SVFConfig
-    except ImportError:  # the SVF module is optional for lora/full/mask users
-        return
+    """Validate the ``svf`` mapping against SVFConfig."""
+    from ..svf import SVFConfig
+
     try:
         SVFConfig.model_validate(fields)
     except ValidationError as e:
         raise ValueError(format_validation_error(e).replace("key '", "key 'svf.")) from None
 
 
+# A union's alternatives add their type to an error's location ('mask.float', 'mask.str');
+# field names are lower-case identifiers, so these tags are told apart by their shape.
+_UNION_TAG = re.compile(r"(str|int|float|bool|none|(list|dict|tuple|set|literal)\[.*\]|[A-Z]\w*)")
+
+
+_MISSING = object()
+
+
 def format_validation_error(e: ValidationError) -> str:
-    """One line per problem: 'key.sub: message (got value)'."""
-    parts = []
+    """One line per key: "key 'a.b': message (got value)"; a union's alternatives are joined."""
+    rules: list[str] = []  # rules over several keys: their messages name the keys
+    unknown: list[str] = []
+    by_key: dict[str, tuple[list[str], Any]] = {}
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        if not loc:  # a rule over several keys; its message names them
-            parts.append(str(err["msg"]).removeprefix("Value error, "))
+        loc = [str(x) for x in err["loc"]]
+        while loc and _UNION_TAG.fullmatch(loc[-1]):
+            loc.pop()
+        key = ".".join(loc)
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not key:
+            rules.append(msg)
         elif err["type"] == "extra_forbidden":
-            parts.append(f"unknown key {loc!r}; remove it or check its spelling")
+            unknown.append(f"unknown key {key!r}; remove it or check its spelling")
+        elif err["type"] == "missing":  # its input is the enclosing mapping: not shown
+            by_key.setdefault(key, ([], _MISSING))[0].append("this key is required")
         else:
-            parts.append(f"key {loc!r}: {err['msg']} (got {err.get('input')!r})")
-    return "; ".join(parts)
+            by_key.setdefault(key, ([], err.get("input")))[0].append(msg)
+    parts = [
+        f"key {k!r}: {' or '.join(msgs)}" + ("" if value is _MISSING else f" (got {value!r})")
+        for k, (msgs, value) in by_key.items()
+    ]
+    return "; ".join(rules + unknown + parts)

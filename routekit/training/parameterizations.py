@@ -123,6 +123,14 @@ def build_masks(model: nn.Module, config: TrainConfig) -> dict[str, torch.Tensor
                     f"mask for {name!r} in {str(path)!r} has shape {tuple(m.shape)}, the "
                     f"parameter has {tuple(params[name].shape)}."
                 )
+            if m.dtype != torch.bool:
+                bad = m[(m != 0) & (m != 1)]  # NaN too: it equals neither
+                if bad.numel():
+                    raise ConfigError(
+                        f"mask for {name!r} in {str(path)!r} is not boolean: it holds "
+                        f"{bad.numel()} entries other than 0 and 1 (e.g. {bad.flatten()[0].item()!r}). "
+                        "Save masks as bool tensors (or 0/1), e.g. (scores > threshold)."
+                    )
         return {n: m.to(torch.bool) for n, m in masks.items()}
     fraction = float(config.mask)  # type: ignore[arg-type]
     masks = {}

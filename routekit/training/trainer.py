@@ -41,8 +41,11 @@ from transformers import PreTrainedTokenizerBase
 
 from ..errors import ConfigError, TrainingError
 from ..tasks.base import Task
+from ..tasks.world_tasks import WORLD_TASKS, agreed_world, require_world, world_task
+from ..world.config import WorldConfig
+from ..world.store import get_world
 from . import objectives
-from .checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from .checkpoint import checkpoint_dir, read_checkpoint, restore_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .parameterizations import (
     count_parameters,
@@ -131,7 +134,10 @@ def train(
     use afterwards (a ``PeftModel`` for LoRA). Under ``accelerate launch`` / ``torchrun`` each
     process takes its share of every global batch's micro-batches and gradients are summed
     over processes, giving the single-process result. With ``out_dir``, checkpoints go to
-    ``out_dir/checkpoint``; ``resume=True`` continues from there. NaN/inf in the loss,
+    ``out_dir/checkpoint``; ``resume=True`` continues from there (and refuses, with a
+    TrainingError, when there is no checkpoint). World task names and ``world-corpus`` come
+    from the one world that ``config.world``, the model's world cache entry and a world
+    ``task`` agree on (:func:`~routekit.tasks.world_tasks.agreed_world`). NaN/inf in the loss,
     gradients or parameters raise TrainingError naming the step; no checkpoint is written
     after a non-finite step, so the last one stays intact.
     """
@@ -139,26 +145,31 @@ def train(
     if resume and out_dir is None:
         raise ConfigError("resume=True needs out_dir: the checkpoint to resume lives in out_dir/checkpoint.")
     t0 = time.perf_counter()
+    # Everything that can refuse the input is read and checked before the model is touched.
+    world = agreed_world(model=model, named=config.world, task=task)
+    retain = None
+    if config.retain_kl_coef > 0:
+        # Tokenised once here, not every step.
+        texts = retention_texts(config.retain_text, world, model=model, world_known=True)
+        rows = objectives.retain_rows(tokenizer, texts)
+        retain = (rows, BatchOrder(len(rows), config.retain_batch_size,
+                                   derive_seed(config.seed, "retain")))
+    ckpt = read_checkpoint(out_dir, config) if resume and out_dir is not None else None
     accelerator = Accelerator()
     model = prepare(model, config)
     model.to(accelerator.device)
     base_context = None
     if (config.objective == "rl" and config.kl_coef > 0) or config.retain_kl_coef > 0:
         base_context = frozen_base(model, config)
-    retain = None
-    if config.retain_kl_coef > 0:
-        # Tokenised once here, not every step.
-        rows = objectives.retain_rows(tokenizer, retention_texts(config.retain_text))
-        retain = (rows, BatchOrder(len(rows), config.retain_batch_size,
-                                   derive_seed(config.seed, "retain")))
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(
         list(params.values()), lr=config.lr, weight_decay=config.weight_decay
     )
     start, history, resumed_from = 0, [], None
-    if resume and out_dir is not None and (checkpoint_dir(out_dir) / "state.json").is_file():
-        start, history = load_checkpoint(out_dir, params, optimizer, config)
+    if ckpt is not None:
+        start, history = restore_checkpoint(ckpt, params, optimizer)
         resumed_from = start
+        del ckpt  # its tensors now live in the model and optimizer
     # No DDP wrapper: gradients are summed per fixed micro-batch in float64 and all-reduced
     # by _train_step itself, which is what makes N processes equal one.
     examples = task.examples(config.split)
@@ -369,17 +380,30 @@ def _accumulate(
             p.grad = None
 
 
-def retention_texts(spec: str | None) -> list[str]:
+def retention_texts(
+    spec: str | None,
+    world: WorldConfig | None = None,
+    *,
+    model: nn.Module | None = None,
+    world_known: bool = False,
+) -> list[str]:
     """The texts named by ``retain_text``: ``world-corpus`` (the world's pretraining lines),
     ``text:PATH`` (a local ``.jsonl`` file's ``text`` fields, or any other file's non-empty
-    lines) or a task name (its train examples, prompt + continuation)."""
+    lines) or a task name (its train examples, prompt + continuation).
+
+    ``world`` is the world that ``world-corpus`` and world task names refer to (None: the
+    default world). With ``world_known=True`` (as :func:`train` calls it) a None ``world``
+    means that no world is known and such a name is refused instead.
+    """
     if not spec:
         raise ConfigError("retain_text is not set; name 'world-corpus', 'text:PATH' or a task.")
-    if spec == "world-corpus":
-        from ..world import get_world
-
-        return list(get_world().corpus_lines)
-    if spec.startswith("text:"):
+    if spec == "world-corpus" or spec in WORLD_TASKS:
+        if world_known:
+            world = require_world(f"retain_text {spec!r}", world, model)
+        if spec == "world-corpus":
+            return list(get_world(world).corpus_lines)
+        texts = [e.prompt + e.continuation for e in world_task(spec, world).examples("train")]
+    elif spec.startswith("text:"):
         texts = _read_texts(Path(spec.removeprefix("text:")).expanduser())
     else:
         from ..tasks import get_task
