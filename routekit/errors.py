@@ -44,3 +44,8 @@ class CheckpointError(RoutekitError):
 
 class TrainingError(RoutekitError):
     """Training stopped: NaN/inf in the loss or parameters, or a resume that does not match."""
+
+
+class RoutekitWarning(UserWarning):
+    """Something routekit recovered from on its own but the user should know (e.g. a corrupt
+    cache entry that was recomputed)."""
