@@ -366,6 +366,7 @@ def main() -> int:
 
     gb = 1e9
     result = {
+        "command": "python benchmarks/bench_diff.py " + " ".join(sys.argv[1:]),
         "size": size,
         "storage_dtype": args.dtype,
         "config": CONFIGS[size],
