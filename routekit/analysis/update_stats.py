@@ -49,25 +49,9 @@ from .elementwise import (
     nonfinite_counts,
 )
 from .names import layer_index, matrix_type
-from .overlap import overlap, overlap_checkpoints
 from .pairing import pair_tensors, progress_bar
 from .rank import rank_stats, resolve_device
-from .schema import GroupStats, OverlapGroup, OverlapStats, RunInfo, TensorStats, UpdateStats
-
-__all__ = [
-    "DEFAULT_ATOLS",
-    "DEFAULT_RTOL",
-    "GroupStats",
-    "OverlapGroup",
-    "OverlapStats",
-    "TensorStats",
-    "UpdateStats",
-    "diff_checkpoints",
-    "layer_index",
-    "matrix_type",
-    "overlap",
-    "overlap_checkpoints",
-]
+from .schema import GroupStats, RunInfo, TensorStats, UpdateStats
 
 DEFAULT_ATOLS: tuple[float, ...] = (1e-8, 1e-7, 1e-6, 1e-5)
 DEFAULT_RTOL = 1e-3

@@ -5,15 +5,15 @@ path, any process) reuses the factors, and a changed weight can never hit a stal
 cache entry that cannot be read, or does not fit the layers, is reported with a
 RoutekitWarning naming the file, deleted and recomputed.
 
-The factors reproduce the weight to float32 rounding, not bit for bit. Measured with torch
-2.13 on CPU (tests/test_svf_delta.py checks the 1e-5 bounds): max |U diag(S) Vh − W| is 0.8-2.3e-7 on the tiny test models
-(hidden 32 and 256), at most 3.2e-6 of max |W| (Frobenius 1.6e-6 relative), and 4.3e-7
-(4.1e-6 of max |W|) for a 5632 x 2048 matrix of std 0.02; written back in float32 (a merge
-at z = 1) it changes 97-99 % of the entries, in bf16 0.04-0.1 %. So z = 1 gives the base up
-to this rounding: float32 logits within 3e-6 of max |logit| of the base's; bf16 models
-within one bf16 step of the logits (<= 0.6 % of max |logit|), the factored path computing
-in float32 where the base computes in bf16. ``svf.delta`` gives the exact update ΔW, without
-this error.
+The factors reproduce the weight to float32 rounding, not bit for bit. Measured with
+torch 2.13 on CPU (tests/test_svf_delta.py checks the 1e-5 bounds): max |U diag(S) Vh − W|
+is 0.8-2.3e-7 on the tiny test models (hidden 32 and 256), at most 3.2e-6 of max |W|
+(Frobenius 1.6e-6 relative), and 4.3e-7 (4.1e-6 of max |W|) for a 5632 x 2048 matrix of std
+0.02; written back in float32 (a merge at z = 1) it changes 97-99 % of the entries, in bf16
+0.04-0.1 %. So z = 1 gives the base up to this rounding: float32 logits within 3e-6 of
+max |logit| of the base's; bf16 models within one or two bf16 steps of the logits (up to
+0.61 % of max |logit|), the factored path computing in float32 where the base computes in
+bf16. ``svf.delta`` gives the exact update ΔW, without this error.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def load_or_compute_factors(
             cached = load_safetensors(path, what="SVF factor cache")
             problem = _cache_problem(cached, layers)
         except ExpertFileError as e:
-            cached, problem = None, f"it cannot be read ({e})"
+            cached, problem = None, f"it cannot be read ({e.__cause__ or e})"
         if cached is not None and problem is None:
             return {
                 n: tuple(cached[f"{n}{s}"].to(linear_weight(m).device) for s in (".U", ".S", ".Vh"))
