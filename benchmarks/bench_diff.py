@@ -203,8 +203,8 @@ def status():
             if key in ("VmHWM", "VmRSS"):
                 out[key] = int(value.split()[0]) * 1024
     return out
-import routekit.analysis.checkpoint, routekit.analysis.commands, routekit.analysis.diff_report
-import routekit.analysis.update_stats, safetensors, tqdm.auto
+import routekit.analysis, routekit.analysis.commands, routekit.analysis.diff_report
+import safetensors, tqdm.auto
 after_imports = status()
 def write():
     with open(sys.argv[1], "w") as f:
@@ -367,6 +367,7 @@ def main() -> int:
 
     gb = 1e9
     result = {
+        "command": "python benchmarks/bench_diff.py " + " ".join(sys.argv[1:]),
         "size": size,
         "storage_dtype": args.dtype,
         "config": CONFIGS[size],

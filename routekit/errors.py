@@ -53,3 +53,8 @@ class MixtureError(RoutekitError):
     Deliberately not a ``ValueError``: pydantic passes it through unwrapped, so the user sees
     routekit's message, not a validation dump.
     """
+
+
+class RoutekitWarning(UserWarning):
+    """Something routekit recovered from on its own but the user should know (e.g. a corrupt
+    cache entry that was recomputed)."""

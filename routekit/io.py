@@ -130,26 +130,70 @@ def atomic_directory(target: PathLike) -> Iterator[Path]:
         raise
 
 
-def _tensor_digest(h: hashlib._Hash, name: str, t: torch.Tensor, full: bool) -> None:
+# --------------------------------------------------------------------------------------------
+# fingerprints
+#
+# One scheme for every tensor fingerprint routekit records (SVF factor-cache keys, expert and
+# proxy base fingerprints, ``routekit diff``'s base/tuned fingerprints): a SHA-256 over the
+# tensors in sorted name order, each contributing ``"<name>|<shape tuple>|<torch dtype>|"``
+# followed by the raw stored bytes of its values (all of them with ``full=True``; otherwise,
+# for tensors of more than 8192 entries, a strided sample of every (numel // 4096)-th entry),
+# truncated to 16 hex digits. Float values are hashed as their storage bits, so bf16 and fp8
+# tensors hash without an upcast. These are the values routekit has always written into
+# expert_config.json files and factor-cache names: saved experts stay valid.
+
+_SAMPLE_ABOVE = 8192
+_SAMPLE_TARGET = 4096
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def storage_bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw storage bits of a tensor as an integer tensor of the same element size."""
+    if t.dtype == torch.bool:
+        return t.view(torch.uint8)
+    if t.is_floating_point():
+        return t.view(_INT_OF_SIZE[t.element_size()])
+    return t
+
+
+def tensor_digest_bytes(name: str, t: torch.Tensor, full: bool = False) -> bytes:
+    """What one tensor contributes to a fingerprint: its header and (sampled) stored bytes."""
     t = t.detach()
-    h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+    header = f"{name}|{tuple(t.shape)}|{t.dtype}|".encode()
     flat = t.reshape(-1)
-    if not full and flat.numel() > 8192:
+    if not full and flat.numel() > _SAMPLE_ABOVE:
         # A strided sample: any fine-tune that touches a tensor changes many sampled entries,
         # while hashing every byte of an 8B model would cost tens of seconds per load.
-        step = flat.numel() // 4096
-        flat = flat[::step]
-    data = flat.to("cpu").contiguous()
-    if data.dtype == torch.bfloat16:
-        data = data.view(torch.int16)
-    h.update(data.numpy().tobytes())
+        flat = flat[:: flat.numel() // _SAMPLE_TARGET]
+    data = storage_bits(flat.to("cpu").contiguous())  # bf16 and fp8 hash without an upcast
+    return header + data.numpy().tobytes()
+
+
+class TensorFingerprint:
+    """A fingerprint fed one tensor at a time, in any order (for streaming readers).
+
+    ``hexdigest()`` equals :func:`fingerprint_tensors` of the same tensors; only the sampled
+    bytes are held (``full=False``: at most ~8192 entries per tensor).
+    """
+
+    def __init__(self) -> None:
+        self._parts: dict[str, bytes] = {}
+
+    def add(self, name: str, t: torch.Tensor) -> None:
+        self._parts[name] = tensor_digest_bytes(name, t)
+
+    def hexdigest(self) -> str:
+        h = hashlib.sha256()
+        for name in sorted(self._parts):
+            h.update(self._parts[name])
+        return h.hexdigest()[:16]
 
 
 def fingerprint_tensors(tensors: Mapping[str, torch.Tensor], full: bool = False) -> str:
-    """A short hex digest of named tensors (names, shapes, dtypes and values)."""
+    """A short hex digest of named tensors (names, shapes, dtypes and values); see above."""
     h = hashlib.sha256()
     for name in sorted(tensors):
-        _tensor_digest(h, name, tensors[name], full)
+        h.update(tensor_digest_bytes(name, tensors[name], full))
     return h.hexdigest()[:16]
 
 

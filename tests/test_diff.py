@@ -704,3 +704,96 @@ def test_different_storage_dtypes_compare_after_exact_widening(tmp_path):
     assert (t.base_dtype, t.tuned_dtype) == ("float32", "bfloat16")
     want = int((base[K] != tuned[K].float()).sum())
     assert t.numel - t.n_bitwise_unchanged == want > 0
+
+
+# --------------------------------------------------------------------------------------------
+# unknown keys, NaN/inf refusal, one fingerprint scheme
+
+
+def test_unknown_group_or_tensor_is_a_routekit_error_listing_known_keys():
+    from routekit.analysis import UnknownStatsKeyError
+    from routekit.errors import RoutekitError
+
+    base = base_tensors()
+    s = diff_checkpoints(base, dict(base), rank="skip")
+    with pytest.raises(UnknownStatsKeyError) as err:
+        s.group("qq")
+    assert isinstance(err.value, RoutekitError) and isinstance(err.value, KeyError)
+    msg = str(err.value)
+    assert "'qq'" in msg and all(repr(g.matrix_type) in msg for g in s.by_matrix_type)
+    with pytest.raises(UnknownStatsKeyError, match=r"layer=7; it holds None, 0, 1\."):
+        s.group(layer=7)
+    with pytest.raises(UnknownStatsKeyError, match=r"'up', layer=0; .*\(layer=1, 'up'\)"):
+        s.group("up", layer=0)  # up_proj lives in layer 1 only
+    with pytest.raises(UnknownStatsKeyError) as err:
+        s.tensor("model.layers.0.self_attn.q_proj.weigth")
+    msg = str(err.value)
+    assert "'model.layers.0.self_attn.q_proj.weigth'" in msg
+    assert f"Closest names: {Q!r}" in msg and f"{len(base)} tensor(s)" in msg
+
+
+@pytest.mark.parametrize("side", ["base", "tuned"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_inf_in_a_checkpoint_is_refused_naming_tensor_and_file(tmp_path, side, bad, capsys):
+    clean = base_tensors(torch.bfloat16)
+    broken = dict(clean)
+    broken[K] = clean[K].clone()
+    broken[K][3, 5] = bad
+    broken[K][7, 1] = bad
+    paths = {
+        "base": write_ckpt(tmp_path / "b", broken if side == "base" else clean, shards=2),
+        "tuned": write_ckpt(tmp_path / "t", broken if side == "tuned" else clean, shards=2),
+    }
+    shard = json.loads((paths[side] / "model.safetensors.index.json").read_text())["weight_map"][K]
+    with pytest.raises(CheckpointError) as err:
+        diff_checkpoints(paths["base"], paths["tuned"], chunk_elements=100)
+    msg = str(err.value)
+    assert repr(K) in msg and str(paths[side].resolve() / shard) in msg and side in msg
+    counts = "2 NaN and 0 inf" if bad != bad else "0 NaN and 2 inf"
+    assert counts in msg
+    # the CLI reports it as an error and writes nothing
+    out = tmp_path / "report"
+    args = [str(paths["base"]), str(paths["tuned"]), "--out", str(out), "--no-progress"]
+    assert diff_main(args) == 1
+    assert repr(K) in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_nan_in_memory_and_bitwise_equal_nan_are_refused_too():
+    base = base_tensors()
+    base[UP] = base[UP].clone()
+    base[UP][0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"in-memory state dict \(base\)"):
+        diff_checkpoints(base, dict(base))  # unchanged, yet NaN
+
+
+def test_huge_finite_values_are_not_mistaken_for_inf():
+    base = base_tensors()
+    base[NORM] = torch.full((48,), 3e30)  # its sum of squares overflows float32
+    tuned = dict(base)
+    tuned[NORM] = base[NORM] * 2
+    t = diff_checkpoints(base, tuned, rank="skip").tensor(NORM)
+    assert t.n_bitwise_unchanged == 0 and t.max_abs_delta == pytest.approx(3e30, rel=1e-6)
+
+
+def test_diff_fingerprints_are_routekit_io_fingerprints(tmp_path):
+    from safetensors.torch import load_file
+
+    from routekit.io import fingerprint_tensors
+
+    base = base_tensors(torch.bfloat16)
+    tuned = {n: t * 2 for n, t in base.items()}
+    s = diff_checkpoints(
+        write_ckpt(tmp_path / "b", base, shards=3), write_ckpt(tmp_path / "t", tuned), rank="skip"
+    )
+    on_disk = load_file(str(tmp_path / "t" / "model.safetensors"))
+    assert s.base_fingerprint == fingerprint_tensors(base)
+    assert s.tuned_fingerprint == fingerprint_tensors(on_disk) != s.base_fingerprint
+
+
+def test_overlap_refuses_stats_of_another_schema_version(tmp_path):
+    base, a, b = _planted_pair(tmp_path, na=100, nb=100, nboth=10)
+    sa = diff_checkpoints(base, a, rank="skip")
+    old = UpdateStats.model_validate({**sa.model_dump(), "schema_version": 1})
+    with pytest.raises(CheckpointError, match="schema 2 and 1"):
+        overlap(sa, old)

@@ -1,20 +1,22 @@
-"""Analysis tools: ``diff_checkpoints`` measures how a fine-tuned checkpoint differs from its base."""
+"""Analysis tools: ``diff_checkpoints`` measures how a fine-tuned checkpoint differs from its base.
+
+Modules: ``checkpoint`` (streaming readers), ``pairing``, ``names``, ``schema`` (results),
+``elementwise``, ``rank``, ``aggregate``, ``overlap``, ``update_stats`` (``diff_checkpoints``),
+``diff_report`` (tables, markdown, plots) and ``commands`` (``routekit diff``).
+"""
 
 from .checkpoint import CheckpointReader, open_checkpoint
-from .update_stats import (
-    DEFAULT_ATOLS,
-    DEFAULT_RTOL,
+from .names import layer_index, matrix_type
+from .overlap import overlap, overlap_checkpoints
+from .schema import (
     GroupStats,
     OverlapGroup,
     OverlapStats,
     TensorStats,
+    UnknownStatsKeyError,
     UpdateStats,
-    diff_checkpoints,
-    layer_index,
-    matrix_type,
-    overlap,
-    overlap_checkpoints,
 )
+from .update_stats import DEFAULT_ATOLS, DEFAULT_RTOL, diff_checkpoints
 
 __all__ = [
     "CheckpointReader",
@@ -25,6 +27,7 @@ __all__ = [
     "OverlapGroup",
     "OverlapStats",
     "TensorStats",
+    "UnknownStatsKeyError",
     "UpdateStats",
     "diff_checkpoints",
     "layer_index",

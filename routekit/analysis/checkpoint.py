@@ -111,6 +111,10 @@ class CheckpointReader:
     def get(self, name: str) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def location(self, name: str) -> str:
+        """Where tensor ``name`` is stored, for error messages (a file path, or in memory)."""
+        return f"the in-memory {getattr(self, 'kind', 'state dict')} ({self.label})"
+
     def nbytes(self, name: str) -> int:
         n = 1
         for s in self.shapes[name]:
@@ -294,6 +298,9 @@ class SafetensorsCheckpoint(CheckpointReader):
             raise CheckpointError(f"{where} holds no tensors.")
         # Storage order: shard by shard, by offset within a shard (sequential reads).
         self.order = [n for _, _, n in sorted(entries)]
+
+    def location(self, name: str) -> str:
+        return f"{self.label} file {str(self.files[self.aliases.get(name, name)])!r}"
 
     def get(self, name: str) -> torch.Tensor:
         from safetensors import SafetensorError, safe_open

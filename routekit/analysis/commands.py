@@ -96,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         write_diff_outputs,
         write_overlap_outputs,
     )
-    from .update_stats import diff_checkpoints, overlap_checkpoints
+    from .overlap import overlap_checkpoints
+    from .update_stats import diff_checkpoints
 
     progress = not args.no_progress
     if args.overlap:

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 from ..io import atomic_write_bytes
-from .update_stats import GroupStats, OverlapGroup, OverlapStats, UpdateStats
+from .schema import GroupStats, OverlapGroup, OverlapStats, UpdateStats
 
 
 def _pct(x: float | None, digits: int = 2) -> str:
