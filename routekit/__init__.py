@@ -13,6 +13,8 @@ from .svf import (
     get_svf_model,
     merge,
     mix_experts,
+    save_adapted_checkpoint,
+    svf_delta,
     unmerge,
     unwrap_svf_model,
 )
@@ -47,6 +49,8 @@ __all__ = [
     "unmerge",
     "mix_experts",
     "disable_svf",
+    "svf_delta",
+    "save_adapted_checkpoint",
     # proxy experts (logit space)
     "ProxyExpert",
     "ProxyLogitsProcessor",

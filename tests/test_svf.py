@@ -8,7 +8,7 @@ import torch
 from transformers.pytorch_utils import Conv1D
 
 import routekit.svf.factors as factors_mod
-from routekit.errors import ConfigError, ExpertFileError, FingerprintMismatchError
+from routekit.errors import ConfigError, ExpertFileError, FingerprintMismatchError, RoutekitWarning
 from routekit.experts import mixture
 from routekit.io import model_fingerprint
 from routekit.svf import (
@@ -198,7 +198,8 @@ def test_svd_cache_hit_skips_svd_and_corrupt_cache_is_rebuilt(tmp_path, monkeypa
     (entry,) = (tmp_path / "cache").glob("*.safetensors")
     entry.write_bytes(entry.read_bytes()[:100])
     unwrap_svf_model(model)
-    get_svf_model(model, cfg())
+    with pytest.warns(RoutekitWarning, match=entry.name):
+        get_svf_model(model, cfg())
     assert len(calls) == 2 * n
     # Another base gets another entry.
     get_svf_model(tiny("llama", seed=7), cfg())

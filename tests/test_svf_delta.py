@@ -168,7 +168,7 @@ def test_expert_z_is_used_and_checked_before_anything_is_written(tmp_path):
         save_adapted_checkpoint(model, tmp_path / "x", other)
     short = SVFExpert(dict(list(z.items())[1:]), name="s", target_modules="mlp",
                       base_fingerprint=model.svf_base_fingerprint)
-    with pytest.raises(ExpertFileError, match="missing"):
+    with pytest.raises(ConfigError, match="missing"):
         save_adapted_checkpoint(model, tmp_path / "x", short)
     wrong = SVFExpert({**z, next(iter(z)): torch.ones(3)}, name="w", target_modules="mlp",
                       base_fingerprint=model.svf_base_fingerprint)

@@ -8,6 +8,7 @@ shares one projection between siblings, ``model`` wraps a model and merges exper
 """
 
 from .config import SVFConfig
+from .delta import save_adapted_checkpoint, svf_delta
 from .expert import SVFExpert, mix_experts
 from .layer import SVFLinear
 from .model import (
@@ -32,4 +33,6 @@ __all__ = [
     "merge",
     "unmerge",
     "disable_svf",
+    "svf_delta",
+    "save_adapted_checkpoint",
 ]

@@ -32,7 +32,8 @@ class SVFConfig(BaseModel):
     target_modules: "mlp" (default), "attention", "all-linear" (every linear layer but the
         LM head), a list of module-name suffixes (``["q_proj", "v_proj"]``), or a regular
         expression prefixed ``"re:"`` that must match a full module name.
-    z_init: starting value of every entry of z; 1.0 makes an untrained expert the base.
+    z_init: starting value of every entry of z; 1.0 makes an untrained expert the base (up to
+        the float32 rounding of the SVD reconstruction; see ``routekit.svf.factors``).
     factor_dtype: dtype of the stored U, S, Vh (the SVD itself always runs in float32).
     cache_dir: where SVD factors are cached; default ``$ROUTEKIT_CACHE/svf_factors`` or
         ``~/.cache/routekit/svf_factors``.

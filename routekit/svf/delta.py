@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
+from ..errors import ConfigError
 from ..io import atomic_directory
-from .expert import SVFExpert, check_z
+from .expert import SVFExpert
 from .layer import SVFLinear
-from .model import svf_layers
+from .model import check_expert_fits, svf_layers
 
 
 def _expert_z(
@@ -36,22 +36,7 @@ def _expert_z(
     """z per layer: the expert's (checked against the model) or each layer's ``svf_z``."""
     if expert is None:
         return {n: layer.svf_z.detach() for n, layer in layers.items()}
-    base_fp = getattr(model, "svf_base_fingerprint", None)
-    if base_fp is not None and expert.base_fingerprint != base_fp:
-        raise FingerprintMismatchError(
-            f"expert {expert.name!r} was trained on base {expert.base_fingerprint} but this "
-            f"model's base is {base_fp}; give the expert of this base."
-        )
-    if set(expert.z) != set(layers):
-        missing = sorted(set(layers) - set(expert.z))[:3]
-        extra = sorted(set(expert.z) - set(layers))[:3]
-        raise ExpertFileError(
-            f"expert {expert.name!r} does not fit the model's SVF layers: missing {missing}, "
-            f"extra {extra}; wrap the model with the expert's target_modules "
-            f"({expert.target_modules!r})."
-        )
-    for n, layer in layers.items():
-        check_z(n, expert.z[n], layer.rank, what=f"expert {expert.name!r}")
+    check_expert_fits(model, layers, expert)
     return {n: expert.z[n] for n in layers}
 
 

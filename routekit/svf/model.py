@@ -50,7 +50,8 @@ def get_svf_model(model: nn.Module, config: SVFConfig | None = None) -> nn.Modul
     """Wrap ``config.target_modules`` of ``model`` in place with SVFLinear; return ``model``.
 
     Every other parameter is frozen; only the ``svf_z`` vectors train. With the default
-    ``z_init=1.0`` the wrapped model computes what the base computes.
+    ``z_init=1.0`` the wrapped model computes what the base computes, up to the float32
+    rounding of the SVD reconstruction (see ``routekit.svf.factors`` for the measured bound).
     """
     config = config or SVFConfig()
     if svf_layers(model):

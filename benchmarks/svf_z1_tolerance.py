@@ -1,8 +1,9 @@
 """How closely z = 1 reproduces the base: SVD reconstruction error and factored-forward logits.
 
-Run from the repository root:  PYTHONPATH=$PWD python notes/ad_measure_z1.py [--large]
+Run from the repository root:  python benchmarks/svf_z1_tolerance.py [--large] [--world]
 Prints one JSON line per case. --large adds one realistic-size random matrix (5632 x 2048,
-std 0.02, the shape of a 1B Llama MLP projection) for the reconstruction error alone.
+std 0.02, the shape of a 1B Llama MLP projection) for the reconstruction error alone;
+--world adds the world base (if it is built; never builds it) with SVF on its MLP matrices.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import tempfile
 
 import torch
 
-sys.path.insert(0, "tests")
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[1] / "tests"))
 from conftest import tiny_causal_lm  # noqa: E402
 
 from routekit.svf import SVFConfig, get_svf_model, svf_layers  # noqa: E402
@@ -68,6 +69,24 @@ def main() -> None:
                     "logits_max_abs": float(want.abs().max()),
                     "logits_rel": float(diff.max() / want.abs().max()),
                 }))
+    if "--world" in sys.argv:
+        from routekit import world
+
+        base, tok = world.load(build_if_missing=False)
+        x = torch.tensor([tok("country of kulo? vardia. sum of 3 and 4 is 7")["input_ids"]] * 2)
+        with torch.no_grad():
+            want = base(x).logits.float()
+        ws = {n: linear_weight(m).detach().clone() for n, m in base.named_modules()
+              if n.endswith(("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))}
+        rs = [recon(w) for w in ws.values()]
+        model = get_svf_model(base, SVFConfig(target_modules="mlp", cache_dir=cache))
+        with torch.no_grad():
+            diff = (model(x).logits.float() - want).abs()
+        print(json.dumps({
+            "case": "world base, SVF on the MLP", "recon_max_abs_err": max(r["max_abs_err"] for r in rs),
+            "recon_max_err_over_max_w": max(r["max_err_over_max_w"] for r in rs),
+            "logits_max_abs_diff": float(diff.max()), "logits_rel": float(diff.max() / want.abs().max()),
+        }))
     if "--large" in sys.argv:
         g = torch.Generator().manual_seed(0)
         for dtype in (torch.float32, torch.bfloat16):
