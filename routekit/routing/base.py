@@ -182,6 +182,15 @@ class Router(ABC):
 ROUTERS: dict[str, type[Router]] = {}
 
 
+def base_from_context(context: dict[str, Any], why: str) -> tuple[Any, Any]:
+    """The ``model`` and ``tokenizer`` a router that runs the base must be loaded with."""
+    model, tokenizer = context.get("model"), context.get("tokenizer")
+    if model is None or tokenizer is None:
+        raise ConfigError(f"a router that {why} needs the base: load it with model=... and "
+                          "tokenizer=....")
+    return model, tokenizer
+
+
 def register_router(cls: type[Router]) -> type[Router]:
     """Class decorator: make ``cls`` loadable by its ``kind``."""
     ROUTERS[cls.kind] = cls

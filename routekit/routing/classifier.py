@@ -19,7 +19,14 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
-from .base import ExpertLike, Router, RouterFile, base_fingerprint_of, register_router
+from .base import (
+    ExpertLike,
+    Router,
+    RouterFile,
+    base_fingerprint_of,
+    base_from_context,
+    register_router,
+)
 from .mixture import Mixture
 
 NONE_CLASS = "none"
@@ -234,12 +241,7 @@ class ClassifierRouter(Router):
 
     @classmethod
     def _from_saved(cls, file: RouterFile, tensors: dict[str, torch.Tensor], **context: Any) -> Router:
-        model, tokenizer = context.get("model"), context.get("tokenizer")
-        if model is None or tokenizer is None:
-            raise ConfigError(
-                "a classifier router reads the base's hidden states: load it with model=... "
-                "and tokenizer=...."
-            )
+        model, tokenizer = base_from_context(context, "reads the base's hidden states")
         missing = {"weight", "bias", "feature_mean", "feature_std"} - set(tensors)
         if missing:
             raise ExpertFileError(

@@ -19,7 +19,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError
 from ..eval import generate
-from .base import ExpertLike, Router, RouterFile, base_fingerprint_of, register_router
+from .base import (
+    ExpertLike,
+    Router,
+    RouterFile,
+    base_fingerprint_of,
+    base_from_context,
+    register_router,
+)
 from .mixture import Mixture, check_weight
 
 WORLD_TEMPLATE = "task: {prompt} =>"
@@ -128,10 +135,6 @@ class PromptRouter(Router):
 
     @classmethod
     def _from_saved(cls, file: RouterFile, tensors: dict[str, torch.Tensor], **context: Any) -> Router:
-        model, tokenizer = context.get("model"), context.get("tokenizer")
-        if model is None or tokenizer is None:
-            raise ConfigError(
-                "a prompt router asks the base model: load it with model=... and tokenizer=...."
-            )
+        model, tokenizer = base_from_context(context, "asks the base")
         return cls(model, tokenizer, file.expert_names, base_fingerprint=file.base_fingerprint,
                    **file.config)
