@@ -17,6 +17,8 @@ _COMMAND_MODULES = [
     "routekit.eval_commands",
     "routekit.analysis.commands",
     "routekit.training.commands",
+    "routekit.routing.commands",
+    "routekit.adaptive_commands",
 ]
 
 

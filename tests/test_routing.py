@@ -506,7 +506,6 @@ def _svf_setup(char_tokenizer, tmp_path):
     if not (Path(routekit.__file__).parent / "experts.py").is_file():
         pytest.skip("routekit.experts (the one mixture context) is not in this tree yet")
     import routekit.experts as experts_mod
-
     from routekit.svf import SVFConfig, SVFExpert, get_svf_model, svf_layers
 
     model = get_svf_model(tiny_causal_lm("llama", vocab_size=len(char_tokenizer)),

@@ -24,7 +24,8 @@ from ..errors import ConfigError
 from ..eval import generate
 from ..tasks.base import Example, Task
 from ..tasks.registry import get_task
-from ..training.objectives import _pad_id, right_padded, sft_rows, token_logprobs
+from ..models import pad_token_id
+from ..training.objectives import right_padded, sft_rows, token_logprobs
 from .base import ExpertLike, expert_names, register_router
 from .fixed import FixedRouter
 from .search import SEARCHES, Objective, SearchResult
@@ -119,7 +120,7 @@ def fewshot_objective(
     prompts = [e.prompt for e in examples]
     refs = [e.reference for e in examples]
     rows = sft_rows(tokenizer, examples)
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     n = len(examples)
 
     def chunks(alpha: torch.Tensor):
