@@ -1,5 +1,8 @@
-"""The world: deterministic corpus, atomic cached builds, corruption detection, accuracy band."""
+"""The world: deterministic corpus, atomic cached builds, corruption detection, fingerprints,
+damaged entries refused through the CLI, the CI world's accuracy band and knowledge probes."""
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -10,8 +13,11 @@ import time
 import pytest
 
 from routekit import world
+from routekit.cli import main
 from routekit.errors import CorruptCacheError, RoutekitError
+from routekit.io import model_fingerprint, tokenizer_fingerprint
 from routekit.world import ModelSize, PretrainConfig, WorldConfig
+from routekit.world.store import _write_manifest
 
 # A world small enough to build in seconds: for cache, kill and corruption tests only.
 MICRO = WorldConfig(
@@ -112,6 +118,94 @@ def test_killed_build_leaves_nothing_that_loads(cache):
     world.build(MICRO, progress=False)
     world.load(MICRO, build_if_missing=False)
     assert not list(parent.glob(f".tmp-*-{proc.pid}-*"))
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+def _rewrite_metrics(root, metrics) -> None:
+    """Replace metrics.json and re-make the manifest, as another writer of the entry would."""
+    text = metrics if isinstance(metrics, str) else json.dumps(metrics)
+    (root / "metrics.json").write_text(text)
+    (root / "manifest.json").unlink()
+    _write_manifest(root)
+
+
+def test_build_records_the_built_weights_fingerprints(cache, tmp_path, capsys):
+    info = world.build(MICRO, progress=False)
+    base, tok = world.load(MICRO, build_if_missing=False)
+    proxy, _ = world.load_proxy(MICRO, build_if_missing=False)
+    # Independent: the fingerprints of the weights and tokenizer as loaded back from disk.
+    assert info.base_fingerprint == model_fingerprint(base)
+    assert info.proxy_fingerprint == model_fingerprint(proxy)
+    assert info.tokenizer_fingerprint == tokenizer_fingerprint(tok)
+    assert info.base_fingerprint != info.proxy_fingerprint
+    on_disk = json.loads((world.world_dir(MICRO) / "metrics.json").read_text())
+    assert on_disk["base_fingerprint"] == info.base_fingerprint
+    # `routekit world build --json` prints them for the cached entry.
+    cfg = tmp_path / "micro.json"
+    cfg.write_text(MICRO.model_dump_json())
+    capsys.readouterr()
+    assert main(["world", "build", "--json", "--config", str(cfg)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["cached"] is True
+    assert {k: printed[k] for k in ("base_fingerprint", "proxy_fingerprint", "tokenizer_fingerprint")} == {
+        "base_fingerprint": info.base_fingerprint, "proxy_fingerprint": info.proxy_fingerprint,
+        "tokenizer_fingerprint": info.tokenizer_fingerprint}
+
+
+def test_entry_built_before_fingerprints_gets_them_without_a_rebuild(cache):
+    info = world.build(MICRO, progress=False)
+    root = world.world_dir(MICRO)
+    old = json.loads((root / "metrics.json").read_text())
+    for key in ("base_fingerprint", "proxy_fingerprint", "tokenizer_fingerprint"):
+        del old[key]
+    _rewrite_metrics(root, old)
+    weights = _sha(root / "base" / "model.safetensors")
+    metrics_text = (root / "metrics.json").read_text()
+    again = world.build(MICRO, progress=False)
+    assert again.cached
+    assert (again.base_fingerprint, again.proxy_fingerprint, again.tokenizer_fingerprint) == (
+        info.base_fingerprint, info.proxy_fingerprint, info.tokenizer_fingerprint)
+    # Nothing rebuilt or rewritten: the entry still verifies against its manifest.
+    assert _sha(root / "base" / "model.safetensors") == weights
+    assert (root / "metrics.json").read_text() == metrics_text
+    world.verify_entry(root)
+
+
+@pytest.mark.parametrize("damage", ["{not json", "[1, 2]", "knowledge_accuracy", "missing"])
+def test_damaged_metrics_are_refused_through_the_cli(cache, tmp_path, capsys, damage):
+    world.build(MICRO, progress=False)
+    root = world.world_dir(MICRO)
+    metrics = json.loads((root / "metrics.json").read_text())
+    if damage == "knowledge_accuracy":
+        metrics["knowledge_accuracy"] = "high"
+        damage = metrics
+    elif damage == "missing":
+        del metrics["task_accuracy"]
+        damage = metrics
+    _rewrite_metrics(root, damage)
+    before = {p: _sha(p) for p in root.rglob("*") if p.is_file()}
+    cfg = tmp_path / "micro.json"
+    cfg.write_text(MICRO.model_dump_json())
+    capsys.readouterr()
+    assert main(["world", "build", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("routekit: error: ") and err.count("\n") == 1, err
+    assert "metrics.json" in err and "--force" in err and "Traceback" not in err
+    assert {p: _sha(p) for p in root.rglob("*") if p.is_file()} == before  # nothing changed
+    assert main(["world", "build", "--force", "--json", "--config", str(cfg)]) == 0
+    assert not json.loads(capsys.readouterr().out)["cached"]
+
+
+@pytest.mark.parametrize("manifest", ['{"files": []}', '{"files": {"metrics.json": 3}}', "[]"])
+def test_malformed_manifest_is_corruption(cache, manifest):
+    world.build(MICRO, progress=False)
+    root = world.world_dir(MICRO)
+    (root / "manifest.json").write_text(manifest)
+    with pytest.raises(CorruptCacheError, match="unreadable manifest"):
+        world.verify_entry(root)
 
 
 def test_world_config_rejects_unknown_keys():
