@@ -2,6 +2,10 @@
 
 Each module listed in ``_COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its
 subcommand(s) and sets ``func`` (called with the parsed args, returning an exit code).
+
+A refused input (a :class:`RoutekitError`, or a pydantic ``ValidationError`` from a config
+object that a command built) ends the command with one line on stderr and exit code 2,
+argparse's code for bad usage; no traceback.
 """
 
 from __future__ import annotations
@@ -10,7 +14,11 @@ import argparse
 import importlib
 import sys
 
+from pydantic import ValidationError
+
 from .errors import RoutekitError
+
+EXIT_REFUSED = 2
 
 _COMMAND_MODULES = [
     "routekit.world.commands",
@@ -42,11 +50,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except RoutekitError as e:
-        print(f"routekit: error: {e}", file=sys.stderr)
-        return 1
+        print(f"routekit: error: {_one_line(str(e))}", file=sys.stderr)
+        return EXIT_REFUSED
+    except ValidationError as e:
+        from .training.config import format_validation_error
+
+        print(f"routekit: error: invalid {e.title}: {_one_line(format_validation_error(e))}",
+              file=sys.stderr)
+        return EXIT_REFUSED
     except KeyboardInterrupt:
         print("routekit: interrupted; nothing half-written was kept.", file=sys.stderr)
         return 130
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 if __name__ == "__main__":

@@ -2,16 +2,20 @@
 
 Every entry point of routekit accepts either a local checkpoint directory or a loaded
 ``PreTrainedModel`` plus tokenizer; this module turns both into the same pair. It never
-downloads: paths must exist locally.
+downloads: paths must exist locally, and weights are read from safetensors only (a pickle
+checkpoint is refused, never unpickled). Named models (``world``, ``world-proxy``) are
+registered here by the package that provides them, so this module imports none of them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -32,6 +36,23 @@ def check_tokenizer_fits(model: PreTrainedModel, tokenizer: PreTrainedTokenizerB
             f"tokenizer has {n_vocab} tokens but the model's embedding table has {n_embed} rows; "
             f"ids >= {n_embed} would index past it. Load the tokenizer saved with this model, or "
             "call model.resize_token_embeddings(len(tokenizer)) before training."
+        )
+
+
+# Files transformers would unpickle; routekit loads safetensors only.
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _refuse_pickle_only(path: Path) -> None:
+    """Refuse a checkpoint directory whose weights exist only as pickle files."""
+    if any(path.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickled:
+        raise ModelLoadError(
+            f"{str(path)!r} holds its weights only as pickle files ({', '.join(pickled)}); "
+            "routekit never unpickles (a pickle can run code). Convert it where you trust it: "
+            "load it with transformers and save_pretrained() it, which writes model.safetensors."
         )
 
 
@@ -60,9 +81,10 @@ def load_model(
                 f"{str(path)!r} has no config.json, so it is not a transformers checkpoint. Give "
                 "the directory that save_pretrained wrote."
             )
+        _refuse_pickle_only(path)
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True)
-            kwargs: dict[str, Any] = {"local_files_only": True}
+            kwargs: dict[str, Any] = {"local_files_only": True, "use_safetensors": True}
             if dtype is not None:
                 kwargs["dtype"] = getattr(torch, dtype) if isinstance(dtype, str) else dtype
             lm = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
@@ -71,6 +93,12 @@ def load_model(
                 f"{str(path)!r} holds a {type(config).__name__ if 'config' in locals() else 'model'} "
                 f"that is not a causal language model ({e}). routekit needs an "
                 "AutoModelForCausalLM checkpoint."
+            ) from e
+        except SafetensorError as e:
+            files = ", ".join(sorted(p.name for p in path.glob("*.safetensors")))
+            raise ModelLoadError(
+                f"the weights in {str(path)!r} ({files}) are truncated or corrupt ({e}); "
+                "save the model again with save_pretrained()."
             ) from e
         except OSError as e:
             raise ModelLoadError(f"could not load a model from {str(path)!r}: {e}") from e
@@ -110,12 +138,25 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
-def resolve_model(spec: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """``world`` / ``world-proxy`` (the embedded world's models, built if needed) or a local path."""
-    if str(spec) in ("world", "world-proxy"):
-        from . import world  # imported here: the world depends on this module, not the reverse
+ModelLoader = Callable[[], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
+_NAMED_MODELS: dict[str, ModelLoader] = {}
 
-        return world.load() if str(spec) == "world" else world.load_proxy()
+
+def register_model_name(name: str, loader: ModelLoader) -> None:
+    """Make ``resolve_model(name)`` return ``loader()``.
+
+    ``routekit.world`` registers ``world`` and ``world-proxy`` when it is imported (``import
+    routekit`` imports it), so the world depends on this module and not the reverse.
+    """
+    _NAMED_MODELS[name] = loader
+
+
+def resolve_model(spec: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A registered name (``world`` / ``world-proxy``: the embedded world's models, built if
+    needed) or a local path."""
+    loader = _NAMED_MODELS.get(str(spec))
+    if loader is not None:
+        return loader()
     return load_model(spec)
 
 

@@ -667,15 +667,15 @@ def test_cli_writes_json_markdown_and_plots(tmp_path, capsys):
 
 def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     good = write_ckpt(tmp_path / "good", base_tensors())
-    assert diff_main([str(good), str(tmp_path / "missing"), "--no-progress"]) == 1
+    assert diff_main([str(good), str(tmp_path / "missing"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert diff_main([str(good)]) == 1
+    assert diff_main([str(good)]) == 2
     assert "usage: routekit diff BASE TUNED" in capsys.readouterr().err
-    assert diff_main(["--overlap", str(good), str(good)]) == 1
+    assert diff_main(["--overlap", str(good), str(good)]) == 2
     assert "--base" in capsys.readouterr().err
-    assert diff_main([str(good), str(good), "--tolerances", "-1"]) == 1
+    assert diff_main([str(good), str(good), "--tolerances", "-1"]) == 2
     assert "tolerances" in capsys.readouterr().err
-    assert diff_main([str(good), str(good), "--rank-only", "(", "--no-progress"]) == 1
+    assert diff_main([str(good), str(good), "--rank-only", "(", "--no-progress"]) == 2
     assert "not a valid regular expression" in capsys.readouterr().err
 
 

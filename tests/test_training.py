@@ -564,7 +564,7 @@ def test_routekit_train_refuses_a_bad_config(tmp_path, capsys):
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("objective: rl\nstep: 3\n")
-    assert main(["train", str(cfg)]) == 1
+    assert main(["train", str(cfg)]) == 2
     assert "unknown key 'step'" in capsys.readouterr().err
 
 

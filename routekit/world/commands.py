@@ -27,7 +27,9 @@ def format_table(info: WorldInfo) -> str:
     lines.insert(1, "-+-".join("-" * x for x in w))
     head = (f"world {info.path}\nbase {info.base_params:,} params, proxy {info.proxy_params:,} "
             f"params; built in {info.build_seconds:.0f} s"
-            + (" (cached)" if info.cached else ""))
+            + (" (cached)" if info.cached else "")
+            + f"\nfingerprints: base {info.base_fingerprint}, proxy {info.proxy_fingerprint}, "
+            f"tokenizer {info.tokenizer_fingerprint} (equal fingerprints = the same world)")
     return head + "\n\n" + "\n".join(lines)
 
 

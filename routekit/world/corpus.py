@@ -1,6 +1,6 @@
 """The world's corpus: made-up facts and three latent skills, generated deterministically from a seed.
 
-What the corpus holds (see DESIGN.md, "Calibration of the world"):
+What the corpus holds (docs/world.md; its "Calibration" section says why it is shaped so):
 
 - *Knowledge*: entities with a city, a colour and a job, each stated in two phrasings.
   Question phrasings appear for a share of the entities only; the same questions about the
@@ -131,7 +131,7 @@ class World:
         # Each skill works on a closed set of items whose correct answers the clean format
         # shows for *every* item; the mixed formats show only the train items. A test item's
         # right answer is thus present in the model (clean format), but the task format has
-        # never been seen with it: the skill is latent, as DESIGN.md's calibration asks.
+        # never been seen with it: the skill is latent (docs/world.md, "Calibration").
         pairs = [(a, b) for a in range(10, 10 + self.config.add_items // 10) for b in range(10)]
         rng.shuffle(pairs)
         n_test = min(self.config.n_test, len(pairs) // 4)

@@ -2,10 +2,17 @@
 
 An entry lives in ``$ROUTEKIT_CACHE/world/<config-hash>/`` (default ``~/.cache/routekit``):
 ``base/`` and ``proxy/`` (``save_pretrained`` with the tokenizer), ``world_config.json``,
-``metrics.json`` and, written last, ``manifest.json`` with every file's size and SHA-256.
-The entry is assembled in a temporary sibling directory and renamed into place, so a killed
-build leaves nothing that loads; an entry whose files do not match its manifest is reported
-as corrupt and rebuilt.
+``metrics.json`` (the figures and the built weights' fingerprints) and, written last,
+``manifest.json`` with every file's size and SHA-256. The entry is assembled in a temporary
+sibling directory and renamed into place, so a killed build leaves nothing that loads; an
+entry whose files do not match its manifest is reported as corrupt and rebuilt. An entry
+whose files match but whose ``metrics.json`` does not parse was not written by this build:
+it is refused (``--force`` rebuilds it), not overwritten unasked.
+
+A seeded build is reproducible on one machine, not across machines (floating-point kernels
+differ), so the entry records ``routekit.io.model_fingerprint`` of both models and the
+tokenizer's fingerprint: two users hold the same world when these agree, whatever the
+config hash says.
 """
 
 from __future__ import annotations
@@ -18,11 +25,18 @@ import time
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, ValidationError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import CorruptCacheError, RoutekitError
-from ..io import atomic_directory, atomic_write_json, read_json
+from ..io import (
+    atomic_directory,
+    atomic_write_json,
+    model_fingerprint,
+    read_json,
+    tokenizer_fingerprint,
+)
+from ..models import load_model, register_model_name
 from .config import WorldConfig
 from .corpus import World
 from .pretrain import encode_corpus, make_model, pretrain
@@ -47,6 +61,12 @@ class WorldInfo(BaseModel):
     build_seconds: float
     pretrain_seconds: dict[str, float]
     seconds: float
+    base_fingerprint: str = Field(
+        description="routekit.io.model_fingerprint of the base weights as built; equal on two "
+        "machines only if they built the same weights (the config hash alone does not say so)"
+    )
+    proxy_fingerprint: str = Field(description="the same for the proxy's weights")
+    tokenizer_fingerprint: str = Field(description="routekit.io.tokenizer_fingerprint")
 
 
 def cache_root() -> Path:
@@ -80,13 +100,16 @@ def verify_entry(root: Path) -> None:
         raise CorruptCacheError(f"world cache entry {str(root)!r} has no manifest.json.")
     try:
         files = read_json(manifest, "manifest")["files"]
-    except Exception as e:  # an unreadable manifest is corruption too
-        raise CorruptCacheError(f"world cache entry {str(root)!r}: unreadable manifest ({e}).") from e
-    for rel, meta in files.items():
+        entries = [(str(rel), int(meta["size"]), str(meta["sha256"])) for rel, meta in files.items()]
+    except Exception as e:  # an unreadable or malformed manifest is corruption too
+        raise CorruptCacheError(
+            f"world cache entry {str(root)!r}: unreadable manifest ({type(e).__name__}: {e})."
+        ) from e
+    for rel, size, sha256 in entries:
         p = root / rel
         if not p.is_file():
             raise CorruptCacheError(f"world cache entry {str(root)!r}: file {rel!r} is missing.")
-        if p.stat().st_size != meta["size"] or _sha256(p) != meta["sha256"]:
+        if p.stat().st_size != size or _sha256(p) != sha256:
             raise CorruptCacheError(
                 f"world cache entry {str(root)!r}: file {rel!r} does not match its checksum "
                 "(truncated or modified)."
@@ -126,6 +149,45 @@ def measure(
     return out
 
 
+def fingerprints(
+    base: PreTrainedModel, proxy: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, str]:
+    """The built weights' and tokenizer's fingerprints, as recorded in ``metrics.json``."""
+    return {
+        "base_fingerprint": model_fingerprint(base),
+        "proxy_fingerprint": model_fingerprint(proxy),
+        "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+    }
+
+
+def _cached_info(root: Path, t0: float) -> WorldInfo:
+    """The figures of a verified entry. Entries built before fingerprints were recorded get
+    them computed from their weights (not written back: the manifest covers metrics.json)."""
+    path = root / "metrics.json"
+    how = f"Run `routekit world build --force` with the same options to rebuild {str(root)!r}."
+    try:
+        metrics = read_json(path, "world metrics")
+    except RoutekitError as e:
+        raise CorruptCacheError(f"{e} {how}") from None
+    if not isinstance(metrics, dict):
+        raise CorruptCacheError(
+            f"world metrics {str(path)!r} holds a {type(metrics).__name__}, not an object. {how}"
+        )
+    if not all(k in metrics for k in ("base_fingerprint", "proxy_fingerprint", "tokenizer_fingerprint")):
+        base, tok = load_model(root / "base")
+        proxy, _ = load_model(root / "proxy")
+        metrics = {**fingerprints(base, proxy, tok), **metrics}
+    metrics.update(path=str(root), cached=True, seconds=time.perf_counter() - t0)
+    try:
+        return WorldInfo(**metrics)
+    except ValidationError as e:
+        from ..training.config import format_validation_error
+
+        raise CorruptCacheError(
+            f"world metrics {str(path)!r} are damaged: {format_validation_error(e)}. {how}"
+        ) from None
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -157,11 +219,10 @@ def build(config: WorldConfig | None = None, *, force: bool = False, progress: b
     if root.exists() and not force:
         try:
             verify_entry(root)
-            info = read_json(root / "metrics.json", "world metrics")
-            info.update(path=str(root), cached=True, seconds=time.perf_counter() - t0)
-            return WorldInfo(**info)
         except CorruptCacheError as e:
             print(f"routekit: {e} Rebuilding it.", file=sys.stderr)
+        else:
+            return _cached_info(root, t0)
     _clean_stale_tmp(root.parent)
     world = World(config)
     tokenizer = build_tokenizer()
@@ -185,6 +246,7 @@ def build(config: WorldConfig | None = None, *, force: bool = False, progress: b
             proxy_params=_n_params(models["proxy"]),
             build_seconds=time.perf_counter() - t0,
             pretrain_seconds=seconds,
+            **fingerprints(models["base"], models["proxy"], tokenizer),
         )
         atomic_write_json(tmp / "metrics.json", metrics)
         _write_manifest(tmp)
@@ -192,8 +254,6 @@ def build(config: WorldConfig | None = None, *, force: bool = False, progress: b
 
 
 def _load(which: str, config: WorldConfig | None, build_if_missing: bool):
-    from ..models import load_model
-
     config = config or WorldConfig()
     root = world_dir(config)
     if not root.exists() and not build_if_missing:
@@ -227,3 +287,8 @@ def load_proxy(
 def get_world(config: WorldConfig | None = None) -> World:
     """The world's facts, splits and corpus (no models; cheap)."""
     return World(config or WorldConfig())
+
+
+# ``resolve_model("world")`` and the recipes' ``model: world`` come through this registration.
+register_model_name("world", load)
+register_model_name("world-proxy", load_proxy)
