@@ -54,3 +54,41 @@ def tiny_causal_lm(arch: str, vocab_size: int = 56, seed: int = 0, hidden: int =
 @pytest.fixture
 def tiny_model():
     return tiny_causal_lm
+
+
+def peaked(model):
+    # Larger output weights than the default init: peaked, tie-free next-token distributions,
+    # so greedy tokens do not flip on float rounding between a batch and a single row.
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    return model
+
+
+def two_kinds_of_experts(tok, svf_cache) -> dict:
+    """A tiny SVF-wrapped Llama base on the world tokenizer with two SVF experts (s1, s2) and
+    two proxy experts (p1, p2, sharing one untuned model), all of which change greedy output."""
+    import routekit as rk
+    from routekit.svf import SVFConfig, SVFExpert, get_svf_model, svf_layers
+
+    torch.manual_seed(0)
+    v = len(tok)
+    base = peaked(tiny_causal_lm("llama", vocab_size=v, seed=0))
+    get_svf_model(base, SVFConfig(target_modules="all-linear",
+                                  cache_dir=str(svf_cache)))
+    layers = svf_layers(base)
+    g = torch.Generator().manual_seed(3)
+
+    def svf_expert(name):
+        z = {n: torch.randn(layer.rank, generator=g).mul(1.5).exp() for n, layer in layers.items()}
+        return SVFExpert(z, name=name, target_modules="all-linear",
+                         base_fingerprint=base.svf_base_fingerprint)
+
+    untuned = peaked(tiny_causal_lm("llama", vocab_size=v, seed=1, hidden=16))
+    tuned = peaked(tiny_causal_lm("llama", vocab_size=v, seed=2, hidden=16))
+    tuned2 = peaked(tiny_causal_lm("llama", vocab_size=v, seed=4, hidden=16))
+    return {
+        "tok": tok, "base": base,
+        "s1": svf_expert("s1"), "s2": svf_expert("s2"),
+        "p1": rk.ProxyExpert(tuned, untuned, "p1", tokenizer=tok),
+        "p2": rk.ProxyExpert(tuned2, untuned, "p2", tokenizer=tok),
+    }

@@ -16,44 +16,14 @@ from routekit.experts import load_expert, mixture
 from routekit.svf import SVFConfig, SVFExpert, get_svf_model, svf_layers
 from routekit.svf.model import _set_expert
 
-from .conftest import tiny_causal_lm
+from .conftest import tiny_causal_lm, two_kinds_of_experts
 
 PROMPTS = ["rev abc =", "backwards xy:", "17+8=", "sum of 3 and 4 is", "kulo lives in"]
 
 
-def peaked(model):
-    # Larger output weights than the default init: peaked, tie-free next-token distributions,
-    # so greedy tokens do not flip on float rounding between a batch and a single row.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(8.0)
-    return model
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, char_tokenizer):
-    torch.manual_seed(0)
-    tok = char_tokenizer
-    v = len(tok)
-    base = peaked(tiny_causal_lm("llama", vocab_size=v, seed=0))
-    get_svf_model(base, SVFConfig(target_modules="all-linear",
-                                  cache_dir=str(tmp_path_factory.mktemp("svf"))))
-    layers = svf_layers(base)
-    g = torch.Generator().manual_seed(3)
-
-    def svf_expert(name):
-        z = {n: torch.randn(layer.rank, generator=g).mul(1.5).exp() for n, layer in layers.items()}
-        return SVFExpert(z, name=name, target_modules="all-linear",
-                         base_fingerprint=base.svf_base_fingerprint)
-
-    untuned = peaked(tiny_causal_lm("llama", vocab_size=v, seed=1, hidden=16))
-    tuned = peaked(tiny_causal_lm("llama", vocab_size=v, seed=2, hidden=16))
-    tuned2 = peaked(tiny_causal_lm("llama", vocab_size=v, seed=4, hidden=16))
-    return {
-        "tok": tok, "base": base,
-        "s1": svf_expert("s1"), "s2": svf_expert("s2"),
-        "p1": rk.ProxyExpert(tuned, untuned, "p1", tokenizer=tok),
-        "p2": rk.ProxyExpert(tuned2, untuned, "p2", tokenizer=tok),
-    }
+    return two_kinds_of_experts(char_tokenizer, tmp_path_factory.mktemp("svf"))
 
 
 def gen(s, prompts, **kw):
