@@ -1,0 +1,302 @@
+"""Routing on the world: routers and AdaptiveModel on a mixed test set, and their speed.
+
+Experts are trained with the shipped recipes (SVF RL, recipes/configs/world/<task>_svf_rl.yaml,
+for add, rev and hop; one SVF expert trained by the same recipe on all three tasks at once,
+with as many steps as the three single experts together, as the multi-task baseline; and the
+hop proxy expert, <task>_proxy_sft.yaml, for the mixed-kinds timing). They are cached under
+benchmarks/results/routing_experts/<world base fingerprint>/ and reused.
+
+The mixed test set is every task's test prompts (add 50, rev 50, hop 30) plus the knowledge
+probes (the facts task's held-out questions, 90), which need no expert (label ``none``),
+shuffled; the ood set is the same with each task's ood split. Accuracy is each prompt's
+task checker, greedy. Rows: the base; each expert applied to everything; a uniform mixture;
+the multi-task expert; oracle routing (true labels); and each router. Routing accuracy counts
+a probe routed to the base as right.
+
+Speed: ``first_pass_share`` is routing time over routing + generation for a batch of 16 mixed
+prompts with 64 new tokens (classifier router; medians of interleaved rounds);
+``mixed_kinds_vs_sum`` is one generate call whose 16 rows mix SVF (rev) and proxy (hop) experts
+over the SVF per-row call plus the proxy call, each alone on the same batch;
+``fewshot_seconds`` is one few-shot CEM fit with the default settings (population 32, elite
+0.2, 50 iterations, 10 examples), beside CMA-ES with the same budget.
+
+    python benchmarks/bench_routing.py --json
+
+Writes benchmarks/results/bench_routing.json. These figures check that the machinery works;
+they are not claims to make true.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from routekit import world
+from routekit.adaptive import AdaptiveModel
+from routekit.eval import generate
+from routekit.experts import load_expert, mixture
+from routekit.io import atomic_write_json, model_fingerprint
+from routekit.routing import (
+    ClassifierRouter,
+    FewShotRouter,
+    FixedRouter,
+    Mixture,
+    PromptRouter,
+    Router,
+)
+from routekit.svf import SVFConfig, get_svf_model
+from routekit.tasks import Example, Task, get_task
+from routekit.tasks.checkers import answer_match
+from routekit.training import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "recipes" / "configs" / "world"
+RESULTS = Path(__file__).parent / "results"
+SKILLS = ("add", "rev", "hop")
+TARGETS = {
+    "classifier_routing_accuracy": (">=", 0.95),
+    "adaptive_vs_oracle_points": (">=", -2.0),
+    "adaptive_vs_base_points": (">", 0.0),
+    "first_pass_share": ("<=", 0.15),
+    "mixed_kinds_vs_sum": ("<=", 0.75),
+    "fewshot_seconds": ("<=", 120.0),
+}
+
+
+class LabelRouter(Router):
+    """Oracle routing: each prompt's true task's expert (probes: the base)."""
+
+    kind = "oracle"
+
+    def __init__(self, experts: Sequence[Any], labels: dict[str, str]) -> None:
+        super().__init__(experts)
+        self.labels = labels
+
+    def route(self, prompts: Sequence[str]) -> list[Mixture]:
+        return [Mixture(weights={self.labels[p]: 1.0} if self.labels[p] != "none" else {})
+                for p in prompts]
+
+
+# ----- experts -------------------------------------------------------------------------------
+
+
+def train_expert(base, tok, task: Task, recipe: str, name: str, out: Path, **overrides: Any):
+    """Train with a shipped recipe (or reuse the cached expert); returns the loaded expert."""
+    if (out / "expert_config.json").is_file():
+        return load_expert(out)
+    config = TrainConfig.from_yaml(CONFIGS / recipe).model_copy(
+        update={"eval_every": 0, **overrides})
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(copy.deepcopy(base), tok, task, config, out_dir=tmp, progress=False)
+    meta = {"task": task.name, "recipe": recipe, **overrides}
+    if config.parameterization == "svf":
+        expert = result.model.export_expert(name, training_config=meta,
+                                            metrics={"seconds": time.perf_counter() - t0})
+        expert.save_pretrained(out)
+    else:
+        from routekit.proxy import ProxyExpert
+
+        small, _ = world.load_proxy()
+        ProxyExpert(result.model, small, name, tokenizer=tok).save_pretrained(out, base_tokenizer=tok)
+    print(f"trained {name} ({recipe}) in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return load_expert(out)
+
+
+def multi_task(tasks: dict[str, Task]) -> Task:
+    """All skills' train examples in one task (interleaved), for the multi-task baseline."""
+    rows: list[Example] = []
+    for t in tasks.values():
+        rows.extend(t.examples("train"))
+    random.Random(0).shuffle(rows)
+    return Task("multi", {"train": rows, "test": rows[:50]}, answer_match,
+                world=next(iter(tasks.values())).world)
+
+
+# ----- evaluation ----------------------------------------------------------------------------
+
+
+def mixed_set(tasks: dict[str, Task], facts: Task, split: str) -> list[tuple[str, Example, Task]]:
+    items = [(name, e, t) for name, t in tasks.items() for e in t.examples(split)]
+    items += [("none", e, facts) for e in facts.examples("test")]
+    random.Random(1).shuffle(items)
+    return items
+
+
+def score(texts: Sequence[str], items) -> dict[str, float]:
+    by: dict[str, list[bool]] = {}
+    for text, (label, ex, task) in zip(texts, items):
+        by.setdefault(label, []).append(task.check(text, ex.reference))
+    out = {("probes" if k == "none" else k): sum(v) / len(v) for k, v in sorted(by.items())}
+    out["overall"] = sum(sum(v) for v in by.values()) / sum(len(v) for v in by.values())
+    return out
+
+
+def evaluate_router(base, tok, experts, router, items) -> tuple[dict[str, float], list[Mixture]]:
+    am = AdaptiveModel(base, tok, experts, router)
+    out = am.generate_with_details([e.prompt for _, e, _ in items], max_new_tokens=16)
+    return score(out.texts, items), out.mixtures
+
+
+def routing_accuracy(mixtures: Sequence[Mixture], items, experts_by_task: dict[str, str]) -> float:
+    right = 0
+    for m, (label, _, _) in zip(mixtures, items):
+        chosen = max(m.weights, key=lambda n: m.weights[n]) if not m.is_base else "none"
+        right += chosen == (experts_by_task.get(label, "none"))
+    return right / len(items)
+
+
+def timed(fn, rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+# ----- main ----------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--rounds", type=int, default=5, help="timing rounds (medians)")
+    ap.add_argument("--skip-fewshot", action="store_true", help="leave out the few-shot fits")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    base, tok = world.load()
+    base_fp = model_fingerprint(base)
+    cache = RESULTS / "routing_experts" / base_fp
+    tasks = {name: get_task(name) for name in SKILLS}
+    facts = get_task("facts")
+    svf_experts = [train_expert(base, tok, tasks[n], f"{n}_svf_rl.yaml", n, cache / n)
+                   for n in SKILLS]
+    steps = TrainConfig.from_yaml(CONFIGS / "hop_svf_rl.yaml").steps * len(SKILLS)
+    multi = train_expert(base, tok, multi_task(tasks), "hop_svf_rl.yaml", "multi",
+                         cache / "multi", steps=steps)
+    small, _ = world.load_proxy()
+    hop_proxy = train_expert(small, tok, tasks["hop"], "hop_proxy_sft.yaml", "hop_proxy",
+                             cache / "hop_proxy")
+    model = get_svf_model(base, SVFConfig(target_modules=svf_experts[0].target_modules))
+    by_task = {n: n for n in SKILLS}
+    report: dict[str, Any] = {"world_base_fingerprint": base_fp, "experts": {
+        e.name: e.training_config for e in [*svf_experts, multi]}}
+
+    # Routers: fitted on train prompts only.
+    t0 = time.perf_counter()
+    classifier = ClassifierRouter.fit(
+        model, tok, {**{n: tasks[n].prompts("train") for n in SKILLS},
+                     "none": facts.prompts("train")}, experts=svf_experts, seed=0)
+    report["classifier_fit_seconds"] = round(time.perf_counter() - t0, 1)
+    routers: dict[str, Router] = {
+        "classifier": classifier,
+        "prompt": PromptRouter(model, tok, svf_experts,
+                               classes={"add": "add", "rev": "rev", "hop": "hop", "fact": None}),
+    }
+    for split in ("test", "ood"):
+        items = mixed_set(tasks, facts, split)
+        labels = {e.prompt: label for label, e, _ in items}
+        rows: dict[str, dict[str, float]] = {}
+        rows["base"] = score(generate(model, tok, [e.prompt for _, e, _ in items]), items)
+        for e in svf_experts:
+            rows[f"only {e.name}"] = evaluate_router(model, tok, svf_experts,
+                                                     FixedRouter(svf_experts, {e.name: 1.0}), items)[0]
+        rows["uniform"] = evaluate_router(
+            model, tok, svf_experts,
+            FixedRouter(svf_experts, {n: 1 / len(SKILLS) for n in SKILLS}), items)[0]
+        rows["multi-task expert"] = evaluate_router(
+            model, tok, [multi], FixedRouter([multi], {"multi": 1.0}), items)[0]
+        rows["oracle"] = evaluate_router(model, tok, svf_experts, LabelRouter(svf_experts, labels),
+                                         items)[0]
+        routing: dict[str, float] = {}
+        for rname, router in routers.items():
+            rows[f"router: {rname}"], mixtures = evaluate_router(model, tok, svf_experts, router, items)
+            routing[rname] = routing_accuracy(mixtures, items, by_task)
+        report[split] = {"accuracy": rows, "routing_accuracy": routing, "n": len(items)}
+
+    test = report["test"]
+    adaptive = test["accuracy"]["router: classifier"]
+    report["classifier_routing_accuracy"] = test["routing_accuracy"]["classifier"]
+    report["adaptive_vs_oracle_points"] = 100 * (adaptive["overall"] - test["accuracy"]["oracle"]["overall"])
+    report["adaptive_vs_base_points"] = 100 * (adaptive["overall"] - test["accuracy"]["base"]["overall"])
+    report["probes_vs_base_points"] = 100 * (adaptive["probes"] - test["accuracy"]["base"]["probes"])
+
+    # Speed: the first pass's share, and both kinds in one call.
+    batch = [e.prompt for _, e, _ in mixed_set(tasks, facts, "test")[:16]]
+    long = {"max_new_tokens": 64, "min_new_tokens": 64}
+    am = AdaptiveModel(model, tok, svf_experts, classifier)
+    shares = []
+    for _ in range(args.rounds):
+        out = am.generate_with_details(batch, **long)
+        shares.append(out.route_s / (out.route_s + out.generate_s))
+    report["first_pass_share"] = statistics.median(shares)
+    rev = svf_experts[SKILLS.index("rev")]
+    kinds = [rev, hop_proxy]
+    alpha = torch.tensor([[1.0, 0.0] if i % 2 else [0.0, 1.0] for i in range(16)])
+
+    def both():
+        with mixture(model, kinds, alpha, tokenizer=tok):
+            generate(model, tok, batch, **long)
+
+    def svf_alone():
+        with mixture(model, [rev], alpha[:, :1], tokenizer=tok):
+            generate(model, tok, batch, **long)
+
+    def proxy_alone():
+        with mixture(model, [hop_proxy], alpha[:, 1:], tokenizer=tok):
+            generate(model, tok, batch, **long)
+
+    both(), svf_alone(), proxy_alone()  # warm-up
+    t = {"both": [], "svf": [], "proxy": []}
+    for _ in range(args.rounds):  # interleaved rounds
+        t["both"] += timed(both, 1)
+        t["svf"] += timed(svf_alone, 1)
+        t["proxy"] += timed(proxy_alone, 1)
+    report["mixed_kinds_vs_sum"] = statistics.median(
+        b / (s + p) for b, s, p in zip(t["both"], t["svf"], t["proxy"]))
+    report["mixed_kinds_seconds"] = {k: statistics.median(v) for k, v in t.items()}
+
+    if not args.skip_fewshot:
+        few: dict[str, Any] = {}
+        for optimizer in ("cem", "cmaes"):
+            t0 = time.perf_counter()
+            router = FewShotRouter.fit(model, tok, svf_experts, tasks["hop"], n_shots=10,
+                                       optimizer=optimizer, seed=0)
+            seconds = time.perf_counter() - t0
+            items = [("hop", e, tasks["hop"]) for e in tasks["hop"].examples("test")]
+            acc = evaluate_router(model, tok, svf_experts, router, items)[0]["hop"]
+            info = router.search_info
+            few[optimizer] = {"seconds": round(seconds, 1), "best_keys": info.get("keys"),
+                              "start_keys": info.get("start_keys"),
+                              "evaluations": info.get("evaluations"), "hop_test": acc,
+                              "mixture": router.mixture.weights}
+        report["fewshot"] = few
+        report["fewshot_seconds"] = few["cem"]["seconds"]
+        cem, cma = few["cem"]["best_keys"], few["cmaes"]["best_keys"]
+        report["fewshot_better"] = ("cem" if cem > cma else "cmaes" if cma > cem else "tie")
+
+    report["targets"] = {k: {"value": report.get(k), "target": f"{op} {v}",
+                             "met": report.get(k) is not None and (
+                                 report[k] >= v if op == ">=" else report[k] <= v if op == "<="
+                                 else report[k] > v)}
+                         for k, (op, v) in TARGETS.items()}
+    atomic_write_json(RESULTS / "bench_routing.json", report)
+    print(json.dumps(report, indent=None if args.json else 2, default=str))
+
+
+if __name__ == "__main__":
+    main()
