@@ -20,7 +20,8 @@ Gumbel-max under greedy ``generate`` with one seeded generator per (step, prompt
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -212,17 +213,18 @@ def sample_rollout(
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_k=None,
-            top_p=None,
-            logits_processor=LogitsProcessorList([SeededSampling(generators, temperature)]),
-            pad_token_id=pad,
-            eos_token_id=stop or None,
-        )
+        with _merged_for_decoding(model):
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_k=None,
+                top_p=None,
+                logits_processor=LogitsProcessorList([SeededSampling(generators, temperature)]),
+                pad_token_id=pad,
+                eos_token_id=stop or None,
+            )
     finally:
         model.train(was_training)
     new = out[:, enc["input_ids"].shape[1] :].tolist()
@@ -234,6 +236,26 @@ def sample_rollout(
     adv = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADV_EPS)
     prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
     return Rollout(prompt_ids, completion_ids, completions, rewards, adv.reshape(-1))
+
+
+@contextlib.contextmanager
+def _merged_for_decoding(model: nn.Module) -> Iterator[None]:
+    """An SVF model samples with its z written into the base weights (one matmul per layer
+    and token instead of the factored two), restored bit-exactly afterwards. The merged
+    weights compute the same function as the factored path up to float rounding; the
+    gradient pass (:func:`rl_loss`) always runs factored. Other models are left as they are.
+    """
+    from ..svf import merge, svf_layers, unmerge
+
+    layers = svf_layers(model)
+    if not layers or any(x.merged or x._row_sz is not None for x in layers.values()):
+        yield
+        return
+    merge(model)
+    try:
+        yield
+    finally:
+        unmerge(model)
 
 
 def _cut_at_stop(row: list[int], stop: set[int]) -> list[int]:
