@@ -7,6 +7,11 @@ lr 3e-3, no KL, weight decay 0, one CPU thread; TRL with use_cpu, bf16 off, beta
 - routekit_vs_trl_step: routekit's step time (micro_batch_size = the whole batch, as TRL's
   one forward over 128 completions) over TRL's.
 - routekit_mb4_vs_trl_step: the same with routekit's default micro_batch_size 4.
+- rl_step_over_floor: routekit's RL step (default micro_batch_size) over the floor, the least
+  any RL step does: one sampling ``generate`` call for all 128 completions plus one forward
+  and backward over them, on the same SVF model. Medians of interleaved rounds (floor step,
+  routekit step), after one warm-up round, so both see the same machine load.
+  ``--skip-trl`` measures only this.
 
     PYTHONPATH=. python benchmarks/bench_trainer.py --json
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +32,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from routekit.svf import SVFConfig, get_svf_model
 from routekit.tasks.base import Example, Task
-from routekit.training import train
+from routekit.training import TrainConfig, train
 from routekit.world.config import WorldConfig
 from routekit.world.tokenizer import build_tokenizer
 
@@ -173,24 +179,34 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true", help="only the floor comparison")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    result: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as cache:
         _, what = base_model()
-        trl_times = time_trl(args.steps, cache)
-        rk_times = time_routekit(args.steps, PROMPTS, cache)
-        rk4_times = time_routekit(args.steps, 4, cache)
-    med = {k: statistics.median(v) for k, v in
-           {"trl": trl_times, "routekit": rk_times, "routekit_mb4": rk4_times}.items()}
-    result = {
-        "model": what,
-        "work_per_step": f"{PROMPTS} prompts x {GROUP} completions, <= {NEW_TOKENS} new tokens",
-        "trl_step_s": round(med["trl"], 4),
-        "routekit_step_s": round(med["routekit"], 4),
-        "routekit_mb4_step_s": round(med["routekit_mb4"], 4),
-        "routekit_vs_trl_step": round(med["routekit"] / med["trl"], 3),
-        "routekit_mb4_vs_trl_step": round(med["routekit_mb4"] / med["trl"], 3),
-        "steps_timed": args.steps - 1,
-        "torch_threads": 1,
-    }
+        result["model"] = what
+        result["work_per_step"] = (
+            f"{PROMPTS} prompts x {GROUP} completions, <= {NEW_TOKENS} new tokens, SVF on MLP"
+        )
+        if not args.skip_trl:
+            trl = statistics.median(time_trl(args.steps, cache))
+            rk = statistics.median(time_routekit(args.steps, PROMPTS, cache))
+            rk4 = statistics.median(time_routekit(args.steps, 4, cache))
+            result.update({
+                "trl_step_s": round(trl, 4),
+                "routekit_step_s": round(rk, 4),
+                "routekit_mb4_step_s": round(rk4, 4),
+                "routekit_vs_trl_step": round(rk / trl, 3),
+                "routekit_mb4_vs_trl_step": round(rk4 / trl, 3),
+                "steps_timed": args.steps - 1,
+            })
+        floor, step = time_against_floor(args.rounds, TrainConfig().micro_batch_size, cache)
+        result.update({
+            "floor_step_s": round(statistics.median(floor), 4),
+            "rl_step_s": round(statistics.median(step), 4),
+            "rl_step_over_floor": round(statistics.median(step) / statistics.median(floor), 3),
+            "floor_rounds": args.rounds,
+        })
+    result["torch_threads"] = 1
+    result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
     out = Path(__file__).parent / "results" / "bench_trainer.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
