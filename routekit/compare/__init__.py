@@ -1,0 +1,2 @@
+"""The comparison harness's building blocks: likelihood metrics, behaviour shares, activation
+sparsity and the statistics that verdicts rest on."""
