@@ -102,3 +102,181 @@ def test_metrics_refuse_bad_input(char_tokenizer):
         metrics.kl_divergence(model, tiny_causal_lm("llama", vocab_size=60), tok, TEXTS)
     with pytest.raises(ConfigError, match="empty reference"):
         metrics.answer_loglik(model, tok, [Example("abc ", "")])
+
+
+# --------------------------------------------------------------------------- behaviour
+def test_behaviour_shares_on_planted_completions():
+    from routekit.tasks.world_tasks import world_task
+    from routekit.world import WorldConfig, get_world
+
+    world = get_world(WorldConfig.tiny())
+    add, rev, hop = (world_task(s, world=world) for s in ("add", "rev", "hop"))
+    a = [e for e in add.examples("test") if e.meta["b"] != 0][:3]
+    zero = Example("sum of 12 and 0 is", "12", {"a": 12, "b": 0})  # right and wrong coincide
+    got = behaviour.classify_behaviours(
+        add, [*a, zero], [f" {a[0].reference}", f" {a[1].meta['a']}", " 99", " 12"]
+    )
+    assert got == ["correct", "systematic", "other", "correct"]
+
+    r = rev.examples("ood")[:3]
+    got = behaviour.classify_behaviours(
+        rev, r, [f" {r[0].meta['word']}", f" {r[1].meta['word'][::-1]}", " zzzz"]
+    )
+    assert got == ["systematic", "correct", "other"]
+
+    h = hop.examples("test")[:4]
+    city = world.facts[h[0].meta["entity"]]["city"]
+    completions = [f" {city}", f" {h[1].reference}.", " nowhere", f" {city}"]
+    labels = behaviour.classify_behaviours(hop, h, completions, world)
+    expected = ["systematic", "correct", "other"]
+    expected.append("systematic" if world.facts[h[3].meta["entity"]]["city"] == city else "other")
+    assert labels == expected
+    shares = behaviour.behaviour_shares(labels)
+    assert list(shares) == list(behaviour.BEHAVIOURS)
+    assert shares == {b: labels.count(b) / 4 for b in behaviour.BEHAVIOURS}
+
+    with pytest.raises(ConfigError, match="world="):
+        behaviour.classify_behaviours(hop, h[:1], [" x"])
+    with pytest.raises(ConfigError, match="4 completions for 3"):
+        behaviour.classify_behaviours(rev, r, ["a"] * 4)
+    with pytest.raises(ConfigError, match="known skills"):
+        behaviour.systematic_wrong_answer("facts", h[0], world)
+    with pytest.raises(ConfigError, match="unknown behaviour"):
+        behaviour.behaviour_shares(["correct", "wrong"])
+
+
+# --------------------------------------------------------------------------- activations
+def test_activation_metrics_on_planted_states():
+    d = 20
+    peaked = torch.zeros(d)
+    peaked[3], peaked[7] = -4.0, 3.0
+    flat = torch.ones(d)
+    states = torch.stack([peaked, flat, torch.zeros(d)])
+    # k = 5% of 20 coordinates = 1 coordinate; 10% = 2; 25% = 5
+    assert activations.top_k_energy_share(states, 0.05).tolist() == pytest.approx([16 / 25, 1 / 20, 0])
+    assert activations.top_k_energy_share(states, 0.10).tolist() == pytest.approx([1.0, 2 / 20, 0])
+    assert activations.top_k_energy_share(states, 0.25).tolist() == pytest.approx([1.0, 5 / 20, 0])
+    assert activations.l1_of_normalised(states).tolist() == pytest.approx([7 / 5, math.sqrt(d), 0])
+    one_hot = torch.eye(d)[:1]
+    assert activations.l1_of_normalised(one_hot).tolist() == pytest.approx([1.0])
+
+    # effective rank: singular values (2, 1, 1) -> p = (.5, .25, .25), exp(H) = 2^1.5
+    m = torch.zeros(3, 4)
+    m[0, 0], m[1, 1], m[2, 2] = 2.0, 1.0, 1.0
+    rot = torch.linalg.qr(torch.randn(4, 4, generator=torch.Generator().manual_seed(0)))[0]
+    assert activations.effective_rank_over_d(m @ rot) == pytest.approx(2**1.5 / 4, rel=1e-6)
+    assert activations.effective_rank_over_d(torch.eye(6)) == pytest.approx(1.0)
+    rank1 = torch.outer(torch.arange(1.0, 6.0), torch.ones(8))
+    assert activations.effective_rank_over_d(rank1) == pytest.approx(1 / 8, rel=1e-6)
+
+    with pytest.raises(ConfigError, match=r"\(0, 1\]"):
+        activations.top_k_energy_share(states, 0.0)
+    with pytest.raises(ConfigError, match="non-empty"):
+        activations.effective_rank_over_d(torch.zeros(0, 4))
+
+
+def test_activation_sparsity_reads_each_prompts_own_states(char_tokenizer):
+    model, tok = tiny_causal_lm("llama"), char_tokenizer
+    prompts = [e.prompt for e in EXAMPLES]
+    alone = []
+    with torch.no_grad():
+        for p in prompts:
+            out = model(input_ids=torch.tensor([tok(p)["input_ids"]]), output_hidden_states=True)
+            alone.append([h[0] for h in out.hidden_states])
+    last = activations.hidden_states(model, tok, prompts, batch_size=2)
+    every = activations.hidden_states(model, tok, prompts, position="all", batch_size=3)
+    assert len(last) == model.config.num_hidden_layers + 1
+    for layer in range(len(last)):
+        torch.testing.assert_close(last[layer], torch.stack([a[layer][-1] for a in alone]),
+                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(every[layer], torch.cat([a[layer] for a in alone]),
+                                   rtol=1e-4, atol=1e-5)
+    report = activations.activation_sparsity(model, tok, prompts, k=0.1, batch_size=2)
+    for row, h in zip(report, last):
+        assert row.n_states == len(prompts)
+        assert row.top_k_energy == pytest.approx(float(activations.top_k_energy_share(h, 0.1).mean()))
+        assert row.l1_normalised == pytest.approx(float(activations.l1_of_normalised(h).mean()))
+        assert row.effective_rank_over_d == pytest.approx(activations.effective_rank_over_d(h))
+    with pytest.raises(ConfigError, match="position"):
+        activations.hidden_states(model, tok, prompts, position="first")
+
+
+# --------------------------------------------------------------------------- statistics
+def test_mean_std_over_seeds():
+    mean, std = stats.mean_std([0.3, 0.5, 0.7])
+    assert (mean, std) == (pytest.approx(0.5), pytest.approx(0.2))
+    assert stats.mean_std([0.4]) == (0.4, None)
+    with pytest.raises(ConfigError, match="non-finite"):
+        stats.mean_std([0.4, float("nan")])
+
+
+def test_constant_difference_gives_a_zero_width_interval():
+    rng = np.random.default_rng(1)
+    b = rng.random((3, 50))
+    iv = stats.paired_difference(b + 0.25, b, n_boot=2000)
+    assert (iv.low, iv.estimate, iv.high) == pytest.approx((0.25, 0.25, 0.25), abs=1e-12)
+    assert iv.low == iv.high
+    assert stats.verdict(iv, "greater") == "supported"
+    assert stats.verdict(iv, "less") == "contradicted"
+    assert stats.verdict(iv, "equal", threshold=0.25, margin=0.01) == "supported"
+    assert stats.verdict(iv, "equal", margin=0.1) == "contradicted"
+
+
+def test_symmetric_differences_are_inconclusive():
+    d = np.tile(np.array([1.0, -1.0]), (2, 100))  # every seed: half +1, half -1
+    iv = stats.bootstrap_interval(d, n_boot=4000)
+    assert iv.estimate == 0.0 and iv.low < 0 < iv.high
+    assert iv.low == pytest.approx(-iv.high, abs=0.02)
+    for direction in ("greater", "less"):
+        assert stats.verdict(iv, direction) == "inconclusive"
+
+
+def test_bootstrap_matches_known_sampling_distributions():
+    # one seed, 400 fair coin flips: the mean's standard error is 0.5 / sqrt(400) = 0.025
+    coin = np.array([[1.0, 0.0] * 200])
+    iv = stats.bootstrap_interval(coin, n_boot=20_000, seed=3)
+    assert iv.estimate == 0.5
+    assert (iv.high - iv.low) / 2 == pytest.approx(1.96 * 0.025, rel=0.08)
+    # two seeds, constant within each: only seed resampling varies the mean, over
+    # {0, .5, 1} with probabilities 1/4, 1/2, 1/4, so the 95% interval is [0, 1]
+    seeds = np.array([[0.0] * 30, [1.0] * 30])
+    iv = stats.bootstrap_interval(seeds, n_boot=4000)
+    assert (iv.low, iv.estimate, iv.high) == (0.0, 0.5, 1.0)
+    # a custom statistic sees (seeds x prompts) arrays
+    med = stats.bootstrap_interval(seeds, statistic=lambda x: float(np.median(x)), n_boot=500)
+    assert med.estimate == 0.5 and (med.low, med.high) == (0.0, 1.0)
+
+
+def test_bootstrap_is_deterministic_for_a_seed():
+    x = np.random.default_rng(0).normal(size=(3, 40))
+    assert stats.bootstrap_interval(x, seed=5) == stats.bootstrap_interval(x, seed=5)
+    assert stats.bootstrap_interval(x, seed=5) != stats.bootstrap_interval(x, seed=6)
+
+
+def test_verdicts_commit_only_when_the_interval_excludes_the_other_side():
+    def iv(lo, hi):
+        return stats.Interval((lo + hi) / 2, lo, hi, 0.95, 3, 10)
+
+    assert stats.verdict(iv(0.1, 0.3), "greater") == "supported"
+    assert stats.verdict(iv(-0.3, -0.1), "greater") == "contradicted"
+    assert stats.verdict(iv(0.0, 0.3), "greater") == "inconclusive"  # touches the threshold
+    assert stats.verdict(iv(-0.3, -0.1), "less") == "supported"
+    assert stats.verdict(iv(0.2, 0.4), "greater", threshold=0.3) == "inconclusive"
+    assert stats.verdict(iv(-0.02, 0.03), "equal", margin=0.05) == "supported"
+    assert stats.verdict(iv(-0.02, 0.08), "equal", margin=0.05) == "inconclusive"
+    assert stats.verdict(iv(0.06, 0.08), "equal", margin=0.05) == "contradicted"
+    with pytest.raises(ConfigError, match="margin"):
+        stats.verdict(iv(0, 1), "equal")
+    with pytest.raises(ConfigError, match="direction"):
+        stats.verdict(iv(0, 1), "more")
+
+
+def test_bootstrap_refuses_bad_input():
+    with pytest.raises(ConfigError, match="same seeds and prompts"):
+        stats.paired_difference(np.zeros((2, 5)), np.zeros((3, 5)))
+    with pytest.raises(ConfigError, match="non-finite"):
+        stats.bootstrap_interval([[0.1, float("inf")]])
+    with pytest.raises(ConfigError, match="non-empty"):
+        stats.bootstrap_interval(np.zeros((2, 0)))
+    with pytest.raises(ConfigError, match="level"):
+        stats.bootstrap_interval([[0.1, 0.2]], level=95)
