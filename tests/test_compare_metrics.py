@@ -280,3 +280,59 @@ def test_bootstrap_refuses_bad_input():
         stats.bootstrap_interval(np.zeros((2, 0)))
     with pytest.raises(ConfigError, match="level"):
         stats.bootstrap_interval([[0.1, 0.2]], level=95)
+
+
+# --------------------------------------------------------------------------- RL rollout speed-ups
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_rollout_with_shared_prefill_and_merged_svf_samples_what_plain_generate_does(
+    arch, char_tokenizer, tmp_path, monkeypatch
+):
+    """sample_rollout prefills each prompt once for its group and samples from merged SVF
+    weights; a plain generate over every (prompt, sample) row of the factored model must
+    see the same next-token scores at every step and give the same completions."""
+    from transformers import LogitsProcessorList
+
+    from routekit.svf import SVFConfig, get_svf_model, svf_layers
+    from routekit.tasks.base import Task
+    from routekit.training import objectives
+    from routekit.training.parameterizations import derive_seed
+
+    tok = char_tokenizer
+    model = get_svf_model(tiny_causal_lm(arch), SVFConfig(target_modules="mlp", cache_dir=str(tmp_path)))
+    with torch.no_grad():
+        for layer in svf_layers(model).values():
+            layer.svf_z.mul_(1.0 + 0.3 * torch.rand_like(layer.svf_z))
+    task = Task("t", {"train": EXAMPLES}, checker=lambda c, r: c[:1] in "abcdefgh")
+    group, step, seed = 3, 2, 11
+    seen: list[list[torch.Tensor]] = []
+
+    class Recording(objectives.SeededSampling):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.scores: list[torch.Tensor] = []
+            seen.append(self.scores)
+
+        def __call__(self, input_ids, scores):
+            self.scores.append(scores.clone())
+            return super().__call__(input_ids, scores)
+
+    monkeypatch.setattr(objectives, "SeededSampling", Recording)
+    got = objectives.sample_rollout(model, tok, task, EXAMPLES, list(range(len(EXAMPLES))),
+                                    step=step, seed=seed, group_size=group, max_new_tokens=5,
+                                    temperature=1.5)
+    assert not any(layer.merged for layer in svf_layers(model).values())  # restored
+    gens = [torch.Generator().manual_seed(derive_seed(seed, "sample", step, i, j))
+            for i in range(len(EXAMPLES)) for j in range(group)]
+    tok.padding_side = "left"
+    enc = tok([e.prompt for e in EXAMPLES for _ in range(group)], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=5, do_sample=False, temperature=None,
+                             top_k=None, top_p=None, pad_token_id=0, eos_token_id=[2],
+                             logits_processor=LogitsProcessorList(
+                                 [Recording(gens, 1.5)]))
+    assert len(seen[0]) == len(seen[1])
+    for shared_scores, plain_scores in zip(*seen):
+        torch.testing.assert_close(shared_scores, plain_scores, rtol=1e-5, atol=1e-5)
+    plain = [objectives._cut_at_stop(r, {2}) for r in out[:, enc["input_ids"].shape[1]:].tolist()]
+    assert got.completion_ids == plain
+    assert got.prompt_ids == [tok(e.prompt)["input_ids"] for e in EXAMPLES for _ in range(group)]

@@ -21,8 +21,10 @@ Gumbel-max under greedy ``generate`` with one seeded generator per (step, prompt
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -200,7 +202,6 @@ def sample_rollout(
     """Sample ``group_size`` completions per example and score them with ``task.reward``."""
     device = next(model.parameters()).device
     gen_device = device if device.type == "cuda" else torch.device("cpu")
-    prompts = [e.prompt for e in examples for _ in range(group_size)]
     generators = [
         torch.Generator(device=gen_device).manual_seed(derive_seed(seed, "sample", step, gi, j))
         for gi in global_indices
@@ -209,13 +210,15 @@ def sample_rollout(
     pad = _pad_id(tokenizer)
     stop = _stop_ids(tokenizer, model)
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(device)
+    # Each distinct prompt is encoded and prefilled once; its group shares that prefix.
+    enc = tokenizer([e.prompt for e in examples], return_tensors="pt", padding=True,
+                    add_special_tokens=True).to(device)
     was_training = model.training
     model.eval()
     try:
         with _merged_for_decoding(model):
-            out = model.generate(
-                **enc,
+            out = _generate_groups(
+                model, enc["input_ids"], enc["attention_mask"], group_size,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 temperature=None,
@@ -234,8 +237,43 @@ def sample_rollout(
     rewards = torch.tensor(task.reward(completions, references), dtype=torch.float32)
     grouped = rewards.view(-1, group_size)
     adv = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADV_EPS)
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    unique = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"].cpu(), enc["attention_mask"].cpu())]
+    prompt_ids = [list(ids) for ids in unique for _ in range(group_size)]
     return Rollout(prompt_ids, completion_ids, completions, rewards, adv.reshape(-1))
+
+
+def _generate_groups(
+    model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, group_size: int, **generate_kwargs: Any
+) -> torch.Tensor:
+    """``generate`` for ``group_size`` copies of each left-padded prompt row (grouped by
+    prompt), running the prompt's prefill once per distinct prompt instead of once per copy.
+
+    All but each prompt's last token go through one forward pass; its key/value cache is
+    repeated for every copy and ``generate`` continues from it, with the position ids
+    ``generate`` itself would give (real tokens counted from 0), so each row samples what an
+    unshared row would. Returns the prompt and new tokens, as ``generate`` does.
+    """
+    rep_ids, rep_attn = ids.repeat_interleave(group_size, 0), attn.repeat_interleave(group_size, 0)
+    if ids.shape[1] < 2 or group_size < 2:
+        return model.generate(input_ids=rep_ids, attention_mask=rep_attn, **generate_kwargs)
+    pos = (attn.long().cumsum(-1) - 1).masked_fill(attn == 0, 1)
+    kw = _cache_kwarg(model)
+    prefix = model(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=pos[:, :-1],
+                   use_cache=True)
+    cache = getattr(prefix, kw)
+    if isinstance(cache, tuple):  # older transformers return the legacy tuple format
+        from transformers import DynamicCache
+
+        cache = DynamicCache.from_legacy_cache(cache)
+    cache.batch_repeat_interleave(group_size)
+    return model.generate(input_ids=rep_ids, attention_mask=rep_attn, **{kw: cache},
+                          **generate_kwargs)
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """``cache`` where transformers names it so (5.x), else ``past_key_values``."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 @contextlib.contextmanager
