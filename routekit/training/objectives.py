@@ -16,6 +16,10 @@ token), log π = log_softmax(logits / temperature) (the distribution sampled fro
 k3 = exp(log π_base − log π) − (log π_base − log π) − 1 on the sampled tokens. One optimiser
 step per sampled batch, so the policy ratio is 1 and no PPO clipping applies. Sampling is
 Gumbel-max under greedy ``generate`` with one seeded generator per (step, prompt, sample).
+A step's rollouts are one ``generate`` call: each distinct prompt is prefilled once and its
+key/value cache shared by its group, and an SVF model samples with z merged into its weights
+(``benchmarks/bench_trainer.py`` times the whole step against one plain sampling ``generate``
+plus one forward and backward over the same completions: ``rl_step_over_floor``).
 """
 
 from __future__ import annotations
