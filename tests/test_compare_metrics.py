@@ -135,8 +135,11 @@ def test_behaviour_shares_on_planted_completions():
     assert list(shares) == list(behaviour.BEHAVIOURS)
     assert shares == {b: labels.count(b) / 4 for b in behaviour.BEHAVIOURS}
 
+    from routekit.tasks.base import Task
+
+    bare_hop = Task("hop", {"test": h}, hop.checker, family="hop")  # records no world
     with pytest.raises(ConfigError, match="world="):
-        behaviour.classify_behaviours(hop, h[:1], [" x"])
+        behaviour.classify_behaviours(bare_hop, h[:1], [" x"])
     with pytest.raises(ConfigError, match="4 completions for 3"):
         behaviour.classify_behaviours(rev, r, ["a"] * 4)
     with pytest.raises(ConfigError, match="known skills"):

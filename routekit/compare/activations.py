@@ -10,7 +10,7 @@ hidden state h in R^d (one token at one layer):
   √d (all magnitudes equal); lower = sparser;
 - *effective rank over d*: for the (states × d) matrix of many hidden states,
   exp(entropy of its singular values normalised to sum 1) / d (Roy & Vetterli's effective
-  rank, the same as :func:`routekit.analysis.update_stats.rank_stats` computes for weight
+  rank, the same as ``routekit.analysis``'s ``rank_stats`` computes for weight
   updates); lower = the states share fewer directions.
 
 A zero state has no direction: its energy share and L1 are reported as 0. By default the
@@ -28,10 +28,14 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from ..analysis.update_stats import rank_stats
 from ..errors import ConfigError
 from ..training.objectives import encode_prompt
 from .metrics import _batches, _device, _pad_id
+
+try:  # main split routekit.analysis by concern: rank_stats now lives in .rank
+    from ..analysis.rank import rank_stats
+except ImportError:  # pragma: no cover - before that split
+    from ..analysis.update_stats import rank_stats
 
 
 def _check_k(k: float) -> None:

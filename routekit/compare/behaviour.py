@@ -57,7 +57,10 @@ def systematic_wrong_answer(skill: str, example: Example, world: World | None = 
 def classify_behaviours(
     task: Task, examples: Sequence[Example], completions: Sequence[str], world: World | None = None
 ) -> list[str]:
-    """One of :data:`BEHAVIOURS` per completion of ``examples`` (a world skill task)."""
+    """One of :data:`BEHAVIOURS` per completion of ``examples`` (a world skill task).
+    ``world`` defaults to the world the task records it was drawn from (``task.world``)."""
+    if world is None and getattr(task, "world", None) is not None:
+        world = World(task.world)
     if len(examples) != len(completions):
         raise ConfigError(
             f"{len(completions)} completions for {len(examples)} examples; give one per example."
