@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
+from ..errors import ConfigError
 from ..eval import _stop_ids
 from ..tasks.base import Example, Task
 from .parameterizations import derive_seed
@@ -290,14 +291,18 @@ def _merged_for_decoding(model: nn.Module) -> Iterator[None]:
     from ..svf import merge, svf_layers, unmerge
 
     layers = svf_layers(model)
-    if not layers or any(x.merged or x._row_sz is not None for x in layers.values()):
-        yield
-        return
-    merge(model)
+    merged_here = False
+    if layers and not any(x.merged for x in layers.values()):
+        try:
+            merge(model)  # checks before changing anything
+            merged_here = True
+        except ConfigError:  # a per-call expert mixture is in use: sample on the factored path
+            pass
     try:
         yield
     finally:
-        unmerge(model)
+        if merged_here:
+            unmerge(model)
 
 
 def _cut_at_stop(row: list[int], stop: set[int]) -> list[int]:
