@@ -28,14 +28,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from ..analysis.rank import rank_stats
 from ..errors import ConfigError
+from ..models import pad_token_id
 from ..training.objectives import encode_prompt
-from .metrics import _batches, _device, _pad_id
-
-try:  # main split routekit.analysis by concern: rank_stats now lives in .rank
-    from ..analysis.rank import rank_stats
-except ImportError:  # pragma: no cover - before that split
-    from ..analysis.update_stats import rank_stats
+from .metrics import _batches, _device
 
 
 def _check_k(k: float) -> None:
@@ -98,7 +95,7 @@ def hidden_states(
     was_training = model.training
     model.eval()
     try:
-        for batch in _batches(rows, _pad_id(tokenizer), batch_size, _device(model)):
+        for batch in _batches(rows, pad_token_id(tokenizer), batch_size, _device(model)):
             out = model(input_ids=batch.ids, attention_mask=batch.attn, position_ids=batch.pos,
                         use_cache=False, output_hidden_states=True)
             real = batch.attn.bool()

@@ -26,6 +26,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import ConfigError
+from ..models import pad_token_id
 from ..tasks.base import Example
 from ..training.objectives import encode_prompt, retain_rows
 
@@ -99,13 +100,6 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for cand in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if cand is not None:
-            return int(cand)
-    return 0
-
-
 def _target_logprobs(model: nn.Module, batch: _Batch) -> torch.Tensor:
     """log p(ids[:, j+1] | ids[:, :j+1]), B×(L-1), zero where not scored."""
     logp = _next_token_logprobs(model, batch).gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
@@ -122,7 +116,7 @@ def _sum_target_logprobs(
 ) -> TextScores:
     sums: dict[int, float] = {}
     counts: dict[int, int] = {}
-    for batch in _batches(rows, _pad_id(tokenizer), batch_size, _device(model)):
+    for batch in _batches(rows, pad_token_id(tokenizer), batch_size, _device(model)):
         lp = _target_logprobs(model, batch).double().sum(-1).tolist()
         n = batch.scored.sum(-1).tolist()
         for i, s, c in zip(batch.index, lp, n):
@@ -186,7 +180,7 @@ def kl_divergence(
     rows = _document_rows(tokenizer, texts)
     sums: dict[int, float] = {}
     counts: dict[int, int] = {}
-    for batch in _batches(rows, _pad_id(tokenizer), batch_size, _device(base)):
+    for batch in _batches(rows, pad_token_id(tokenizer), batch_size, _device(base)):
         ref = _next_token_logprobs(base, batch)
         tuned_batch = _Batch(*(t.to(_device(tuned)) for t in (batch.ids, batch.attn, batch.pos,
                                                               batch.scored)), batch.index)

@@ -19,6 +19,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
+from ..models import left_pad
 from .base import (
     ExpertLike,
     Router,
@@ -41,17 +42,14 @@ def hidden_features(
     batch_size: int = 32,
 ) -> torch.Tensor:
     """Mean of the last hidden layer over each prompt's real tokens: (N, hidden) float32."""
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     feats = []
     try:
         for i in range(0, len(prompts), batch_size):
-            enc = tokenizer(list(prompts[i : i + batch_size]), return_tensors="pt", padding=True)
-            ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            enc = left_pad(tokenizer, list(prompts[i : i + batch_size]), device)
+            ids, mask = enc["input_ids"], enc["attention_mask"]
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             out = model(input_ids=ids, attention_mask=mask, position_ids=pos,
                         output_hidden_states=True, use_cache=False)

@@ -22,9 +22,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError
 from ..eval import generate
+from ..models import pad_token_id
 from ..tasks.base import Example, Task
 from ..tasks.registry import get_task
-from ..models import pad_token_id
 from ..training.objectives import right_padded, sft_rows, token_logprobs
 from .base import ExpertLike, expert_names, register_router
 from .fixed import FixedRouter

@@ -37,6 +37,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokeniz
 
 from ..errors import ConfigError
 from ..eval import _stop_ids
+from ..models import left_pad, pad_token_id
 from ..tasks.base import Example, Task
 from .parameterizations import derive_seed
 
@@ -103,7 +104,7 @@ def sft_loss(
     device: torch.device,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy on answer tokens only (prompt and pad positions are label -100)."""
-    ids, attn, comp = right_padded(sft_rows(tokenizer, local), _pad_id(tokenizer), device)
+    ids, attn, comp = right_padded(sft_rows(tokenizer, local), pad_token_id(tokenizer), device)
     labels = ids.masked_fill(~comp, -100)[:, 1:]
     logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
     total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
@@ -137,7 +138,7 @@ def retain_kl_loss(
     The full-vocabulary KL (not a sampled estimate): retention text is short, and the exact
     value has no variance. Computed in float32.
     """
-    ids, attn, _ = right_padded(rows, _pad_id(tokenizer), device)
+    ids, attn, _ = right_padded(rows, pad_token_id(tokenizer), device)
     logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)
     with torch.no_grad(), base_context() as base:
         ref = torch.log_softmax(base(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)
@@ -212,12 +213,10 @@ def sample_rollout(
         for gi in global_indices
         for j in range(group_size)
     ]
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     stop = _stop_ids(tokenizer, model)
-    tokenizer.padding_side = "left"
     # Each distinct prompt is encoded and prefilled once; its group shares that prefix.
-    enc = tokenizer([e.prompt for e in examples], return_tensors="pt", padding=True,
-                    add_special_tokens=True).to(device)
+    enc = left_pad(tokenizer, [e.prompt for e in examples], device)
     was_training = model.training
     model.eval()
     try:
@@ -313,11 +312,6 @@ def _cut_at_stop(row: list[int], stop: set[int]) -> list[int]:
     return row
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad) if pad is not None else 0
-
-
 # ----------------------------------------------------------------------------- RL loss
 def rl_loss(
     model: nn.Module,
@@ -343,7 +337,7 @@ def rl_loss(
     if not keep:
         return torch.zeros((), device=device), {**stats, "loss_sum": 0.0, "kl_sum": 0.0}
     rows = [(rollout.prompt_ids[i], rollout.completion_ids[i]) for i in keep]
-    ids, attn, comp = right_padded(rows, _pad_id(tokenizer), device)
+    ids, attn, comp = right_padded(rows, pad_token_id(tokenizer), device)
     mask = comp[:, 1:].float()
     n_tokens = mask.sum(1).clamp(min=1.0)
     logp = token_logprobs(model, ids, attn, temperature)
