@@ -1,11 +1,21 @@
 """routekit: composable routing adapters (SVF experts, proxy-tuning, routers) for HF causal LMs."""
 
-from . import errors, io, training, world
+from . import errors, io, routing, training, world
+from .adaptive import AdaptiveModel
 from .errors import RoutekitError
 from .eval import EvalResult, evaluate, generate
 from .experts import Expert, load_expert, mixture
 from .models import load_model, resolve_model
 from .proxy import ProxyExpert, ProxyLogitsProcessor, proxy_generate
+from .routing import (
+    ClassifierRouter,
+    FewShotRouter,
+    FixedRouter,
+    Mixture,
+    PromptRouter,
+    Router,
+    load_router,
+)
 from .svf import (
     SVFConfig,
     SVFExpert,
@@ -26,6 +36,7 @@ __all__ = [
     "io",
     "world",
     "training",
+    "routing",
     "RoutekitError",
     # models, tasks, evaluation
     "load_model",
@@ -55,6 +66,15 @@ __all__ = [
     "ProxyExpert",
     "ProxyLogitsProcessor",
     "proxy_generate",
+    # routing: a mixture per prompt, and two-pass adaptive inference
+    "Mixture",
+    "Router",
+    "FixedRouter",
+    "PromptRouter",
+    "ClassifierRouter",
+    "FewShotRouter",
+    "load_router",
+    "AdaptiveModel",
     # training
     "TrainConfig",
     "TrainResult",
