@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import ConfigError, ExpertFileError, FingerprintMismatchError
@@ -33,7 +33,7 @@ from .io import (
     atomic_directory,
     atomic_write_json,
     model_fingerprint,
-    read_json,
+    read_config,
     tokenizer_fingerprint,
 )
 from .proxy import ProxyExpert
@@ -279,11 +279,7 @@ class AdaptiveModel:
         """Load a bundle onto ``base``; refuses a base (or tokenizer) other than the one it was
         made for, naming both fingerprints."""
         directory = Path(directory)
-        raw = read_json(directory / CONFIG_NAME, what="adaptive model config")
-        try:
-            cfg = _AdaptiveFile.model_validate(raw)
-        except ValidationError as e:
-            raise ExpertFileError(f"{str(directory / CONFIG_NAME)!r} is invalid: {e}") from e
+        cfg = read_config(directory / CONFIG_NAME, _AdaptiveFile, "adaptive model config")
         if cfg.format != FORMAT:
             raise ExpertFileError(f"{str(directory)!r} holds format {cfg.format!r}, not {FORMAT!r}.")
         have = getattr(base, "svf_base_fingerprint", None) or model_fingerprint(base)

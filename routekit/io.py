@@ -14,15 +14,17 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .errors import ExpertFileError
 
 PathLike = str | os.PathLike
+T = TypeVar("T", bound=BaseModel)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -67,6 +69,21 @@ def read_json(path: PathLike, what: str = "file") -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ExpertFileError(f"{what} {str(path)!r} is not valid JSON ({e}); re-create it.") from e
+
+
+def read_config(path: PathLike, schema: type[T], what: str = "config") -> T:
+    """Read a JSON file and validate it with a pydantic ``schema``; a missing, unparsable or
+    invalid file is an ExpertFileError naming the file and the first offending key."""
+    raw = read_json(path, what=what)
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise ExpertFileError(
+            f"{what} {str(path)!r} is invalid: key {where!r}: {err['msg']} "
+            f"({len(e.errors())} problem(s)); save it again."
+        ) from e
 
 
 def atomic_save_safetensors(

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -26,7 +26,7 @@ from ..io import (
     atomic_directory,
     atomic_write_json,
     model_fingerprint,
-    read_json,
+    read_config,
     tokenizer_fingerprint,
 )
 
@@ -215,13 +215,7 @@ class ProxyExpert(Expert):
         it the same check runs when the expert is applied (``routekit.mixture``)."""
         directory = Path(directory)
         check_expert_kind(directory, cls)
-        raw = read_json(directory / EXPERT_CONFIG, what="proxy expert config")
-        try:
-            cfg = ProxyExpertConfig.model_validate(raw)
-        except ValidationError as e:
-            raise ExpertFileError(
-                f"{str(directory / EXPERT_CONFIG)!r} is not a valid proxy expert config: {e}"
-            ) from e
+        cfg = read_config(directory / EXPERT_CONFIG, ProxyExpertConfig, "proxy expert config")
         models = {}
         for role in ("tuned", "untuned"):
             path = directory / role

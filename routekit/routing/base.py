@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
 from ..io import (
@@ -25,7 +25,7 @@ from ..io import (
     atomic_write_json,
     load_safetensors,
     model_fingerprint,
-    read_json,
+    read_config,
 )
 from .mixture import Mixture
 
@@ -199,14 +199,7 @@ def register_router(cls: type[Router]) -> type[Router]:
 
 def read_router_file(directory: str | os.PathLike) -> RouterFile:
     """The validated ``router_config.json`` of a router directory."""
-    raw = read_json(Path(directory) / CONFIG_NAME, "router config")
-    try:
-        file = RouterFile.model_validate(raw)
-    except ValidationError as e:
-        raise ExpertFileError(
-            f"router config in {str(directory)!r} is malformed ({e.errors()[0]['msg']} at "
-            f"{e.errors()[0]['loc']}); save the router again."
-        ) from e
+    file = read_config(Path(directory) / CONFIG_NAME, RouterFile, "router config")
     if file.format != FORMAT or file.version > VERSION:
         raise ExpertFileError(
             f"{str(directory)!r} is not a routekit router (format {file.format!r}, version "

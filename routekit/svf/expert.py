@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
 from ..experts import (
@@ -28,7 +28,7 @@ from ..io import (
     atomic_write_json,
     load_safetensors,
     model_fingerprint,
-    read_json,
+    read_config,
 )
 
 CONFIG_NAME = "expert_config.json"
@@ -152,11 +152,7 @@ class SVFExpert(Expert):
         """
         directory = Path(directory)
         check_expert_kind(directory, cls)
-        raw = read_json(directory / CONFIG_NAME, what="expert config")
-        try:
-            cfg = _ExpertFileConfig.model_validate(raw)
-        except ValidationError as e:
-            raise ExpertFileError(f"expert config {str(directory / CONFIG_NAME)!r} is invalid: {e}") from e
+        cfg = read_config(directory / CONFIG_NAME, _ExpertFileConfig, "expert config")
         if cfg.format != FORMAT:
             raise ExpertFileError(f"{str(directory)!r} holds format {cfg.format!r}, not {FORMAT!r}.")
         tensors = load_safetensors(directory / WEIGHTS_NAME, what="expert weights")
