@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import ConfigError, ExpertFileError, FingerprintMismatchError
 from .eval import generate as generate_texts
-from .experts import Expert, check_same_base, load_expert, mixture
+from .experts import Expert, check_experts, check_same_base, load_expert, mixture
 from .io import (
     atomic_directory,
     atomic_write_json,
@@ -104,18 +104,8 @@ class AdaptiveModel:
         svf_config: SVFConfig | None = None,
     ) -> None:
         experts = list(experts)
-        if not experts:
-            raise ConfigError("an AdaptiveModel needs at least one expert; got none.")
-        for e in experts:
-            if not isinstance(e, Expert):
-                raise ConfigError(
-                    f"experts must be SVFExpert or ProxyExpert objects, got {type(e).__name__}; "
-                    "load them with routekit.load_expert(path)."
-                )
+        names = check_experts(experts, "an AdaptiveModel")
         check_same_base(experts)
-        names = [e.name for e in experts]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"expert names must be unique; got {names}.")
         if sorted(router.expert_names) != sorted(names):
             raise FingerprintMismatchError(
                 f"the router was made for experts {router.expert_names} but the model has "

@@ -198,18 +198,7 @@ class _Mixture:
         from .svf.model import check_expert_fits, svf_layers
 
         experts = list(experts)
-        if not experts:
-            raise ConfigError("a mixture needs at least one expert; got none.")
-        for e in experts:
-            if not isinstance(e, Expert):
-                raise ConfigError(
-                    f"expected routekit experts (SVFExpert, ProxyExpert), got {type(e).__name__}; "
-                    "load one with routekit.load_expert(path)."
-                )
-        names = [e.name for e in experts]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ConfigError(f"expert names must be unique in a mixture; repeated: {dupes}.")
+        names = check_experts(experts, "a mixture")
         is_svf = [isinstance(e, SVFExpert) for e in experts]
         self.svf_idx = [k for k, s in enumerate(is_svf) if s]
         self.proxy_idx = [k for k, e in enumerate(experts) if isinstance(e, ProxyExpert)]
@@ -311,6 +300,23 @@ def mixture(
     mix = _Mixture(model, experts, alpha, tokenizer)
     with mix.applied(mix.alpha):
         yield model
+
+
+def check_experts(experts: Sequence[Expert], what: str) -> list[str]:
+    """Refuse no experts, objects that are not experts, and repeated names; returns the names."""
+    if not experts:
+        raise ConfigError(f"{what} needs at least one expert; got none.")
+    for e in experts:
+        if not isinstance(e, Expert):
+            raise ConfigError(
+                f"expected routekit experts (SVFExpert, ProxyExpert), got {type(e).__name__}; "
+                "load one with routekit.load_expert(path)."
+            )
+    names = [e.name for e in experts]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"expert names must be unique in {what}; repeated: {dupes}.")
+    return names
 
 
 def check_same_base(experts: Sequence[Expert]) -> None:
