@@ -6,7 +6,9 @@ wrapped: the wrapper, installed once per model and stateless, reads the variable
 steering is active in the calling thread or task, puts a fresh
 :class:`~routekit.proxy.processor.ProxyLogitsProcessor` first in that call's processors. So
 ``model.generate(...)`` and ``routekit.generate(...)`` both steer, two threads steer one
-model with different experts at once, and a call outside any steering is untouched.
+model with different experts at once, and a call outside any steering is untouched. A
+steering may carry a ``fusion`` rule (``routekit.proxy.fusion``), which the processor then
+uses to choose the experts' weights at every step.
 """
 
 from __future__ import annotations
