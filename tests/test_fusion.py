@@ -253,7 +253,7 @@ def test_negative_prior_and_damaged_file_are_refused(setup, tmp_path):
         load_router(tmp_path / "r")
 
 
-def test_cli_fits_a_logit_fusion_router(setup, monkeypatch, tmp_path):
+def test_cli_fits_a_logit_fusion_router(setup, monkeypatch, tmp_path, capsys):
     import argparse
 
     import routekit.models
@@ -268,8 +268,15 @@ def test_cli_fits_a_logit_fusion_router(setup, monkeypatch, tmp_path):
                               "--temperature", "0.2", "--budget", "matched",
                               "--out", str(tmp_path / "lf")])
     assert args.func(args) == 0
+    capsys.readouterr()
     loaded = load_router(tmp_path / "lf", experts=[s["p1"], s["p2"]])
     assert loaded.fusion_rule == FusionRule(0.2, "matched")
+    args = parser.parse_args(["route", "--experts", "p1", "p2", "--router", str(tmp_path / "lf"),
+                              "--json", "abc", "xyz"])
+    assert args.func(args) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines == [{"prompt": p, "mixture": {"p1": 1.0, "p2": 1.0},
+                      "fusion": {"temperature": 0.2, "budget": "matched"}} for p in ("abc", "xyz")]
     args = parser.parse_args(["router", "fit", "logit-fusion", "--experts", "p1",
                               "--budget", "lots", "--out", str(tmp_path / "bad")])
     with pytest.raises(ConfigError, match="--budget"):

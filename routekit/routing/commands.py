@@ -144,11 +144,14 @@ def _route(args: argparse.Namespace) -> int:
     model, tok = resolve_model(args.model)
     router = resolve_router(args.router, model, tok, experts, args)
     mixtures = router.route(prompts)
+    rule = router.fusion_rule  # per-step weights: the mixture is only the prior over experts
+    fusion = None if rule is None else {"temperature": rule.temperature, "budget": rule.budget}
     for p, m in zip(prompts, mixtures):
         if args.json:
-            print(json.dumps({"prompt": p, "mixture": m.model_dump(mode="json")["weights"]}))
+            line = {"prompt": p, "mixture": m.model_dump(mode="json")["weights"]}
+            print(json.dumps(line if fusion is None else {**line, "fusion": fusion}))
         else:
-            print(f"{m}\t{p}")
+            print(f"{m}{'' if fusion is None else ', reweighted per step'}\t{p}")
     return 0
 
 
