@@ -112,6 +112,11 @@ class AdaptiveModel:
                 f"{names}; fit a router for these experts (routekit router fit)."
             )
         svf = [e for e in experts if isinstance(e, SVFExpert)]
+        if svf and router.fusion_rule is not None:
+            raise ConfigError(
+                f"the {type(router).__name__} weights proxy experts per decoding step, but "
+                f"{[e.name for e in svf]} are SVF experts; use it with proxy experts only."
+            )
         if svf and not svf_layers(base):
             get_svf_model(base, svf_config or SVFConfig(target_modules=svf[0].target_modules))
         base_fp = getattr(base, "svf_base_fingerprint", None) or model_fingerprint(base)
@@ -202,7 +207,8 @@ class AdaptiveModel:
         if use_merged:
             texts = self._generate_merged(prompts, alpha[0], svf_idx, kwargs)
         else:
-            with mixture(self.base, self.experts, alpha, tokenizer=self.tokenizer):
+            with mixture(self.base, self.experts, alpha, tokenizer=self.tokenizer,
+                         fusion=self.router.fusion_rule):
                 texts = generate_texts(self.base, self.tokenizer, prompts, **kwargs)
         return AdaptiveOutput(texts, mixtures, t1 - t0, time.perf_counter() - t1, use_merged)
 
@@ -216,7 +222,7 @@ class AdaptiveModel:
             proxy_idx = [k for k in range(len(self.experts)) if k not in svf_idx]
             if proxy_idx and bool(row[proxy_idx].ne(0).any()):
                 with mixture(self.base, [self.experts[k] for k in proxy_idx], row[proxy_idx],
-                             tokenizer=self.tokenizer):
+                             tokenizer=self.tokenizer, fusion=self.router.fusion_rule):
                     return generate_texts(self.base, self.tokenizer, prompts, **kwargs)
             return generate_texts(self.base, self.tokenizer, prompts, **kwargs)
 

@@ -191,7 +191,7 @@ class _Mixture:
 
     def __init__(
         self, model: PreTrainedModel, experts: Sequence[Expert], alpha: AlphaLike,
-        tokenizer: PreTrainedTokenizerBase | None,
+        tokenizer: PreTrainedTokenizerBase | None, fusion: Any = None,
     ) -> None:
         from .proxy import ProxyExpert
         from .svf import SVFExpert
@@ -228,7 +228,18 @@ class _Mixture:
         self.alpha = normalize_alpha(
             alpha, len(experts), len(self.layers) if self.svf_idx else None, svf_columns=is_svf)
         self.rows = self.alpha.shape[0] if self.alpha.ndim >= 2 else None
-        self.experts, self.model, self.tokenizer = experts, model, tokenizer
+        if fusion is not None:
+            if not self.proxy_idx:
+                raise ConfigError(
+                    f"fusion weights proxy experts per decoding step, but the mixture's experts "
+                    f"{names} are all SVF experts; drop fusion= or add proxy experts."
+                )
+            if bool((self.proxy_alpha(self.alpha) < 0).any()):
+                raise ConfigError(
+                    "with fusion, the proxy experts' alpha is a prior over them and must be "
+                    f"non-negative; got {_short(self.proxy_alpha(self.alpha))}."
+                )
+        self.experts, self.model, self.tokenizer, self.fusion = experts, model, tokenizer, fusion
 
     def svf_scales(self, alpha: torch.Tensor) -> dict[int, torch.Tensor]:
         """S ⊙ (1 + Σₖ αₖ (zₖ − 1)) per SVF layer: (r,) or (rows, r)."""
@@ -261,7 +272,7 @@ class _Mixture:
             if self.proxy_idx:
                 stack.enter_context(steering(
                     self.model, [self.experts[k] for k in self.proxy_idx],
-                    self.proxy_alpha(alpha), self.tokenizer))
+                    self.proxy_alpha(alpha), self.tokenizer, self.fusion))
             token = ROW_WINDOW.set(self._window if alpha.ndim >= 2 else None)
             try:
                 yield
@@ -285,6 +296,7 @@ def mixture(
     alpha: AlphaLike = 1.0,
     *,
     tokenizer: PreTrainedTokenizerBase | None = None,
+    fusion: Any = None,
 ) -> Iterator[PreTrainedModel]:
     """``with mixture(model, experts, alpha, tokenizer=tok):`` every forward and ``generate``
     call on ``model`` in this thread (or asyncio task) uses the mixture; nothing changes on
@@ -295,9 +307,12 @@ def mixture(
     repeated for ``num_return_sequences``), or the number of prompts given to
     ``routekit.generate``, which hands each of its chunks that chunk's rows. SVF experts need
     ``model`` wrapped by ``get_svf_model`` (and not merged); proxy experts need ``tokenizer``.
-    Everything is checked before anything is applied.
+    ``fusion``: a per-step rule for the proxy experts (``routekit.proxy.fusion.FusionRule``);
+    their alpha is then its non-negative prior and their weights are chosen at every decoding
+    step for every row (SVF experts keep their alpha). Everything is checked before anything
+    is applied.
     """
-    mix = _Mixture(model, experts, alpha, tokenizer)
+    mix = _Mixture(model, experts, alpha, tokenizer, fusion)
     with mix.applied(mix.alpha):
         yield model
 

@@ -5,15 +5,18 @@ for a task and its untuned twin. At each decoding step its *offset* is
 ``log_softmax(tuned) - log_softmax(untuned)`` over the shared vocabulary, and the base's
 next-token scores become ``log_softmax(base) + sum_k alpha_k * offset_k``. The base's
 weights are never touched. ``expert`` holds the pair and its files, ``processor`` the
-``LogitsProcessor``, ``steering`` the per-call hook that ``routekit.mixture`` uses, and
-``generate`` the one-call helper.
+``LogitsProcessor``, ``steering`` the per-call hook that ``routekit.mixture`` uses,
+``fusion`` the per-step weighting rule (dynamic logit fusion), and ``generate`` the one-call
+helper.
 """
 
 from .expert import ProxyExpert, ProxyExpertConfig, check_vocab_compatible
+from .fusion import FusionRule
 from .generate import proxy_generate
 from .processor import ProxyLogitsProcessor
 
 __all__ = [
+    "FusionRule",
     "ProxyExpert",
     "ProxyExpertConfig",
     "ProxyLogitsProcessor",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -19,6 +19,10 @@ from transformers import DynamicCache, LogitsProcessor, PreTrainedModel, PreTrai
 from ..errors import ConfigError
 from ..experts import AlphaLike, normalize_alpha
 from .expert import ProxyExpert
+
+#: ``fusion(base_logp (B, V), tuned_logp (B, K, V), untuned_logp (B, K, V), prior (B, K))``
+#: returns the step's weights (B, K); see routekit.proxy.fusion.FusionRule.
+FusionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _forward_kwargs(model: PreTrainedModel) -> tuple[str, dict[str, Any]]:
@@ -68,6 +72,11 @@ class ProxyLogitsProcessor(LogitsProcessor):
     * Padding: ``attention_mask`` (the prompt's, as given to generate) says which prompt
       positions are padding; without it, leading ``pad_token_id``s are. With neither, a batch
       of more than one row is refused (its padding could not be told from text).
+    * ``fusion``: a per-step rule (e.g. :class:`~routekit.proxy.fusion.FusionRule`) called as
+      ``fusion(base_logp, tuned_logp, untuned_logp, prior)`` with (B, V), (B, K, V), (B, K, V)
+      and alpha rows (B, K) as the prior; the offset added is then ``sum_k w_k * offset_k`` with
+      its weights ``w`` (B, K), recorded per step in ``weights_trace``. Experts whose alpha is
+      0 in every row are not run; the rule sees only the others.
     """
 
     def __init__(
@@ -79,6 +88,7 @@ class ProxyLogitsProcessor(LogitsProcessor):
         pad_token_id: int | None = None,
         tokenizer: PreTrainedTokenizerBase | None = None,
         attention_mask: torch.Tensor | None = None,
+        fusion: FusionFn | None = None,
     ) -> None:
         experts = [experts] if isinstance(experts, ProxyExpert) else list(experts)
         if not experts:
@@ -93,6 +103,12 @@ class ProxyLogitsProcessor(LogitsProcessor):
                 pad_token_id = tokenizer.pad_token_id
         self.experts = experts
         self.alpha = normalize_alpha(alpha, len(experts))
+        if fusion is not None and bool((self.alpha < 0).any()):
+            raise ConfigError(
+                f"dynamic fusion takes non-negative alpha (the prior over experts), got "
+                f"{self.alpha.tolist()}; give 0 to leave an expert out."
+            )
+        self.fusion = fusion
         self.prompt_mask = attention_mask
         self.base_vocab_size = base_vocab_size
         self.pad_token_id = pad_token_id
@@ -106,6 +122,7 @@ class ProxyLogitsProcessor(LogitsProcessor):
                     index[id(m)] = len(self.models)
                     self.models.append(m)
             pairs.append((index[id(e.tuned)], index[id(e.untuned)]))
+        self._pairs = pairs
         sign = torch.zeros(len(experts), len(self.models))
         for k, (t, u) in enumerate(pairs):
             sign[k, t] += 1.0
@@ -126,6 +143,9 @@ class ProxyLogitsProcessor(LogitsProcessor):
         self._active: list[int] = []  # models whose coefficient is not zero for some row
         self._coef: list[torch.Tensor] = []  # per active model: (batch, 1) weights
         self._devices: list[torch.device] = []
+        self._fused: list[int] = []  # with fusion: experts whose alpha is not zero for some row
+        self._prior: torch.Tensor | None = None  # with fusion: (batch, K) alpha rows
+        self.weights_trace: list[torch.Tensor] = []  # with fusion: (batch, K) weights per step
 
     # -- state --------------------------------------------------------------------------
     def _continues(self, input_ids: torch.Tensor) -> bool:
@@ -151,6 +171,11 @@ class ProxyLogitsProcessor(LogitsProcessor):
             a = a.expand(batch, -1)
         coef = a @ self._sign  # (batch, M): the weight of each distinct model's log-probs
         self._active = [m for m in range(coef.shape[1]) if bool(coef[:, m].ne(0).any())]
+        if self.fusion is not None:  # weights come per step: run every model of a used expert
+            self._fused = [k for k in range(a.shape[1]) if bool(a[:, k].ne(0).any())]
+            used = {m for k in self._fused for m in self._pairs[k]}
+            self._active = sorted(used)
+            self._prior = a.to(device)
         self._coef = [coef[:, m : m + 1].to(device) for m in self._active]
 
     def _check_length(self) -> None:
@@ -221,15 +246,35 @@ class ProxyLogitsProcessor(LogitsProcessor):
         width = scores.shape[-1]
         vocab = self.base_vocab_size or width
         out = F.log_softmax(scores[:, :vocab].float(), dim=-1)
-        for lg, c in zip(logits, self._coef):
+        logps = []
+        for lg in logits:
             if lg.shape[-1] < vocab:
                 raise ConfigError(
                     f"a proxy model scores {lg.shape[-1]} tokens but the base scores {vocab}; pass "
                     "base_vocab_size=len(tokenizer) if the base's extra rows are padding, or use a "
                     "proxy with the base's vocabulary."
                 )
-            lp = F.log_softmax(lg[:, :vocab].float(), dim=-1)
-            out.addcmul_(c, lp.to(out.device))  # a no-op move when the proxy shares the device
+            # A no-op move when the proxy shares the device.
+            logps.append(F.log_softmax(lg[:, :vocab].float(), dim=-1).to(out.device))
+        if self.fusion is not None:
+            out = out + self._fused_offset(out, logps)
+        else:
+            for lp, c in zip(logps, self._coef):
+                out.addcmul_(c, lp)
         if vocab < width:
             out = torch.cat([out, out.new_full((out.shape[0], width - vocab), -math.inf)], dim=1)
         return out
+
+    def _fused_offset(self, base_logp: torch.Tensor, logps: list[torch.Tensor]) -> torch.Tensor:
+        """``sum_k w_k * offset_k`` with this step's weights from the fusion rule."""
+        weights = base_logp.new_zeros(base_logp.shape[0], len(self.experts))
+        if not self._fused:
+            self.weights_trace.append(weights)
+            return torch.zeros_like(base_logp)
+        at = {m: i for i, m in enumerate(self._active)}
+        tuned = torch.stack([logps[at[self._pairs[k][0]]] for k in self._fused], dim=1)
+        untuned = torch.stack([logps[at[self._pairs[k][1]]] for k in self._fused], dim=1)
+        w = self.fusion(base_logp, tuned, untuned, self._prior[:, self._fused])
+        weights[:, self._fused] = w
+        self.weights_trace.append(weights)
+        return torch.einsum("bk,bkv->bv", w, tuned - untuned)

@@ -6,7 +6,9 @@ wrapped: the wrapper, installed once per model and stateless, reads the variable
 steering is active in the calling thread or task, puts a fresh
 :class:`~routekit.proxy.processor.ProxyLogitsProcessor` first in that call's processors. So
 ``model.generate(...)`` and ``routekit.generate(...)`` both steer, two threads steer one
-model with different experts at once, and a call outside any steering is untouched.
+model with different experts at once, and a call outside any steering is untouched. A
+steering may carry a ``fusion`` rule (``routekit.proxy.fusion``), which the processor then
+uses to choose the experts' weights at every step.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokeniz
 
 from ..errors import ConfigError
 from .expert import ProxyExpert, logits_width
-from .processor import ProxyLogitsProcessor
+from .processor import FusionFn, ProxyLogitsProcessor
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class _Steering:
     experts: tuple[ProxyExpert, ...]
     alpha: torch.Tensor  # (K,) or (rows, K)
     tokenizer: PreTrainedTokenizerBase
+    fusion: FusionFn | None = None  # a per-step weighting rule (routekit.proxy.fusion)
 
 
 _ACTIVE: ContextVar[dict[int, _Steering] | None] = ContextVar("routekit_proxy_steering", default=None)
@@ -76,7 +79,7 @@ def _steered(model: PreTrainedModel) -> Any:
             list(active.experts), active.alpha,
             base_vocab_size=min(len(tok), logits_width(model)),
             pad_token_id=pad if pad is not None else tok.pad_token_id,
-            attention_mask=mask,
+            attention_mask=mask, fusion=active.fusion,
         )
         # Ours first: later processors and generate's warpers see the steered log-probs.
         user = list(kwargs.pop("logits_processor", None) or [])
@@ -101,11 +104,13 @@ def steering(
     experts: Sequence[ProxyExpert],
     alpha: torch.Tensor,
     tokenizer: PreTrainedTokenizerBase,
+    fusion: FusionFn | None = None,
 ) -> Iterator[None]:
-    """Inside the block, this context's ``model.generate`` calls are steered by ``experts``."""
+    """Inside the block, this context's ``model.generate`` calls are steered by ``experts``
+    (with ``fusion``, per-step weights from that rule, ``alpha`` being its prior)."""
     install_generate_hook(model)
     current = dict(_ACTIVE.get() or {})
-    current[id(model)] = _Steering(tuple(experts), alpha, tokenizer)
+    current[id(model)] = _Steering(tuple(experts), alpha, tokenizer, fusion)
     token = _ACTIVE.set(current)
     try:
         yield

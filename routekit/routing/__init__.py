@@ -9,12 +9,14 @@ from .classifier import ClassifierRouter, hidden_features
 from .data import read_routing_jsonl, task_routing_prompts
 from .fewshot import FewShotRouter, fewshot_objective
 from .fixed import FixedRouter
+from .fusion import LogitFusionRouter
 from .mixture import Mixture, alpha_table
 from .prompt import PromptRouter
 from .search import SearchResult, cem_search, cmaes_search
 
 __all__ = [
     "Router", "load_router", "ClassifierRouter", "hidden_features", "read_routing_jsonl",
-    "task_routing_prompts", "FewShotRouter", "fewshot_objective", "FixedRouter", "Mixture",
+    "task_routing_prompts", "FewShotRouter", "fewshot_objective", "FixedRouter",
+    "LogitFusionRouter", "Mixture",
     "alpha_table", "PromptRouter", "SearchResult", "cem_search", "cmaes_search",
 ]

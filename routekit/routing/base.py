@@ -92,6 +92,9 @@ class Router(ABC):
     kind: ClassVar[str]
     #: whether this router may produce negative weights (its mixtures carry allow_negative)
     allow_negative: bool = False
+    #: a per-decoding-step rule for proxy experts (``routekit.proxy.fusion.FusionRule``) that
+    #: generation applies on top of the mixtures, or None when the mixtures are the whole answer
+    fusion_rule: Any = None
 
     def __init__(self, experts: Sequence[ExpertLike], base_fingerprint: str | None = None) -> None:
         self.expert_names = expert_names(experts)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-KINDS = ("classifier", "prompt", "fewshot", "fixed")
+KINDS = ("classifier", "prompt", "fewshot", "fixed", "logit-fusion")
 
 
 def load_experts(paths: list[str]) -> list[Any]:
@@ -63,6 +63,15 @@ def _parse_weights(items: list[str]) -> dict[str, float]:
     return out
 
 
+def _budget(value: str | None) -> float | str | None:
+    if value is None or value == "matched":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"--budget takes a number of nats or 'matched', got {value!r}.") from None
+
+
 def fit_router(kind: str, model: Any, tokenizer: Any, experts: list[Any],
                args: argparse.Namespace) -> Any:
     """Build a router of ``kind`` for ``experts`` from the command's options."""
@@ -70,6 +79,7 @@ def fit_router(kind: str, model: Any, tokenizer: Any, experts: list[Any],
     from .data import read_routing_jsonl, task_routing_prompts
     from .fewshot import FewShotRouter
     from .fixed import FixedRouter
+    from .fusion import LogitFusionRouter
     from .prompt import PromptRouter
 
     if kind == "classifier":
@@ -91,6 +101,8 @@ def fit_router(kind: str, model: Any, tokenizer: Any, experts: list[Any],
         )
     if kind == "fixed":
         return FixedRouter(experts, _parse_weights(args.weights or []))
+    if kind == "logit-fusion":
+        return LogitFusionRouter(experts, temperature=args.temperature, budget=_budget(args.budget))
     raise ConfigError(f"unknown router kind {kind!r}; choose one of {', '.join(KINDS)}.")
 
 
@@ -132,11 +144,14 @@ def _route(args: argparse.Namespace) -> int:
     model, tok = resolve_model(args.model)
     router = resolve_router(args.router, model, tok, experts, args)
     mixtures = router.route(prompts)
+    rule = router.fusion_rule  # per-step weights: the mixture is only the prior over experts
+    fusion = None if rule is None else {"temperature": rule.temperature, "budget": rule.budget}
     for p, m in zip(prompts, mixtures):
         if args.json:
-            print(json.dumps({"prompt": p, "mixture": m.model_dump(mode="json")["weights"]}))
+            line = {"prompt": p, "mixture": m.model_dump(mode="json")["weights"]}
+            print(json.dumps(line if fusion is None else {**line, "fusion": fusion}))
         else:
-            print(f"{m}\t{p}")
+            print(f"{m}{'' if fusion is None else ', reweighted per step'}\t{p}")
     return 0
 
 
@@ -151,7 +166,8 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
                    help="task whose train prompts need no expert (default facts; 'none' for none)")
     g.add_argument("--max-per-class", type=int, default=None)
     g.add_argument("--top-k", type=int, default=1)
-    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0,
+                   help="softmax temperature (classifier; logit-fusion: in nats of expert shift)")
     g = p.add_argument_group("prompt")
     g.add_argument("--template", help="a template with {prompt} (default: the world's)")
     g = p.add_argument_group("fewshot")
@@ -163,6 +179,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--per-layer", action="store_true", help="one weight per expert per SVF layer")
     g = p.add_argument_group("fixed")
     g.add_argument("--weights", nargs="+", metavar="NAME=W", help="the fixed mixture")
+    g = p.add_argument_group("logit-fusion (proxy experts; also takes --temperature)")
+    g.add_argument("--budget", help="cap in nats on how far one step moves the base, or "
+                   "'matched' (as far as the experts moved their own models); default no cap")
 
 
 def _none_task(args: argparse.Namespace) -> None:
