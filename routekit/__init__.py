@@ -6,11 +6,12 @@ from .errors import RoutekitError
 from .eval import EvalResult, evaluate, generate
 from .experts import Expert, load_expert, mixture
 from .models import load_model, resolve_model
-from .proxy import ProxyExpert, ProxyLogitsProcessor, proxy_generate
+from .proxy import FusionRule, ProxyExpert, ProxyLogitsProcessor, proxy_generate
 from .routing import (
     ClassifierRouter,
     FewShotRouter,
     FixedRouter,
+    LogitFusionRouter,
     Mixture,
     PromptRouter,
     Router,
@@ -73,6 +74,8 @@ __all__ = [
     "PromptRouter",
     "ClassifierRouter",
     "FewShotRouter",
+    "LogitFusionRouter",
+    "FusionRule",
     "load_router",
     "AdaptiveModel",
     # training
