@@ -316,7 +316,7 @@ def test_bad_alpha_is_refused(world, alpha, match):
 
 
 def test_alpha_rows_must_match_prompts(world):
-    with pytest.raises(ConfigError, match="3 row\(s\) but there are 4 prompt"):
+    with pytest.raises(ConfigError, match=r"3 row\(s\) but there are 4 prompt"):
         proxy_generate(world["base"], world["tok"], world["e1"], PROMPTS, alpha=[[1.0]] * 3)
     proc = ProxyLogitsProcessor(world["e1"], alpha=[[1.0]] * 3)
     with pytest.raises(ConfigError, match="alpha has 3 rows but generate runs a batch of 4"):
