@@ -7,6 +7,11 @@ lr 3e-3, no KL, weight decay 0, one CPU thread; TRL with use_cpu, bf16 off, beta
 - routekit_vs_trl_step: routekit's step time (micro_batch_size = the whole batch, as TRL's
   one forward over 128 completions) over TRL's.
 - routekit_mb4_vs_trl_step: the same with routekit's default micro_batch_size 4.
+- rl_step_over_floor: routekit's RL step (default micro_batch_size) over the floor, the least
+  any RL step does: one sampling ``generate`` call for all 128 completions plus one forward
+  and backward over them, on the same SVF model. Medians of interleaved rounds (floor step,
+  routekit step), after one warm-up round, so both see the same machine load.
+  ``--skip-trl`` measures only this.
 
     pip install -e ".[bench]"; PYTHONPATH=. python benchmarks/bench_trainer.py --json  # bench extra: trl
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +32,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback
 
 from routekit.svf import SVFConfig, get_svf_model
 from routekit.tasks.base import Example, Task
-from routekit.training import train
+from routekit.training import TrainConfig, train
+from routekit.world.config import WorldConfig
 from routekit.world.tokenizer import build_tokenizer
 
 PROMPTS, GROUP, NEW_TOKENS, LR = 16, 8, 12, 3e-3
@@ -41,9 +48,12 @@ def base_model() -> tuple[torch.nn.Module, str]:
         return model.float().eval(), "world base"
     except Exception:  # noqa: BLE001 - no world here: a random model of the same shape
         torch.manual_seed(0)
+        size = WorldConfig().base
         cfg = LlamaConfig(
-            vocab_size=50, hidden_size=224, intermediate_size=576, num_hidden_layers=4,
-            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+            vocab_size=len(build_tokenizer()), hidden_size=size.hidden_size,
+            intermediate_size=size.intermediate_size, num_hidden_layers=size.num_hidden_layers,
+            num_attention_heads=size.num_attention_heads,
+            num_key_value_heads=size.num_attention_heads, max_position_embeddings=256,
             bos_token_id=1, eos_token_id=2, pad_token_id=0,
         )
         return LlamaForCausalLM(cfg).eval(), "random Llama of the world-base size"
@@ -114,30 +124,89 @@ def time_trl(steps: int, cache: str) -> list[float]:
     return timer.times[1:]
 
 
+def floor_step(model: torch.nn.Module, tok, prompts: list[str]) -> float:
+    """Seconds of the least any RL step can do: one sampling ``generate`` call for all
+    ``len(prompts) x GROUP`` completions, then one forward and backward over them (a
+    log-likelihood loss on the completion tokens)."""
+    t0 = time.perf_counter()
+    tok.padding_side = "left"
+    enc = tok(prompts, return_tensors="pt", padding=True)
+    model.eval()
+    with torch.no_grad():
+        out = model.generate(
+            **enc, do_sample=True, temperature=1.0, top_k=None, top_p=None,
+            num_return_sequences=GROUP, max_new_tokens=NEW_TOKENS,
+            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+        )
+    model.train()
+    n_prompt = enc["input_ids"].shape[1]
+    attn = torch.cat([enc["attention_mask"].repeat_interleave(GROUP, 0),
+                      torch.ones_like(out[:, n_prompt:])], 1)
+    logits = model(input_ids=out, attention_mask=attn, use_cache=False).logits[:, :-1].float()
+    logp = torch.log_softmax(logits, -1).gather(-1, out[:, 1:, None]).squeeze(-1)
+    (-logp[:, n_prompt - 1 :].mean()).backward()
+    seconds = time.perf_counter() - t0
+    model.zero_grad(set_to_none=True)
+    return seconds
+
+
+def time_against_floor(rounds: int, micro: int, cache: str) -> tuple[list[float], list[float]]:
+    """Interleaved rounds of (floor step, routekit RL step) on the same SVF model, so both
+    see the same machine load; the first round is a warm-up and is dropped."""
+    tok, t = build_tokenizer(), task()
+    model = svf_model(cache)
+    prompts = [e.prompt for e in t.examples("train")][:PROMPTS]
+    floor, routekit = [], []
+    for r in range(rounds + 1):
+        f = floor_step(model, tok, prompts)
+        res = train(
+            model, tok, t, objective="rl", parameterization="svf", steps=1, seed=r,
+            batch_size=PROMPTS, group_size=GROUP, micro_batch_size=micro,
+            max_new_tokens=NEW_TOKENS, lr=LR, grad_clip=None, checkpoint_every=0,
+            progress=False,
+        )
+        if r:
+            floor.append(f)
+            routekit.append(res.history[0]["seconds"])
+    return floor, routekit
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--rounds", type=int, default=9, help="timed rounds against the floor")
+    parser.add_argument("--skip-trl", action="store_true", help="only the floor comparison")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    result: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as cache:
         _, what = base_model()
-        trl_times = time_trl(args.steps, cache)
-        rk_times = time_routekit(args.steps, PROMPTS, cache)
-        rk4_times = time_routekit(args.steps, 4, cache)
-    med = {k: statistics.median(v) for k, v in
-           {"trl": trl_times, "routekit": rk_times, "routekit_mb4": rk4_times}.items()}
-    result = {
-        "model": what,
-        "work_per_step": f"{PROMPTS} prompts x {GROUP} completions, <= {NEW_TOKENS} new tokens",
-        "trl_step_s": round(med["trl"], 4),
-        "routekit_step_s": round(med["routekit"], 4),
-        "routekit_mb4_step_s": round(med["routekit_mb4"], 4),
-        "routekit_vs_trl_step": round(med["routekit"] / med["trl"], 3),
-        "routekit_mb4_vs_trl_step": round(med["routekit_mb4"] / med["trl"], 3),
-        "steps_timed": args.steps - 1,
-        "torch_threads": 1,
-    }
+        result["model"] = what
+        result["work_per_step"] = (
+            f"{PROMPTS} prompts x {GROUP} completions, <= {NEW_TOKENS} new tokens, SVF on MLP"
+        )
+        if not args.skip_trl:
+            trl = statistics.median(time_trl(args.steps, cache))
+            rk = statistics.median(time_routekit(args.steps, PROMPTS, cache))
+            rk4 = statistics.median(time_routekit(args.steps, 4, cache))
+            result.update({
+                "trl_step_s": round(trl, 4),
+                "routekit_step_s": round(rk, 4),
+                "routekit_mb4_step_s": round(rk4, 4),
+                "routekit_vs_trl_step": round(rk / trl, 3),
+                "routekit_mb4_vs_trl_step": round(rk4 / trl, 3),
+                "steps_timed": args.steps - 1,
+            })
+        floor, step = time_against_floor(args.rounds, TrainConfig().micro_batch_size, cache)
+        result.update({
+            "floor_step_s": round(statistics.median(floor), 4),
+            "rl_step_s": round(statistics.median(step), 4),
+            "rl_step_over_floor": round(statistics.median(step) / statistics.median(floor), 3),
+            "floor_rounds": args.rounds,
+        })
+    result["torch_threads"] = 1
+    result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
     out = Path(__file__).parent / "results" / "bench_trainer.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -16,18 +16,26 @@ token), log π = log_softmax(logits / temperature) (the distribution sampled fro
 k3 = exp(log π_base − log π) − (log π_base − log π) − 1 on the sampled tokens. One optimiser
 step per sampled batch, so the policy ratio is 1 and no PPO clipping applies. Sampling is
 Gumbel-max under greedy ``generate`` with one seeded generator per (step, prompt, sample).
+A step's rollouts are one ``generate`` call: each distinct prompt is prefilled once and its
+key/value cache shared by its group, and an SVF model samples with z merged into its weights
+(``benchmarks/bench_trainer.py`` times the whole step against one plain sampling ``generate``
+plus one forward and backward over the same completions: ``rl_step_over_floor``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import inspect
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
 
+from ..errors import ConfigError
 from ..eval import _stop_ids
 from ..tasks.base import Example, Task
 from .parameterizations import derive_seed
@@ -199,7 +207,6 @@ def sample_rollout(
     """Sample ``group_size`` completions per example and score them with ``task.reward``."""
     device = next(model.parameters()).device
     gen_device = device if device.type == "cuda" else torch.device("cpu")
-    prompts = [e.prompt for e in examples for _ in range(group_size)]
     generators = [
         torch.Generator(device=gen_device).manual_seed(derive_seed(seed, "sample", step, gi, j))
         for gi in global_indices
@@ -208,21 +215,24 @@ def sample_rollout(
     pad = _pad_id(tokenizer)
     stop = _stop_ids(tokenizer, model)
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=True).to(device)
+    # Each distinct prompt is encoded and prefilled once; its group shares that prefix.
+    enc = tokenizer([e.prompt for e in examples], return_tensors="pt", padding=True,
+                    add_special_tokens=True).to(device)
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_k=None,
-            top_p=None,
-            logits_processor=LogitsProcessorList([SeededSampling(generators, temperature)]),
-            pad_token_id=pad,
-            eos_token_id=stop or None,
-        )
+        with _merged_for_decoding(model):
+            out = _generate_groups(
+                model, enc["input_ids"], enc["attention_mask"], group_size,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                temperature=None,
+                top_k=None,
+                top_p=None,
+                logits_processor=LogitsProcessorList([SeededSampling(generators, temperature)]),
+                pad_token_id=pad,
+                eos_token_id=stop or None,
+            )
     finally:
         model.train(was_training)
     new = out[:, enc["input_ids"].shape[1] :].tolist()
@@ -232,8 +242,67 @@ def sample_rollout(
     rewards = torch.tensor(task.reward(completions, references), dtype=torch.float32)
     grouped = rewards.view(-1, group_size)
     adv = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + ADV_EPS)
-    prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+    unique = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"].cpu(), enc["attention_mask"].cpu())]
+    prompt_ids = [list(ids) for ids in unique for _ in range(group_size)]
     return Rollout(prompt_ids, completion_ids, completions, rewards, adv.reshape(-1))
+
+
+def _generate_groups(
+    model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, group_size: int, **generate_kwargs: Any
+) -> torch.Tensor:
+    """``generate`` for ``group_size`` copies of each left-padded prompt row (grouped by
+    prompt), running the prompt's prefill once per distinct prompt instead of once per copy.
+
+    All but each prompt's last token go through one forward pass; its key/value cache is
+    repeated for every copy and ``generate`` continues from it, with the position ids
+    ``generate`` itself would give (real tokens counted from 0), so each row samples what an
+    unshared row would. Returns the prompt and new tokens, as ``generate`` does.
+    """
+    rep_ids, rep_attn = ids.repeat_interleave(group_size, 0), attn.repeat_interleave(group_size, 0)
+    if ids.shape[1] < 2 or group_size < 2:
+        return model.generate(input_ids=rep_ids, attention_mask=rep_attn, **generate_kwargs)
+    pos = (attn.long().cumsum(-1) - 1).masked_fill(attn == 0, 1)
+    kw = _cache_kwarg(model)
+    prefix = model(input_ids=ids[:, :-1], attention_mask=attn[:, :-1], position_ids=pos[:, :-1],
+                   use_cache=True)
+    cache = getattr(prefix, kw)
+    if isinstance(cache, tuple):  # older transformers return the legacy tuple format
+        from transformers import DynamicCache
+
+        cache = DynamicCache.from_legacy_cache(cache)
+    cache.batch_repeat_interleave(group_size)
+    return model.generate(input_ids=rep_ids, attention_mask=rep_attn, **{kw: cache},
+                          **generate_kwargs)
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """``cache`` where transformers names it so (5.x), else ``past_key_values``."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
+
+
+@contextlib.contextmanager
+def _merged_for_decoding(model: nn.Module) -> Iterator[None]:
+    """An SVF model samples with its z written into the base weights (one matmul per layer
+    and token instead of the factored two), restored bit-exactly afterwards. The merged
+    weights compute the same function as the factored path up to float rounding; the
+    gradient pass (:func:`rl_loss`) always runs factored. Other models are left as they are.
+    """
+    from ..svf import merge, svf_layers, unmerge
+
+    layers = svf_layers(model)
+    merged_here = False
+    if layers and not any(x.merged for x in layers.values()):
+        try:
+            merge(model)  # checks before changing anything
+            merged_here = True
+        except ConfigError:  # a per-call expert mixture is in use: sample on the factored path
+            pass
+    try:
+        yield
+    finally:
+        if merged_here:
+            unmerge(model)
 
 
 def _cut_at_stop(row: list[int], stop: set[int]) -> list[int]:
