@@ -114,9 +114,10 @@ class Evaluator:
             out["kl_prompts"] = kl_divergence(
                 self.base, likelihood_model, self.tok, self.kl_prompts).per_token()
         if self.has_behaviour:
-            out["behaviour"] = behaviour_shares(
-                classify_behaviours(self.task, _head(self.task.examples("test"), lim.test),
-                                    test.completions))
+            labels = classify_behaviours(self.task, _head(self.task.examples("test"), lim.test),
+                                         test.completions)
+            out["behaviour"] = behaviour_shares(labels)
+            per_prompt["systematic"] = [float(lab == "systematic") for lab in labels]
         return Scores(alpha=None if steer is None else steer[1], per_prompt=per_prompt, **out)
 
     def behaviour(self, model: nn.Module, steer: tuple[Any, float] | None = None) -> dict[str, float] | None:

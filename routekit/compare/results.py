@@ -54,7 +54,8 @@ class Scores(_Strict):
     behaviour: dict[str, float] | None = Field(None, description="final shares on test prompts")
     per_prompt: dict[str, list[float]] = Field(
         default_factory=dict,
-        description="per prompt: test, ood, probes (1/0), probe_loglik (nats per answer)",
+        description="per prompt: test, ood, probes (1/0 correct), systematic (1/0: the test "
+        "answer is the skill's systematic wrong one), probe_loglik (nats per answer)",
     )
 
 
