@@ -176,8 +176,11 @@ def _train_in_segments(model, tok, task, cfg, suite: Suite, ev: Evaluator, work:
     behaviour = [b for b in (read_json(partial, "behaviour") if partial.is_file() else [])
                  if b["step"] <= done]
     seconds, res = 0.0, None
+    measured = {b["step"] for b in behaviour}
     for end in segment_ends(cfg.steps, suite.checkpoints):
-        if end <= done:
+        # A segment is done when its checkpoint is; its behaviour may still be missing when
+        # the cell was killed between the two (the train call then only restores the model).
+        if end < done or (end == done and (end in measured or not ev.has_behaviour)):
             continue
         res = train(model, tok, task, cfg.model_copy(update={"steps": end}), out_dir=work,
                     resume=state.is_file(), progress=False)
