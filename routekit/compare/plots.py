@@ -27,6 +27,17 @@ def _base(results: Results, task: str) -> CellRecord | None:
     return next((c for c in results.cells if c.key.method == "base" and c.key.task == task), None)
 
 
+def _one_per_method(cells: list[CellRecord]) -> list[CellRecord]:
+    """The first cell of each (method, task): the lowest lr's first seed, in run order."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for c in cells:
+        if (c.key.method, c.key.task) not in seen:
+            seen.add((c.key.method, c.key.task))
+            out.append(c)
+    return out
+
+
 def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """The points no other point beats on both coordinates (higher is better), by x."""
     front = [p for p in points
@@ -105,12 +116,7 @@ def plot_layer_density(results: Results) -> bytes | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    seen = set()
-    for c in cells:
-        tag = (c.key.method, c.key.task)
-        if tag in seen:  # one cell per method and task: the first (lowest lr, first seed)
-            continue
-        seen.add(tag)
+    for c in _one_per_method(cells):
         layers = sorted((k for k in c.structure.density_by_layer if k != "None"), key=int)
         ax.plot([int(k) for k in layers], [c.structure.density_by_layer[k] for k in layers],
                 marker="o", label=f"{c.key.method} {c.key.task} lr {c.key.lr:g}")
@@ -176,13 +182,8 @@ def plot_activations(results: Results) -> bytes | None:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    seen = set()
-    for c in cells:
-        tag = (c.key.method, c.key.task)
-        if tag in seen:
-            continue
-        seen.add(tag)
-        color = plt.cm.tab20(len(seen) % 20)
+    for i, c in enumerate(_one_per_method(cells)):
+        color = plt.cm.tab20(i % 20)
         for split, style in (("test", "--"), ("ood", "-")):
             rows = c.activations[split]
             ax.plot([r["layer"] for r in rows], [r["top_k_energy"] for r in rows], style,

@@ -22,10 +22,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..errors import ConfigError, UnknownTaskError
-from ..training.config import format_validation_error
+from ..training.config import validate_mapping
 from .methods import METHODS, SUBNET_SOURCES, check_overrides, get_method
 
 BUILTIN_SUITES = ("default", "science")
@@ -164,12 +164,7 @@ def check_task_name(name: str) -> None:
 
 def suite_from_dict(data: Any, source: str = "suite") -> Suite:
     """Validate a mapping as a Suite; errors name the offending key."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}.")
-    try:
-        return Suite.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+    return validate_mapping(Suite, data, source)
 
 
 def load_suite(spec: str | os.PathLike) -> Suite:
