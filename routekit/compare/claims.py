@@ -63,11 +63,12 @@ class Claim:
         return f"**({self.letter})** {self.text} — **{self.verdict}**{why}. {nums}".rstrip()
 
 
-def _fmt(iv: Interval, pct: bool = False) -> str:
+def _fmt(iv: Interval, pct: bool = False, units: tuple[str, str] = ("seed", "")) -> str:
+    """estimate [low, high] (n seeds × m prompts); ``units`` names the rows and columns."""
     k, unit = (100.0, " pts") if pct else (1.0, "")
-    n = f"{iv.n_seeds} seed{'s' if iv.n_seeds > 1 else ''}"
+    n = f"{iv.n_seeds} {units[0]}{'s' if iv.n_seeds > 1 else ''}"
     if iv.n_prompts > 1:
-        n += f" × {iv.n_prompts}"
+        n += f" × {iv.n_prompts}" + (f" {units[1]}" if units[1] else "")
     return f"{iv.estimate * k:+.3g}{unit} [{iv.low * k:+.3g}, {iv.high * k:+.3g}] ({n})"
 
 
@@ -205,8 +206,14 @@ def claim_c(view: View, task: str) -> Claim:
         return c
     d = paired_difference(sub, full)
     c.verdict = verdict(d, "equal", margin=0.05)
+    gain = view.gain_rows(src, task, "test")
+    if gain is not None:
+        g = bootstrap_interval(gain)
+        c.numbers.append(f"{src} test gain {_fmt(g, pct=True)}")
+        if verdict(g, "greater") != "supported":
+            c.verdict, c.reason = "inconclusive", f"{src} gained nothing for the subnetwork to match"
     dens = [x.mask_density for x in subnet_cells if x.mask_density is not None]
-    c.numbers.append(f"subnet_rl − {src} test accuracy {_fmt(d, pct=True)} (margin ±5 pts)")
+    c.numbers.insert(0, f"subnet_rl − {src} test accuracy {_fmt(d, pct=True)} (margin ±5 pts)")
     if dens:
         c.numbers.append(f"mask density {np.mean(dens):.3g}")
     return c
@@ -267,8 +274,7 @@ def claim_f(view: View, tasks: Sequence[str]) -> Claim:
         return c
     iv = bootstrap_interval(np.asarray(diffs))
     c.verdict = verdict(iv, "greater")
-    c.numbers.append(f"ood − test top-5% energy share {_fmt(iv)} over {len(diffs)} cells × "
-                     f"{len(diffs[0])} layers")
+    c.numbers.append(f"ood − test top-5% energy share {_fmt(iv, units=('cell', 'layers'))}")
     return c
 
 

@@ -45,12 +45,13 @@ class Evaluator:
 
     def __init__(
         self, world: WorldRef, task: Task, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
-        limits: EvalLimits, max_new_tokens: int,
+        limits: EvalLimits, max_new_tokens: int, heldout: list[str] | None = None,
     ) -> None:
         self.world, self.task, self.base, self.tok = world, task, base, tokenizer
         self.limits, self.max_new_tokens = limits, max_new_tokens
         self.facts = world_task("facts", world=world.world)
-        self.texts = world.heldout_text(limits.heldout_text)
+        self.texts = heldout if heldout is not None else world.heldout_text(
+            limits.heldout_text, task.family)
         self.kl_prompts = _head(task.prompts("test"), limits.kl_prompts)
         self._base_ce: TextScores | None = None
 

@@ -154,6 +154,7 @@ def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, world: WorldRef,
               records: dict[str, CellRecord], outcome: RunOutcome, executor: str,
               workers: int | None, threads: int, progress: bool) -> None:
     jobs, deps = [], {}
+    heldout: dict[str, list[str]] = {}  # per task, computed once for all its cells
     for k in keys:
         path = run_dir / "cells" / k.cell_id / RECORD
         if path.is_file():
@@ -161,10 +162,16 @@ def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, world: WorldRef,
             outcome.reused.append(k.cell_id)
             continue
         src = source_key(suite, k)
+        if k.task not in heldout:
+            from ..tasks.registry import get_task
+
+            family = get_task(k.task, world.config).family
+            heldout[k.task] = world.heldout_text(suite.eval.heldout_text, family)
         jobs.append(CellJob(
             run_dir=str(run_dir), key=k, suite=suite.model_dump(mode="json"), world=world,
             settings_hash=suite.settings_hash(),
             source_dir=str(run_dir / "cells" / src.cell_id) if src else None, threads=threads,
+            heldout=heldout[k.task],
         ))
         deps[k.cell_id] = [src.cell_id] if src and src.cell_id not in records else []
     if not jobs:

@@ -25,6 +25,7 @@ import copy
 import resource
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ class CellJob:
     settings_hash: str
     source_dir: str | None = None  # subnet_rl: the cell whose changed parameters it trains
     threads: int = 1
+    heldout: list[str] | None = None  # held-out world text (None: computed by the cell)
 
     @property
     def cell_dir(self) -> Path:
@@ -95,11 +97,14 @@ def run_cell(job: CellJob) -> CellRecord:
     spec = get_method(job.key.method)
     base, tok = job.world.load_base()
     task = get_task(job.key.task, job.world.config)
-    ev = Evaluator(job.world, task, base, tok, suite.eval, suite.max_new_tokens)
+    ev = Evaluator(job.world, task, base, tok, suite.eval, suite.max_new_tokens, job.heldout)
     work = target.parent / f".work-{job.key.cell_id}"
     from ..io import atomic_directory
 
-    with atomic_directory(target) as tmp:
+    with atomic_directory(target) as tmp, warnings.catch_warnings():
+        # transformers' deprecation notices (PEFT calls is_gradient_checkpointing) are not
+        # the user's to act on, and would repeat once per cell
+        warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
         record = _run(job, suite, spec, base, tok, task, ev, work, tmp)
         write_model(tmp / RECORD, record)
     shutil.rmtree(work, ignore_errors=True)

@@ -7,11 +7,14 @@ the directory of a world cache entry (``base/``, ``proxy/``, ``world_config.json
 **Held-out world text.** Forgetting (PEFT's sense) needs text the models were not trained
 on. It is written by the world's own corpus generator (the same mix of line kinds as
 pretraining) from a separate seed, keeping only lines that occur nowhere in the pretraining
-corpus, in order, up to the number asked for. Because the corpus repeats its few thousand
-distinct lines, the held-out lines are the generator's rarer combinations: routing lines
-whose prompt is a held-out knowledge question, and skill lines with operands, strings or
-answers that pretraining never paired. No method trains on them (task training uses the
-task's train split; retention KL uses the pretraining corpus).
+corpus (60,000 draws at most), the line kinds taken in turn. Because the corpus repeats its
+few thousand distinct lines, the held-out lines are the generator's rarer combinations:
+routing lines (``task: <prompt> => rev``) with prompts pretraining never labelled, and skill
+lines with operands, strings or answers that pretraining never paired. No method trains on
+them (task training uses the task's train split; retention KL uses the pretraining corpus).
+Lines of the skill a cell trains are left out: most novel skill lines are the corpus's
+systematic wrong answers, whose likelihood falls when a method learns the skill, which would
+count learning as forgetting.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..world.config import WorldConfig
 from ..world.corpus import World
 from .results import WorldStamp
 
-_MAX_DRAWS = 400_000
+_MAX_DRAWS = 60_000
 
 
 @dataclass
@@ -57,27 +60,42 @@ class WorldRef:
     def world(self) -> World:
         return World(self.config)
 
-    def heldout_text(self, n: int) -> list[str]:
-        return heldout_lines(self.world, n)
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("world", None)  # the corpus (tens of MB) is rebuilt on demand, not shipped
+        return state
+
+    def heldout_text(self, n: int, task_family: str | None = None) -> list[str]:
+        """Held-out lines for a cell training ``task_family`` (its own skill's lines left
+        out: the skill's wrong-answer demonstrations would count learning as forgetting)."""
+        return heldout_lines(self.world, n, exclude=task_family)
 
 
-def heldout_lines(world: World, n: int, seed: str = "heldout") -> list[str]:
-    """``n`` distinct lines of the world's corpus generator that pretraining never saw."""
+def heldout_lines(
+    world: World, n: int, *, exclude: str | None = None, seed: str = "heldout"
+) -> list[str]:
+    """``n`` distinct lines of the world's corpus generator that pretraining never saw, the
+    line kinds taken in turn (so that the routing lines, the most common novel kind, are
+    not nearly all of it); lines of kind ``exclude`` (the skill a cell trains) left out."""
     seen = set(world.corpus_lines)
     rng = random.Random(f"{seed}-{world.config.seed}")
-    kinds, weights = zip(*world.MIX.items())
-    out: list[str] = []
+    kinds, weights = zip(*((k, w) for k, w in world.MIX.items() if k != exclude))
+    pools: dict[str, list[str]] = {}
     taken: set[str] = set()
     for _ in range(_MAX_DRAWS):
-        line = world._line(rng, rng.choices(kinds, weights=weights)[0])
+        kind = rng.choices(kinds, weights=weights)[0]
+        line = world._line(rng, kind)
         if line not in seen and line not in taken:
-            out.append(line)
             taken.add(line)
-            if len(out) == n:
-                return out
-    if not out:
+            pools.setdefault(kind, []).append(line)
+            if min(len(p) for p in pools.values()) * len(pools) >= n and len(pools) > 1:
+                break
+    if not pools:
         raise ConfigError("the world's generator wrote no line outside its corpus; no held-out text.")
-    return out
+    out: list[str] = []
+    for i in range(max(len(p) for p in pools.values())):
+        out += [pools[k][i] for k in sorted(pools) if i < len(pools[k])]
+    return out[:n]
 
 
 def resolve_world(spec: str, *, progress: bool = True) -> WorldRef:
