@@ -9,7 +9,9 @@ starts once the cells it depends on have finished (subnet_rl after its full RL c
 - ``local`` with ``workers=N``: N processes (spawned, one fresh process per cell, so a
   cell's peak memory is its own), each with ``threads`` torch threads;
 - ``ray``: each cell is a Ray task (``ray.init()`` joins a running cluster when
-  ``RAY_ADDRESS`` is set, else starts a local one); install with ``pip install routekit[ray]``.
+  ``RAY_ADDRESS`` is set, else starts a local one with ``workers`` CPUs); install with
+  ``pip install routekit[ray]``. On a cluster, the run directory and the world's cache entry
+  must be on a filesystem every node sees (each task reads the world and writes its cell).
 
 A failed cell does not stop the others; :func:`execute` returns the failures beside the
 records, and cells that depend on a failed one are reported as skipped.
@@ -137,8 +139,11 @@ def _execute_ray(jobs: list[CellJob], deps: dict[str, list[str]], progress: bool
             "--executor ray needs Ray: pip install 'routekit[ray]' (or pip install ray)."
         ) from None
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=workers if workers else None,
-                 log_to_driver=False)
+        address = os.environ.get("RAY_ADDRESS")
+        if address:  # an existing cluster decides its own resources
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=workers or default_workers(), log_to_driver=False)
     remote = ray.remote(num_cpus=1)(_safe_run)
     slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
 
