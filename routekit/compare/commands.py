@@ -59,7 +59,11 @@ def _run(args: argparse.Namespace) -> int:
     suite = narrow(suite, methods=args.methods, tasks=args.tasks, seeds=args.seeds,
                    lrs=parse_lrs(args.lrs) if args.lrs else None)
     out = Path(args.out) if args.out else Path("runs") / "compare" / suite.name
+    from transformers.utils import logging as hf_logging
+
     from .report import headline_text
+
+    hf_logging.disable_progress_bar()  # one bar per model loaded would bury the cells' bar
     from .runner import run_suite
 
     outcome = run_suite(suite, out, executor=args.executor, workers=args.workers,
