@@ -407,6 +407,14 @@ def test_a_failed_cell_is_reported_and_the_others_kept(world_dir, tmp_path, monk
     assert read_results(tmp_path / "r").cells[0].key.method == "base"
 
 
+def test_worker_processes_equal_the_calling_process(world_dir, tmp_path):
+    suite = suite_from_dict(tiny_suite(world_dir, ["base", "svf_sft"]))
+    inline = run_suite(suite, tmp_path / "inline", workers=0, progress=False, report=False)
+    spawned = run_suite(suite, tmp_path / "spawned", workers=2, progress=False, report=False)
+    assert sorted(spawned.ran) == sorted(inline.ran)
+    assert comparable(spawned.results) == comparable(inline.results)
+
+
 def test_ray_executor_equals_local(world_dir, tmp_path):
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'routekit[ray]')")
     suite = suite_from_dict(tiny_suite(world_dir, ["base", "svf_sft"]))

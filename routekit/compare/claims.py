@@ -264,17 +264,24 @@ def claim_e(view: View, task: str) -> Claim:
 
 def claim_f(view: View, tasks: Sequence[str]) -> Claim:
     c = Claim("f", "hidden states grow sparser on ood prompts (top-5% energy share)")
-    diffs = []
+    diffs: dict[str, list[list[float]]] = {"top_k_energy": [], "l1_normalised": [],
+                                           "effective_rank_over_d": []}
     for cell in view.results.cells:
         if cell.key.task in tasks and cell.activations:
             t, o = cell.activations["test"], cell.activations["ood"]
-            diffs.append([lo["top_k_energy"] - lt["top_k_energy"] for lt, lo in zip(t, o)])
-    if not diffs:
+            for metric, rows in diffs.items():
+                rows.append([lo[metric] - lt[metric] for lt, lo in zip(t, o)])
+    if not diffs["top_k_energy"]:
         c.reason = "needs activation measurements (a task with an ood split)"
         return c
-    iv = bootstrap_interval(np.asarray(diffs))
+    units = ("cell", "layers")
+    iv = bootstrap_interval(np.asarray(diffs["top_k_energy"]))
     c.verdict = verdict(iv, "greater")
-    c.numbers.append(f"ood − test top-5% energy share {_fmt(iv, units=('cell', 'layers'))}")
+    c.numbers.append(f"ood − test top-5% energy share {_fmt(iv, units=units)}")
+    for metric, what in (("l1_normalised", "L1 of the normalised state (lower = sparser)"),
+                         ("effective_rank_over_d", "effective rank / d (lower = sparser)")):
+        c.numbers.append(f"ood − test {what} "
+                         f"{_fmt(bootstrap_interval(np.asarray(diffs[metric])), units=units)}")
     return c
 
 
