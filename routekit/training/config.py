@@ -10,7 +10,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -195,12 +195,7 @@ class TrainConfig(BaseModel):
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
         """Validate a mapping, turning pydantic's error into a ConfigError that names each key."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}.")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            raise ConfigError(f"{source}: {format_validation_error(e)}") from None
+        return validate_mapping(cls, data, source)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike) -> TrainConfig:
@@ -222,6 +217,20 @@ class TrainConfig(BaseModel):
             mode="json",
             exclude={"steps", "checkpoint_every", "eval_every", "eval_split", "eval_limit"},
         )
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def validate_mapping(cls: type[_Model], data: Any, source: str) -> _Model:
+    """``cls.model_validate(data)``, with pydantic's error turned into a ConfigError that
+    names each offending key (and a non-mapping refused)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys, got {type(data).__name__}.")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_validation_error(e)}") from None
 
 
 def _check_svf_fields(fields: dict[str, Any]) -> None:

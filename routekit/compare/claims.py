@@ -1,0 +1,350 @@
+"""The verdict on each claim (a)–(h), with the numbers it rests on, from a run's results.
+
+Every comparison is made at each method's best learning rate (see :mod:`.suite`) and its
+best α for proxy methods, over the seeds run there, with a 95% bootstrap interval from
+:mod:`.stats` (seeds, then prompts within a seed). A verdict is "supported" or
+"contradicted" only when its interval excludes the other side (``stats.verdict``);
+otherwise, or when the cells it needs are missing, it is "inconclusive". The base is
+deterministic (greedy decoding), so its one cell pairs with every seed of a method.
+
+=== =================================================================================
+(a) RL (bf16 storage, as arXiv:2505.11711) leaves most parameters bitwise unchanged
+    (share > 0.5), its changed matrices are nearly full rank (mean rank fraction > 0.9)
+    and two seeds' changed sets overlap more than random masks of the same densities.
+(b) The sparsity comes from bf16 storage: bf16 RL's unchanged share exceeds float32 RL's
+    (paired by seed).
+(c) Subnetwork RL matches the RL it took its mask from: test accuracy within ±5 points.
+(d) Small (SVF) RL updates teach *when*, not *how*: the gain over the base is smaller on
+    ood prompts than on test prompts (test and ood prompts paired by index: the same
+    entity for hop).
+(e) RL collapses pretraining's answer formats onto one: the share of test answers in the
+    tuned model's dominant behaviour (correct or systematic) grows over the base's share of
+    that behaviour.
+(f) Hidden states are sparser on ood prompts: top-5% energy share on ood minus test, over
+    layers and every cell measured (per-state values are not kept, so layers and cells are
+    the bootstrap's units).
+(g) Routing-only methods keep knowledge, full fine-tuning loses it, LoRA in between: the
+    probes' answer log-likelihood minus the base's, per probe: full SFT < 0, SVF SFT and
+    proxy SFT above full SFT, LoRA SFT above full SFT and below SVF SFT.
+(h) Forgetting tracks KL(base‖tuned) on the task's prompts: Pearson r over trained cells
+    (and α) > 0.5, bootstrapped over cells.
+=== =================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cells import best_lrs
+from .results import CellRecord, Results, Scores
+from .stats import Interval, bootstrap_interval, paired_difference, verdict
+from .suite import Suite
+
+RL_SMALL = ("svf_rl", "full_rl_bf16", "subnet_rl", "full_rl", "lora_rl")
+RL_ANY = ("full_rl", "full_rl_bf16", "svf_rl", "lora_rl", "subnet_rl")
+
+
+@dataclass
+class Claim:
+    """One claim's verdict and the numbers it rests on."""
+
+    letter: str
+    text: str
+    verdict: str = "inconclusive"
+    numbers: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    def line(self) -> str:
+        nums = "; ".join(self.numbers)
+        why = f" ({self.reason})" if self.reason else ""
+        return f"**({self.letter})** {self.text} — **{self.verdict}**{why}. {nums}".rstrip()
+
+
+def _fmt(iv: Interval, pct: bool = False, units: tuple[str, str] = ("seed", "")) -> str:
+    """estimate [low, high] (n seeds × m prompts); ``units`` names the rows and columns."""
+    k, unit = (100.0, " pts") if pct else (1.0, "")
+    n = f"{iv.n_seeds} {units[0]}{'s' if iv.n_seeds > 1 else ''}"
+    if iv.n_prompts > 1:
+        n += f" × {iv.n_prompts}" + (f" {units[1]}" if units[1] else "")
+    return f"{iv.estimate * k:+.3g}{unit} [{iv.low * k:+.3g}, {iv.high * k:+.3g}] ({n})"
+
+
+def _seed_verdict(iv: Interval, direction: str, threshold: float = 0.0) -> str:
+    """A verdict on a per-seed figure: one seed gives no interval, so it cannot commit."""
+    return verdict(iv, direction, threshold=threshold) if iv.n_seeds > 1 else "inconclusive"
+
+
+class View:
+    """Results arranged by (method, task): the best lr's cells over seeds, and the base."""
+
+    def __init__(self, results: Results) -> None:
+        self.results = results
+        self.suite = Suite.model_validate(results.suite)
+        self.records = {c.cell_id: c for c in results.cells}
+        self.best = best_lrs(self.suite, self.records)
+
+    def cells(self, method: str, task: str) -> list[CellRecord]:
+        """The method's cells at its best lr on ``task``, one per seed, in seed order."""
+        lr = self.best.get((method, task))
+        if method == "base":
+            return [c for c in self.results.cells if c.key.method == "base" and c.key.task == task][:1]
+        if lr is None:
+            return []
+        return sorted((c for c in self.results.cells if c.key.method == method
+                       and c.key.task == task and c.key.lr == lr), key=lambda c: c.key.seed)
+
+    def base(self, task: str) -> Scores | None:
+        cells = self.cells("base", task)
+        return cells[0].best() if cells else None
+
+    def rows(self, method: str, task: str, metric: str) -> np.ndarray | None:
+        """(seeds × prompts) per-prompt values of the best variant of each seed's cell."""
+        rows = [c.best().per_prompt.get(metric) for c in self.cells(method, task)]
+        if not rows or any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
+            return None
+        return np.asarray(rows, dtype=float)
+
+    def gain_rows(self, method: str, task: str, metric: str) -> np.ndarray | None:
+        """Per prompt, the method's value minus the base's (the base repeated per seed)."""
+        tuned = self.rows(method, task, metric)
+        base = self.rows("base", task, metric)
+        if tuned is None or base is None or tuned.shape[1] != base.shape[1]:
+            return None
+        return tuned - base
+
+
+def _first(view: View, methods: Sequence[str], task: str) -> str | None:
+    return next((m for m in methods if view.cells(m, task)), None)
+
+
+def _combine(parts: Sequence[str]) -> str:
+    if parts and all(p == "supported" for p in parts):
+        return "supported"
+    if any(p == "contradicted" for p in parts):
+        return "contradicted"
+    return "inconclusive"
+
+
+def _per_seed(values: Sequence[float]) -> np.ndarray:
+    return np.asarray(values, dtype=float)[:, None]
+
+
+def claim_a(view: View, task: str) -> Claim:
+    c = Claim("a", "RL updates a small subnetwork, nearly full rank, overlapping across seeds "
+                   "more than chance")
+    m = _first(view, ("full_rl_bf16", "full_rl"), task)
+    cells = [x for x in view.cells(m, task) if x.structure] if m else []
+    if not cells:
+        c.reason = "needs full_rl_bf16 or full_rl cells"
+        return c
+    unchanged = bootstrap_interval(_per_seed([x.structure.share_bitwise_unchanged for x in cells]))
+    ranks = [x.structure.mean_rank_fraction for x in cells if x.structure.mean_rank_fraction is not None]
+    parts = [_seed_verdict(unchanged, "greater", threshold=0.5)]
+    c.numbers.append(f"{m} at lr {cells[0].key.lr:g}: bitwise unchanged {_fmt(unchanged)}")
+    if ranks:
+        rk = bootstrap_interval(_per_seed(ranks))
+        parts.append(_seed_verdict(rk, "greater", threshold=0.9))
+        c.numbers.append(f"mean rank fraction of changed matrices {_fmt(rk)}")
+    ov = [o for o in view.results.overlaps if o.method == m and o.task == task
+          and o.lr == cells[0].key.lr and o.jaccard is not None and o.expected_jaccard is not None]
+    if ov:
+        excess = bootstrap_interval(_per_seed([o.jaccard - o.expected_jaccard for o in ov]))
+        parts.append(_seed_verdict(excess, "greater") if len(ov) > 1 else "inconclusive")
+        c.numbers.append(f"Jaccard overlap across seeds minus random expectation {_fmt(excess)} "
+                         f"({len(ov)} seed pairs)")
+    else:
+        parts.append("inconclusive")
+        c.numbers.append("no two seeds to overlap")
+    gain = view.gain_rows(m, task, "test")
+    if gain is not None:
+        c.numbers.append(f"its test gain {_fmt(bootstrap_interval(gain), pct=True)}")
+    c.verdict = _combine(parts)
+    return c
+
+
+def claim_b(view: View, task: str) -> Claim:
+    c = Claim("b", "update sparsity comes from bf16 storage and vanishes with float32 master weights")
+    bf, fp = view.cells("full_rl_bf16", task), view.cells("full_rl", task)
+    bf = {x.key.seed: x for x in bf if x.structure}
+    fp = {x.key.seed: x for x in fp if x.structure}
+    seeds = sorted(set(bf) & set(fp))
+    if not seeds:
+        c.reason = "needs full_rl and full_rl_bf16 cells on the same seeds"
+        return c
+    diff = bootstrap_interval(_per_seed([bf[s].structure.share_bitwise_unchanged
+                                         - fp[s].structure.share_bitwise_unchanged for s in seeds]))
+    fp_share = bootstrap_interval(_per_seed([fp[s].structure.share_bitwise_unchanged for s in seeds]))
+    c.verdict = _combine([_seed_verdict(diff, "greater"),
+                          _seed_verdict(fp_share, "less", threshold=0.05)])
+    c.numbers += [f"unchanged share bf16 − fp32 {_fmt(diff)}",
+                  f"fp32 unchanged {_fmt(fp_share)} (vanishes: < 0.05)"]
+    for name, method in (("bf16", "full_rl_bf16"), ("fp32", "full_rl")):
+        g = view.gain_rows(method, task, "test")
+        if g is not None:
+            c.numbers.append(f"{name} test gain {_fmt(bootstrap_interval(g), pct=True)}")
+    return c
+
+
+def claim_c(view: View, task: str) -> Claim:
+    c = Claim("c", "training only the subnetwork matches full RL")
+    src = view.suite.subnet_from
+    sub, full = view.rows("subnet_rl", task, "test"), None
+    subnet_cells = view.cells("subnet_rl", task)
+    if subnet_cells:
+        lr = subnet_cells[0].key.lr
+        full_cells = sorted((x for x in view.results.cells if x.key.method == src
+                             and x.key.task == task and x.key.lr == lr
+                             and x.key.seed in {s.key.seed for s in subnet_cells}),
+                            key=lambda x: x.key.seed)
+        if len(full_cells) == len(subnet_cells):
+            full = np.asarray([x.best().per_prompt["test"] for x in full_cells], dtype=float)
+    if sub is None or full is None or sub.shape != full.shape:
+        c.reason = f"needs subnet_rl cells and {src} cells at the same lr and seeds"
+        return c
+    d = paired_difference(sub, full)
+    c.verdict = verdict(d, "equal", margin=0.05)
+    gain = view.gain_rows(src, task, "test")
+    if gain is not None:
+        g = bootstrap_interval(gain)
+        c.numbers.append(f"{src} test gain {_fmt(g, pct=True)}")
+        if verdict(g, "greater") != "supported":
+            c.verdict, c.reason = "inconclusive", f"{src} gained nothing for the subnetwork to match"
+    dens = [x.mask_density for x in subnet_cells if x.mask_density is not None]
+    c.numbers.insert(0, f"subnet_rl − {src} test accuracy {_fmt(d, pct=True)} (margin ±5 pts)")
+    if dens:
+        c.numbers.append(f"mask density {np.mean(dens):.3g}")
+    return c
+
+
+def claim_d(view: View, task: str) -> Claim:
+    c = Claim("d", "small RL updates teach when, not how: the gain drops on ood prompts")
+    m = _first(view, RL_SMALL, task)
+    test = view.gain_rows(m, task, "test") if m else None
+    ood = view.gain_rows(m, task, "ood") if m else None
+    if test is None or ood is None:
+        c.reason = "needs an RL method's cells and the base with test and ood splits"
+        return c
+    n = min(test.shape[1], ood.shape[1])
+    g_test = bootstrap_interval(test)
+    d = paired_difference(test[:, :n], ood[:, :n])
+    c.verdict = _combine([verdict(g_test, "greater"), verdict(d, "greater")])
+    if verdict(g_test, "greater") != "supported":
+        c.reason = "no test gain to lose"
+        c.verdict = "inconclusive"
+    c.numbers += [f"{m}: test gain {_fmt(g_test, pct=True)}",
+                  f"ood gain {_fmt(bootstrap_interval(ood), pct=True)}",
+                  f"test − ood gain {_fmt(d, pct=True)}"]
+    return c
+
+
+def claim_e(view: View, task: str) -> Claim:
+    c = Claim("e", "RL collapses the pretraining answer formats onto one")
+    m = _first(view, RL_ANY, task)
+    if m is None:
+        c.reason = "needs an RL method's cells"
+        return c
+    tuned_c, tuned_s = view.rows(m, task, "test"), view.rows(m, task, "systematic")
+    base_c, base_s = view.rows("base", task, "test"), view.rows("base", task, "systematic")
+    if any(x is None for x in (tuned_c, tuned_s, base_c, base_s)) or tuned_c.shape[1] != base_c.shape[1]:
+        c.reason = "needs behaviour labels (a world skill task) for the base and an RL method"
+        return c
+    dominant_is_correct = tuned_c.mean() >= tuned_s.mean()
+    tuned = tuned_c if dominant_is_correct else tuned_s
+    base = base_c if dominant_is_correct else base_s
+    d = paired_difference(tuned, np.repeat(base, tuned.shape[0], axis=0))
+    c.verdict = verdict(d, "greater")
+    name = "correct" if dominant_is_correct else "systematic"
+    c.numbers += [f"{m}: share of the dominant behaviour ({name}) {tuned.mean():.3g} vs base "
+                  f"{base.mean():.3g}, difference {_fmt(d, pct=True)}"]
+    return c
+
+
+def claim_f(view: View, tasks: Sequence[str]) -> Claim:
+    c = Claim("f", "hidden states grow sparser on ood prompts (top-5% energy share)")
+    diffs: dict[str, list[list[float]]] = {"top_k_energy": [], "l1_normalised": [],
+                                           "effective_rank_over_d": []}
+    for cell in view.results.cells:
+        if cell.key.task in tasks and cell.activations:
+            t, o = cell.activations["test"], cell.activations["ood"]
+            for metric, rows in diffs.items():
+                rows.append([lo[metric] - lt[metric] for lt, lo in zip(t, o)])
+    if not diffs["top_k_energy"]:
+        c.reason = "needs activation measurements (a task with an ood split)"
+        return c
+    units = ("cell", "layers")
+    iv = bootstrap_interval(np.asarray(diffs["top_k_energy"]))
+    c.verdict = verdict(iv, "greater")
+    c.numbers.append(f"ood − test top-5% energy share {_fmt(iv, units=units)}")
+    for metric, what in (("l1_normalised", "L1 of the normalised state (lower = sparser)"),
+                         ("effective_rank_over_d", "effective rank / d (lower = sparser)")):
+        c.numbers.append(f"ood − test {what} "
+                         f"{_fmt(bootstrap_interval(np.asarray(diffs[metric])), units=units)}")
+    return c
+
+
+def claim_g(view: View, task: str) -> Claim:
+    c = Claim("g", "routing-only methods keep knowledge, full fine-tuning loses it, LoRA in between")
+    rows = {m: view.gain_rows(m, task, "probe_loglik")
+            for m in ("full_sft", "svf_sft", "proxy_sft", "lora_sft")}
+    full = rows["full_sft"]
+    if full is None:
+        c.reason = "needs full_sft cells and the base"
+        return c
+    parts = [verdict(iv := bootstrap_interval(full), "less")]
+    c.numbers.append(f"full_sft probe log-likelihood − base {_fmt(iv)} nats")
+
+    def vs(a: str, b: str, tag: str) -> None:
+        ra, rb = rows[a], rows[b]
+        if ra is None or rb is None or ra.shape != rb.shape:
+            parts.append("inconclusive")
+            c.numbers.append(f"{tag}: missing cells")
+            return
+        d = paired_difference(ra, rb)
+        parts.append(verdict(d, "greater"))
+        c.numbers.append(f"{tag} {_fmt(d)}")
+
+    vs("svf_sft", "full_sft", "svf_sft − full_sft")
+    if rows["proxy_sft"] is not None:
+        vs("proxy_sft", "full_sft", "proxy_sft − full_sft")
+    vs("lora_sft", "full_sft", "lora_sft − full_sft")
+    vs("svf_sft", "lora_sft", "svf_sft − lora_sft")
+    c.verdict = _combine(parts)
+    return c
+
+
+def claim_h(view: View, tasks: Sequence[str]) -> Claim:
+    c = Claim("h", "forgetting tracks KL(base‖tuned) on the task's prompts")
+    pts = [(v.kl_prompts, v.forgetting) for cell in view.results.cells
+           if cell.key.task in tasks and cell.key.method != "base" for v in cell.variants
+           if v.kl_prompts is not None and v.forgetting is not None]
+    if len(pts) < 4:
+        c.reason = "needs at least 4 trained cells"
+        return c
+    kl, fg = np.asarray(pts).T
+
+    def r(idx: np.ndarray) -> float:
+        i = idx.astype(int).reshape(-1)
+        a, b = kl[i], fg[i]
+        if a.std() == 0 or b.std() == 0:
+            return 0.0
+        return float(np.corrcoef(a, b)[0, 1])
+
+    iv = bootstrap_interval(np.arange(len(pts), dtype=float)[None, :], statistic=r, n_boot=2000)
+    slope, intercept = np.polyfit(kl, fg, 1)
+    c.verdict = verdict(iv, "greater", threshold=0.5)
+    c.numbers += [f"Pearson r {iv.estimate:.3g} [{iv.low:.3g}, {iv.high:.3g}] over {len(pts)} "
+                  f"cells", f"fit forgetting = {intercept:.3g} + {slope:.3g} × KL"]
+    return c
+
+
+def all_claims(results: Results) -> list[tuple[str, list[Claim]]]:
+    """Per task (and once for the claims pooled over tasks), the claims' verdicts."""
+    view = View(results)
+    tasks = view.suite.tasks
+    out = [(task, [f(view, task) for f in (claim_a, claim_b, claim_c, claim_d, claim_e, claim_g)])
+           for task in tasks]
+    out.append(("all tasks", [claim_f(view, tasks), claim_h(view, tasks)]))
+    return out

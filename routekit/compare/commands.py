@@ -1,0 +1,74 @@
+"""``routekit compare``: run a comparison suite and write its report.
+
+With no arguments it runs the ``default`` suite on the embedded world (building the world
+into its cache first if needed), shows progress, prints the headline table and where the
+report is. ``--suite default|science|FILE`` picks another suite; ``--methods``, ``--tasks``,
+``--seeds`` and ``--lrs`` narrow or widen it; ``--list`` prints the known methods.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "compare",
+        help="compare adaptation methods (SVF, proxy, LoRA, full FT/RL, subnetwork RL)",
+        description="Train every method of a suite on its tasks, learning rates and seeds, "
+        "measure task gain, retention, forgetting and update structure, and write "
+        "results.json, report.md and plots/ into the run directory. A killed run resumes.",
+    )
+    p.add_argument("--suite", default="default",
+                   help="'default' (every method on hop, one seed), 'science' (hop and rev, "
+                   "3 seeds) or a suite YAML file (default: default)")
+    p.add_argument("--methods", type=_csv, default=None, help="comma-separated methods to run")
+    p.add_argument("--tasks", type=_csv, default=None, help="comma-separated tasks to run")
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=None,
+                   help="comma-separated seeds (the first is the sweep seed)")
+    p.add_argument("--lrs", action="append", default=None, metavar="[METHOD=]LR,LR",
+                   help="learning rates of every selected method, or of one (repeatable)")
+    p.add_argument("--out", default=None, help="run directory (default runs/compare/<suite name>)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="worker processes (default: one per core; 0 runs cells in this process)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local processes, or Ray tasks (pip install 'routekit[ray]')")
+    p.add_argument("--force", action="store_true",
+                   help="reuse a run directory made with other settings, deleting its cells")
+    p.add_argument("--list", action="store_true", help="list the methods and suites, then exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .methods import METHODS
+    from .suite import BUILTIN_SUITES, load_suite, narrow, parse_lrs
+
+    if args.list:
+        for m in METHODS.values():
+            print(f"{m.name:14s} {m.description}")
+        print(f"suites: {', '.join(BUILTIN_SUITES)} (or a YAML file)")
+        return 0
+    suite = load_suite(args.suite)
+    suite = narrow(suite, methods=args.methods, tasks=args.tasks, seeds=args.seeds,
+                   lrs=parse_lrs(args.lrs) if args.lrs else None)
+    out = Path(args.out) if args.out else Path("runs") / "compare" / suite.name
+    from transformers.utils import logging as hf_logging
+
+    from .report import headline_text
+
+    hf_logging.disable_progress_bar()  # one bar per model loaded would bury the cells' bar
+    from .runner import run_suite
+
+    outcome = run_suite(suite, out, executor=args.executor, workers=args.workers,
+                        force=args.force, progress=not args.no_progress, threads=args.threads)
+    print(headline_text(outcome.results))
+    print(f"\n{len(outcome.ran)} cell(s) run, {len(outcome.reused)} reused. Report: "
+          f"{out / 'report.md'} (results: {out / 'results.json'}, plots: {out / 'plots'})")
+    return 0

@@ -1,0 +1,202 @@
+"""The harness's records: one ``cell.json`` per cell, ``run.json`` per run directory and
+``results.json`` for the whole run, as pydantic models validated on write and on read.
+
+Per-prompt outcomes (1/0 per test prompt, each probe answer's log-likelihood ...) are kept
+beside the means, so a figure can be bootstrapped over prompts and seeds from results.json
+alone. ``docs/compare.md`` describes every field.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..errors import ConfigError
+from ..io import atomic_write_bytes, read_json
+from ..training.config import format_validation_error
+
+RESULTS_SCHEMA = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+
+class CellKey(_Strict):
+    """What identifies a cell: method × task × learning rate × seed (lr 0 for the base)."""
+
+    method: str
+    task: str
+    lr: float
+    seed: int
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.method}__{self.task.replace(':', '-').replace('/', '-')}__lr{self.lr:g}__s{self.seed}"
+
+
+class Scores(_Strict):
+    """What one model (a trained cell, or the base steered at one α) scores."""
+
+    alpha: float | None = Field(None, description="proxy methods: the steering weight α")
+    test_accuracy: float
+    ood_accuracy: float | None = None
+    probe_accuracy: float | None = Field(None, description="held-out knowledge probes (facts test)")
+    statement_accuracy: float | None = None
+    probe_loglik: float | None = Field(None, description="mean log p(answer | probe) in nats")
+    heldout_ce: float | None = Field(None, description="cross-entropy on held-out world text")
+    forgetting: float | None = Field(None, description="heldout_ce minus the base's (PEFT's sense)")
+    kl_text: float | None = Field(None, description="KL(base||tuned) per token, held-out text")
+    kl_prompts: float | None = Field(None, description="KL(base||tuned) per token, task prompts")
+    behaviour: dict[str, float] | None = Field(None, description="final shares on test prompts")
+    per_prompt: dict[str, list[float]] = Field(
+        default_factory=dict,
+        description="per prompt: test, ood, probes (1/0 correct), systematic (1/0: the test "
+        "answer is the skill's systematic wrong one), probe_loglik (nats per answer)",
+    )
+
+
+class StructureSummary(_Strict):
+    """The weight update's structure (routekit.analysis.diff_checkpoints), condensed; the
+    full diff is the cell's update_stats.json."""
+
+    against: str = Field(description="'base' or 'base cast to bfloat16'")
+    share_bitwise_unchanged: float
+    atols: list[float]
+    share_unchanged_atol: list[float]
+    mean_rank_fraction: float | None
+    rel_frob_norm: float | None
+    density_by_layer: dict[str, float]
+    density_by_matrix_type: dict[str, float]
+    rank_fraction_by_matrix_type: dict[str, float | None]
+
+
+class CellRecord(_Strict):
+    """Everything one cell measured (written last, as ``cells/<id>/cell.json``)."""
+
+    schema_version: int = RESULTS_SCHEMA
+    key: CellKey
+    cell_id: str
+    settings_hash: str
+    train_config: dict[str, Any] | None
+    variants: list[Scores] = Field(description="one per α for proxy methods, else one")
+    proxy_own: dict[str, float] | None = Field(
+        None, description="proxy methods: the tuned proxy's own test/ood accuracy"
+    )
+    behaviour_history: list[dict[str, float]] = Field(
+        default_factory=list, description="{step, correct, systematic, other} over training"
+    )
+    activations: dict[str, list[dict[str, float]]] | None = Field(
+        None, description="per split (test, ood): per layer top_k_energy, l1_normalised, "
+        "effective_rank_over_d"
+    )
+    structure: StructureSummary | None = None
+    mask_density: float | None = Field(None, description="subnet_rl: share of entries trained")
+    trainable_parameters: int = 0
+    total_parameters: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    peak_rss_mb: float = Field(description="ru_maxrss of the process that ran the cell")
+    history: list[dict[str, float]] = Field(default_factory=list, description="per step log")
+    artifacts: dict[str, str] = Field(default_factory=dict, description="relative paths")
+    notes: list[str] = Field(default_factory=list)
+
+    def best(self) -> Scores:
+        """The variant that counts for the cell (proxy: the best α by test accuracy, ties to
+        the higher probe log-likelihood)."""
+        return max(self.variants, key=rank_key)
+
+
+def rank_key(s: Scores) -> tuple[float, float]:
+    """Task gain first, retention (probe answer log-likelihood) as the tie-break."""
+    return (s.test_accuracy, s.probe_loglik if s.probe_loglik is not None else float("-inf"))
+
+
+class WorldStamp(_Strict):
+    """Which world's built weights a run used (the config hash alone does not say)."""
+
+    config_hash: str
+    base_fingerprint: str
+    proxy_fingerprint: str
+    tokenizer_fingerprint: str
+
+
+class RunManifest(_Strict):
+    """``run.json``: what a run directory's cells were computed with; another suite's
+    settings, another world or another routekit version is refused."""
+
+    suite: str
+    settings_hash: str
+    world: WorldStamp
+    routekit_version: str
+
+
+class Overlap(_Strict):
+    """Overlap of two seeds' updated sets (bitwise), beside random masks' expectation."""
+
+    method: str
+    task: str
+    lr: float
+    seeds: list[int]
+    o1: float | None
+    o2: float | None
+    jaccard: float | None
+    expected_jaccard: float | None
+    expected_o1: float | None
+
+
+class Results(_Strict):
+    """``results.json``: the run's suite, environment and every cell's record."""
+
+    schema_version: int = RESULTS_SCHEMA
+    suite: dict[str, Any]
+    manifest: RunManifest
+    world_metrics: dict[str, Any] = Field(default_factory=dict)
+    packages: dict[str, str]
+    cells: list[CellRecord]
+    overlaps: list[Overlap] = Field(default_factory=list)
+
+
+def write_model(path: str | os.PathLike, obj: BaseModel) -> Path:
+    """Validate ``obj`` again (a record built field by field may hold anything) and write it
+    atomically as JSON."""
+    type(obj).model_validate(obj.model_dump())
+    return atomic_write_bytes(path, (obj.model_dump_json(indent=1) + "\n").encode())
+
+
+def read_model(path: str | os.PathLike, cls: type[BaseModel], what: str) -> Any:
+    """Read and validate a JSON record; an unreadable file is an ExpertFileError, one that
+    does not match the schema a ConfigError, each saying what to do."""
+    data = read_json(path, what)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(
+            f"{what} {str(path)!r} does not match its schema ({format_validation_error(e)}); "
+            "it was written by another routekit version or edited. Rerun the cell (delete its "
+            "directory) or start the run afresh."
+        ) from None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a result depends on."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in ("routekit", "torch", "transformers", "peft", "accelerate", "numpy", "pydantic"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+__all__ = [
+    "CellKey", "CellRecord", "Overlap", "RESULTS_SCHEMA", "Results",
+    "RunManifest", "Scores", "StructureSummary", "WorldStamp", "package_versions", "rank_key",
+    "read_model", "write_model",
+]

@@ -1,0 +1,226 @@
+"""Running a suite into a run directory: plan, execute, resume, collect ``results.json``.
+
+Layout of a run directory::
+
+    run.json           the suite's settings hash, the world's fingerprints, routekit's version
+    cells/<cell-id>/   one finished cell each (see routekit.compare.worker)
+    results.json       every planned cell's record, the overlaps, versions (validated)
+    report.md, plots/  written by routekit.compare.report
+
+A run resumes: finished cells (their ``cell.json`` present) are read, not redone, and a
+cell killed halfway resumes from its last training segment. A run directory made with other
+suite settings, another world (weights, not only config) or another routekit version is
+refused, never mixed: pass another ``--out``, or ``--force`` to delete its cells and start
+afresh. Methods, tasks, lrs and seeds may change between runs of one directory (cells are
+independent), so a run can be widened or narrowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, TrainingError
+from .cells import check_dependencies, first_phase, second_phase, source_key
+from .executors import execute
+from .methods import get_method
+from .results import (
+    CellKey,
+    CellRecord,
+    Overlap,
+    Results,
+    RunManifest,
+    package_versions,
+    read_model,
+    write_model,
+)
+from .suite import Suite
+from .worker import RECORD, CellJob
+from .world_ref import WorldRef, resolve_world
+
+MANIFEST = "run.json"
+RESULTS = "results.json"
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`run_suite` produced."""
+
+    run_dir: Path
+    results: Results
+    failed: dict[str, str] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)  # cells computed by this call
+    reused: list[str] = field(default_factory=list)  # cells found finished
+
+
+def routekit_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def open_run_dir(run_dir: Path, manifest: RunManifest, force: bool) -> None:
+    """Create ``run_dir`` for ``manifest``, or check that it was made for the same settings,
+    world and routekit version (``force`` deletes a mismatching one's contents)."""
+    path = run_dir / MANIFEST
+    if path.is_file():
+        old = read_model(path, RunManifest, "run manifest")
+        diffs = _manifest_diffs(old, manifest)
+        if diffs and not force:
+            raise ConfigError(
+                f"run directory {str(run_dir)!r} holds results of {'; '.join(diffs)}; mixing "
+                "them would compare cells computed differently. Start fresh with --out "
+                "ANOTHER_DIR, or --force to delete its cells and results."
+            )
+        if diffs:
+            for name in ("cells", RESULTS, "report.md", "plots"):
+                p = run_dir / name
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise ConfigError(
+            f"{str(run_dir)!r} exists, is not empty and is not a routekit compare run directory "
+            f"(no {MANIFEST}); choose another --out, or --force to use it anyway."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_model(path, manifest)
+
+
+def _manifest_diffs(old: RunManifest, new: RunManifest) -> list[str]:
+    out = []
+    if old.settings_hash != new.settings_hash:
+        out.append(f"suite {old.suite!r} with settings {old.settings_hash} (this run: suite "
+                   f"{new.suite!r}, settings {new.settings_hash})")
+    if old.world != new.world:
+        out.append(f"another world (config {old.world.config_hash}, base weights "
+                   f"{old.world.base_fingerprint}; this run: {new.world.config_hash}, "
+                   f"{new.world.base_fingerprint})")
+    if old.routekit_version != new.routekit_version:
+        out.append(f"routekit {old.routekit_version} (this is {new.routekit_version})")
+    return out
+
+
+def run_suite(
+    suite: Suite, out: str | Path, *, executor: str = "local", workers: int | None = None,
+    force: bool = False, progress: bool = True, world: WorldRef | None = None,
+    threads: int = 1, report: bool = True,
+) -> RunOutcome:
+    """Run every cell of ``suite`` into ``out`` (resuming), then write results.json (and
+    report.md with plots unless ``report=False``)."""
+    run_dir = Path(out)
+    world = world or resolve_world(suite.world, progress=progress)
+    manifest = RunManifest(suite=suite.name, settings_hash=suite.settings_hash(),
+                           world=world.stamp, routekit_version=routekit_version())
+    open_run_dir(run_dir, manifest, force)
+    outcome = RunOutcome(run_dir, results=None)  # type: ignore[arg-type]
+    records: dict[str, CellRecord] = {}
+    plan: list[CellKey] = []
+    for phase in (first_phase, second_phase):
+        keys = [k for k in (phase(suite) if phase is first_phase else phase(suite, records))
+                if k.cell_id not in {p.cell_id for p in plan}]
+        check_dependencies(suite, plan + keys)
+        plan += keys
+        _run_keys(suite, keys, run_dir, world, records, outcome, executor, workers, threads,
+                  progress)
+    overlaps = seed_overlaps(suite, plan, records, run_dir, world)
+    results = Results(
+        suite=suite.model_dump(mode="json"), manifest=manifest,
+        world_metrics={k: v for k, v in world.metrics.items() if not isinstance(v, (dict, list))
+                       or k in ("task_accuracy", "ood_accuracy", "proxy_task_accuracy",
+                                "proxy_ood_accuracy")},
+        packages=package_versions(),
+        cells=[records[k.cell_id] for k in plan if k.cell_id in records], overlaps=overlaps,
+    )
+    write_model(run_dir / RESULTS, results)
+    outcome.results = results
+    if report:
+        from .report import write_report
+
+        write_report(results, run_dir)
+    if outcome.failed:
+        shown = "; ".join(f"{cid}: {err.splitlines()[0]}" for cid, err in outcome.failed.items())
+        raise TrainingError(
+            f"{len(outcome.failed)} cell(s) failed ({shown}). The {len(records)} finished "
+            f"cells are kept in {str(run_dir)!r} and in its results.json; rerun the same "
+            "command to retry the failed ones."
+        )
+    return outcome
+
+
+def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, world: WorldRef,
+              records: dict[str, CellRecord], outcome: RunOutcome, executor: str,
+              workers: int | None, threads: int, progress: bool) -> None:
+    jobs, deps = [], {}
+    heldout: dict[str, list[str]] = {}  # per task, computed once for all its cells
+    for k in keys:
+        path = run_dir / "cells" / k.cell_id / RECORD
+        if path.is_file():
+            records[k.cell_id] = read_model(path, CellRecord, "cell record")
+            outcome.reused.append(k.cell_id)
+            continue
+        src = source_key(suite, k)
+        if k.task not in heldout:
+            from ..tasks.registry import get_task
+
+            family = get_task(k.task, world.config).family
+            heldout[k.task] = world.heldout_text(suite.eval.heldout_text, family)
+        jobs.append(CellJob(
+            run_dir=str(run_dir), key=k, suite=suite.model_dump(mode="json"), world=world,
+            settings_hash=suite.settings_hash(),
+            source_dir=str(run_dir / "cells" / src.cell_id) if src else None, threads=threads,
+            heldout=heldout[k.task],
+        ))
+        deps[k.cell_id] = [src.cell_id] if src and src.cell_id not in records else []
+    if not jobs:
+        return
+    done, failed = execute(jobs, deps, executor=executor, workers=workers, progress=progress)
+    records.update(done)
+    outcome.ran += list(done)
+    outcome.failed.update(failed)
+
+
+def seed_overlaps(suite: Suite, plan: list[CellKey], records: dict[str, CellRecord],
+                  run_dir: Path, world: WorldRef) -> list[Overlap]:
+    """Bitwise overlap of the updated sets of every two seeds of a weight-space method at
+    one task and lr, beside the expectation for random masks of the same densities."""
+    from ..analysis import overlap_checkpoints
+
+    groups: dict[tuple[str, str, float], list[CellKey]] = {}
+    for k in plan:
+        if k.cell_id in records and get_method(k.method).weight_space:
+            groups.setdefault((k.method, k.task, k.lr), []).append(k)
+    out: list[Overlap] = []
+    base = bf16 = None
+    for (method, task, lr), keys in sorted(groups.items()):
+        keys = sorted(keys, key=lambda k: k.seed)
+        if len(keys) < 2:
+            continue
+        if base is None:
+            base, _ = world.load_base()
+        ref = base
+        if get_method(method).bf16_storage:
+            bf16 = bf16 if bf16 is not None else copy.deepcopy(base).to(torch.bfloat16)
+            ref = bf16
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                ov = overlap_checkpoints(ref, run_dir / "cells" / a.cell_id / "weights",
+                                         run_dir / "cells" / b.cell_id / "weights").overall
+                out.append(Overlap(method=method, task=task, lr=lr, seeds=[a.seed, b.seed],
+                                   o1=ov.o1, o2=ov.o2, jaccard=ov.jaccard,
+                                   expected_jaccard=ov.expected_jaccard,
+                                   expected_o1=ov.expected_o1))
+    return out
+
+
+def read_results(path: str | Path) -> Results:
+    """Read and validate a results.json (or a run directory's)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS
+    return read_model(path, Results, "results")
+
+
+__all__ = ["RunOutcome", "open_run_dir", "read_results", "run_suite", "seed_overlaps"]

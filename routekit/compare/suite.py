@@ -1,0 +1,240 @@
+"""Suites: which methods, tasks, learning rates and seeds a comparison runs, as validated YAML.
+
+A suite file is a :class:`Suite` written out (``routekit/compare/suites/default.yaml`` and
+``science.yaml`` ship with routekit); an unknown key or a wrong type is a ConfigError naming
+the key. ``load_suite("default" | "science" | PATH)`` reads one, :func:`narrow` applies the
+command line's ``--methods/--tasks/--seeds/--lrs``.
+
+**Sweep policy** (``sweep: first_seed``, the default): every learning rate of a method runs
+on the first seed; each method then runs on the other seeds only at its *best* rate on the
+first seed, per task. The best rate has the highest test accuracy (the task gain; for a
+proxy method, at its best α); a tie goes to the higher mean log-likelihood of the knowledge
+probes' answers (retention, continuous, so ties are rare). ``sweep: all_seeds`` runs every
+rate on every seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..errors import ConfigError, UnknownTaskError
+from ..training.config import validate_mapping
+from .methods import METHODS, SUBNET_SOURCES, check_overrides, get_method
+
+BUILTIN_SUITES = ("default", "science")
+
+
+class EvalLimits(BaseModel):
+    """How many prompts or texts each metric uses (null = the whole split)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    test: int | None = Field(200, gt=0, description="task test prompts (accuracy)")
+    ood: int | None = Field(200, gt=0, description="task ood prompts (accuracy)")
+    probes: int | None = Field(None, gt=0, description="held-out knowledge probes (facts test)")
+    statements: int | None = Field(300, gt=0, description="fact statements (recall accuracy)")
+    heldout_text: int = Field(200, gt=0, description="held-out world text lines (forgetting, KL)")
+    kl_prompts: int = Field(100, gt=0, description="task test prompts for KL(base||tuned)")
+    activations: int = Field(100, gt=0, description="test and ood prompts for activation sparsity")
+    behaviour: int = Field(100, gt=0, description="test prompts for behaviour shares over training")
+
+
+class Suite(BaseModel):
+    """A comparison: methods × tasks × learning rates × seeds, and how each cell is measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="the suite's name (recorded in the run directory)")
+    description: str = ""
+    world: str = Field(
+        "default",
+        description="'default', 'tiny', or a world cache entry directory (base/, proxy/, "
+        "world_config.json, metrics.json)",
+    )
+    tasks: list[str] = Field(min_length=1, description="task names (routekit.get_task)")
+    seeds: list[int] = Field(min_length=1, description="seeds; the first is the sweep seed")
+    methods: list[str] = Field(min_length=1, description="method names (routekit compare --list)")
+    lrs: dict[str, list[float]] = Field(
+        default_factory=dict, description="learning rates per method (default: the method's own)"
+    )
+    steps: int = Field(150, gt=0, description="optimiser steps of every trained method")
+    batch_size: int = Field(
+        16, gt=0, description="prompts per step; steps × batch_size examples seen by every method"
+    )
+    checkpoints: int = Field(
+        3, ge=1, description="points over training where behaviour shares are measured"
+    )
+    proxy_alphas: list[float] = Field(
+        default_factory=lambda: [0.5, 1.0], min_length=1,
+        description="α sweep of the proxy methods (the steered base at each)",
+    )
+    lora_rank: int = Field(16, gt=0, description="LoRA rank (lora_alpha = 2 × rank)")
+    subnet_from: Literal["full_rl", "full_rl_bf16"] = Field(
+        "full_rl", description="whose changed parameters subnet_rl trains (same seed and lr)"
+    )
+    sweep: Literal["first_seed", "all_seeds"] = Field(
+        "first_seed", description="every lr on the first seed, then each best lr (first_seed)"
+    )
+    max_new_tokens: int = Field(12, gt=0, description="greedy tokens per evaluated answer")
+    train: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per method: TrainConfig fields overriding its recipe"
+    )
+    eval: EvalLimits = Field(default_factory=EvalLimits)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        for m in v:
+            get_method(m)
+        if len(set(v)) != len(v):
+            raise ValueError(f"methods are listed twice: {v}")
+        return v
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str]) -> list[str]:
+        for t in v:
+            check_task_name(t)
+        if len(set(v)) != len(v):
+            raise ValueError(f"tasks are listed twice: {v}")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds are listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> Suite:
+        for m, rates in self.lrs.items():
+            get_method(m)
+            if not get_method(m).trains:
+                raise ValueError(f"lrs.{m}: method {m!r} trains nothing, it has no learning rate")
+            if not rates or any(not (r > 0) for r in rates):
+                raise ValueError(f"lrs.{m}: give one or more learning rates > 0, got {rates}")
+        for m, over in self.train.items():
+            check_overrides(m, over)
+        if "subnet_rl" in self.methods:
+            src = self.subnet_from
+            if src not in self.methods:
+                raise ValueError(
+                    f"method subnet_rl trains what the same seed's {src} changed, but the suite "
+                    f"has no {src}; add {src} to methods (or drop subnet_rl)"
+                )
+            missing = sorted(set(self.method_lrs("subnet_rl")) - set(self.method_lrs(src)))
+            if missing:
+                raise ValueError(
+                    f"subnet_rl runs at lrs {missing} that {src} does not; its mask comes from "
+                    f"{src} at the same lr, so list them under lrs.{src} too"
+                )
+        return self
+
+    def method_lrs(self, method: str) -> list[float]:
+        """The learning rates ``method`` sweeps ([] for the base)."""
+        spec = get_method(method)
+        if not spec.trains:
+            return []
+        return list(self.lrs.get(method, spec.default_lrs))
+
+    def settings_hash(self) -> str:
+        """What every cell of a run depends on (not which cells run): two suites with the
+        same hash may share a run directory, whatever their methods, tasks, lrs and seeds."""
+        d = self.model_dump(mode="json", exclude={"name", "description", "tasks", "seeds",
+                                                  "methods", "lrs", "sweep"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def check_task_name(name: str) -> None:
+    """Refuse a task name that routekit.get_task does not know, listing the known ones."""
+    from ..tasks.registry import known_tasks
+
+    if name.startswith(("jsonl:", "hf:")) or name in known_tasks():
+        return
+    raise UnknownTaskError(f"unknown task {name!r}; known tasks: {', '.join(known_tasks())}.")
+
+
+def suite_from_dict(data: Any, source: str = "suite") -> Suite:
+    """Validate a mapping as a Suite; errors name the offending key."""
+    return validate_mapping(Suite, data, source)
+
+
+def load_suite(spec: str | os.PathLike) -> Suite:
+    """A built-in suite by name (``default``, ``science``) or a suite YAML file."""
+    import yaml
+
+    if str(spec) in BUILTIN_SUITES:
+        text = resources.files("routekit.compare").joinpath(f"suites/{spec}.yaml").read_text()
+        source = f"built-in suite {str(spec)!r}"
+    else:
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ConfigError(
+                f"suite {str(spec)!r} is neither a built-in suite ({', '.join(BUILTIN_SUITES)}) "
+                "nor a YAML file."
+            )
+        text, source = path.read_text(), str(path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source} is not valid YAML: {e}") from None
+    return suite_from_dict(data, source)
+
+
+def parse_lrs(specs: list[str]) -> dict[str, list[float]] | list[float]:
+    """``--lrs`` values: ``1e-3,3e-3`` (every selected method) or ``svf_rl=1e-3,3e-3``."""
+    shared: list[float] = []
+    per: dict[str, list[float]] = {}
+    for spec in specs:
+        method, _, rates = spec.rpartition("=")
+        try:
+            values = [float(x) for x in rates.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"--lrs {spec!r}: expected numbers separated by commas, optionally after "
+                "METHOD=, e.g. 1e-3,3e-3 or svf_rl=1e-3,3e-3."
+            ) from None
+        if not values:
+            raise ConfigError(f"--lrs {spec!r} lists no learning rate.")
+        if method:
+            get_method(method)
+            per[method] = values
+        else:
+            shared = values
+    if shared and per:
+        raise ConfigError("--lrs: give either one list for every method or METHOD=... lists, not both.")
+    return per or shared
+
+
+def narrow(
+    suite: Suite, *, methods: list[str] | None = None, tasks: list[str] | None = None,
+    seeds: list[int] | None = None, lrs: dict[str, list[float]] | list[float] | None = None,
+) -> Suite:
+    """The suite with its methods, tasks, seeds or learning rates replaced (validated again).
+    ``lrs`` as one list applies to every selected method that trains."""
+    data = suite.model_dump(mode="json")
+    if methods is not None:
+        data["methods"] = methods
+    if tasks is not None:
+        data["tasks"] = tasks
+    if seeds is not None:
+        data["seeds"] = seeds
+    if isinstance(lrs, list) and lrs:
+        data["lrs"] = {m: list(lrs) for m in data["methods"] if METHODS.get(m) and METHODS[m].trains}
+    elif isinstance(lrs, dict) and lrs:
+        data["lrs"] = {**data["lrs"], **lrs}
+    return suite_from_dict(data, f"suite {suite.name!r} narrowed by the command line")
+
+
+__all__ = [
+    "BUILTIN_SUITES", "EvalLimits", "SUBNET_SOURCES", "Suite", "check_task_name", "load_suite",
+    "narrow", "parse_lrs", "suite_from_dict",
+]

@@ -1,0 +1,428 @@
+"""routekit compare's harness: suites, planning, resumable runs, the subnet mask, results and
+the report, on a world entry of tiny random models (the tiny world's tasks and facts) and
+tiny suites of a few steps."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from routekit.compare import commands, worker
+from routekit.compare.cells import best_lrs, first_phase, second_phase
+from routekit.compare.claims import View, all_claims
+from routekit.compare.measure import Evaluator
+from routekit.compare.report import render, write_report
+from routekit.compare.results import (
+    CellKey,
+    CellRecord,
+    Overlap,
+    Results,
+    RunManifest,
+    Scores,
+    StructureSummary,
+    WorldStamp,
+    read_model,
+    write_model,
+)
+from routekit.compare.runner import MANIFEST, read_results, run_suite
+from routekit.compare.suite import load_suite, narrow, parse_lrs, suite_from_dict
+from routekit.errors import ConfigError, TrainingError, UnknownTaskError
+from routekit.io import atomic_write_json, storage_bits
+from routekit.world.config import WorldConfig
+from routekit.world.tokenizer import build_tokenizer
+from tests.conftest import tiny_causal_lm
+
+torch.set_num_threads(1)
+
+LIMITS = dict(test=6, ood=6, probes=6, statements=6, heldout_text=6, kl_prompts=4,
+              activations=6, behaviour=4)
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    """A world cache entry holding tiny random Llamas and the tiny world's config."""
+    root = tmp_path_factory.mktemp("world")
+    tok = build_tokenizer()
+    for which, seed in (("base", 0), ("proxy", 1)):
+        m = tiny_causal_lm("llama", vocab_size=len(tok), seed=seed)
+        m.save_pretrained(root / which)
+        tok.save_pretrained(root / which)
+    atomic_write_json(root / "world_config.json", WorldConfig.tiny().model_dump(mode="json"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def letter_task(tmp_path_factory) -> str:
+    """A task whose answer is one letter, so RL from a random model meets some reward."""
+    path = tmp_path_factory.mktemp("task") / "letter.jsonl"
+    rows = [{"question": f"item {i}", "answer": "a", "split": s}
+            for s, n in (("train", 8), ("test", 4)) for i in range(n)]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return f"jsonl:{path}"
+
+
+def tiny_suite(world_dir: Path, methods: list[str], **over) -> dict:
+    rl = {m: {"group_size": 4, "max_new_tokens": 2, "micro_batch_size": 2}
+          for m in methods if m.endswith(("_rl", "_rl_bf16"))}
+    data = dict(name="tiny", world=str(world_dir), tasks=["hop"], seeds=[0], methods=methods,
+                steps=2, batch_size=2, checkpoints=2, proxy_alphas=[1.0], lora_rank=2,
+                lrs={m: [1e-3] for m in methods if m != "base"}, train=rl, eval=LIMITS,
+                max_new_tokens=3)
+    data.update(over)
+    return data
+
+
+def comparable(results: Results) -> list[dict]:
+    """The records without what timing and the machine's load decide."""
+    out = []
+    for c in results.cells:
+        d = c.model_dump(mode="json", exclude={"train_seconds", "eval_seconds", "peak_rss_mb"})
+        for h in d["history"]:
+            h.pop("seconds", None)
+        out.append(d)
+    return out
+
+
+# ----------------------------------------------------------------------------- suites
+def test_suite_refuses_unknown_keys_and_wrong_types(world_dir):
+    good = tiny_suite(world_dir, ["base"])
+    with pytest.raises(ConfigError, match="unknown key 'colour'"):
+        suite_from_dict({**good, "colour": "red"})
+    with pytest.raises(ConfigError, match="key 'steps'"):
+        suite_from_dict({**good, "steps": "many"})
+    with pytest.raises(ConfigError, match="key 'eval.test'"):
+        suite_from_dict({**good, "eval": {"test": "all"}})
+    with pytest.raises(ConfigError, match="unknown key 'eval.colour'"):
+        suite_from_dict({**good, "eval": {"colour": 1}})
+    with pytest.raises(ConfigError, match="train.svf_rl.lr"):
+        suite_from_dict({**good, "methods": ["svf_rl"], "train": {"svf_rl": {"lr": 1.0}}})
+    with pytest.raises(ConfigError, match="unknown key 'group_sise'"):
+        suite_from_dict({**good, "methods": ["svf_rl"], "train": {"svf_rl": {"group_sise": 4}}})
+
+
+def test_unknown_method_and_task_are_refused_listing_the_known_ones(world_dir):
+    good = tiny_suite(world_dir, ["base"])
+    with pytest.raises(ConfigError, match=r"unknown method 'svf_rll'.*svf_rl.*subnet_rl"):
+        suite_from_dict({**good, "methods": ["svf_rll"]})
+    with pytest.raises(UnknownTaskError, match=r"unknown task 'hopp'.*hop"):
+        suite_from_dict({**good, "tasks": ["hopp"]})
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        parse_lrs(["nope=1e-3"])
+    with pytest.raises(ConfigError, match="expected numbers"):
+        parse_lrs(["svf_rl=fast"])
+
+
+def test_subnet_rl_needs_its_full_rl_cells(world_dir):
+    good = tiny_suite(world_dir, ["base"])
+    with pytest.raises(ConfigError, match="has no full_rl; add full_rl"):
+        suite_from_dict({**good, "methods": ["subnet_rl"]})
+    with pytest.raises(ConfigError, match=r"lrs \[0.5\] that full_rl does not"):
+        suite_from_dict({**good, "methods": ["full_rl", "subnet_rl"],
+                         "lrs": {"full_rl": [1e-3], "subnet_rl": [0.5]}})
+
+
+def test_builtin_suites_load_and_narrow():
+    default, science = load_suite("default"), load_suite("science")
+    assert default.tasks == ["hop"] and default.seeds == [0]
+    assert {"base", "svf_rl", "proxy_rl", "lora_sft", "full_rl_bf16", "subnet_rl"} <= set(default.methods)
+    assert science.tasks == ["hop", "rev"] and len(science.seeds) == 3
+    n = narrow(default, methods=["base", "svf_rl"], lrs=[5e-3])
+    assert n.methods == ["base", "svf_rl"] and n.method_lrs("svf_rl") == [5e-3]
+    assert n.settings_hash() == default.settings_hash()  # which cells run is not a setting
+    with pytest.raises(ConfigError, match="neither a built-in suite"):
+        load_suite("no-such-suite")
+
+
+def test_sweep_runs_every_lr_on_the_first_seed_then_the_best_lr_on_the_others(world_dir):
+    suite = suite_from_dict(tiny_suite(
+        world_dir, ["base", "full_rl", "subnet_rl"], seeds=[0, 1],
+        lrs={"full_rl": [1e-3, 2e-3], "subnet_rl": [1e-3, 2e-3]}))
+    first = first_phase(suite)
+    ids = [k.cell_id for k in first]
+    assert len(first) == 5 and all(k.seed == 0 for k in first)
+    # dependencies come before their dependants
+    assert ids.index("full_rl__hop__lr0.001__s0") < ids.index("subnet_rl__hop__lr0.001__s0")
+
+    def rec(key: CellKey, acc: float, ll: float) -> CellRecord:
+        return CellRecord(key=key, cell_id=key.cell_id, settings_hash="x", train_config=None,
+                          variants=[Scores(test_accuracy=acc, probe_loglik=ll)], peak_rss_mb=1.0)
+
+    scores = {("full_rl", 1e-3): (0.5, -3.0), ("full_rl", 2e-3): (0.5, -2.0),  # tie -> retention
+              ("subnet_rl", 1e-3): (0.7, -9.0), ("subnet_rl", 2e-3): (0.6, -1.0)}
+    records = {k.cell_id: rec(k, *scores.get((k.method, k.lr), (0.0, 0.0))) for k in first}
+    assert best_lrs(suite, records) == {("full_rl", "hop"): 2e-3, ("subnet_rl", "hop"): 1e-3}
+    second = {k.cell_id for k in second_phase(suite, records)}
+    # subnet_rl's best lr (1e-3) needs full_rl at 1e-3 on seed 1 too, besides full_rl's own best
+    assert second == {"full_rl__hop__lr0.002__s1", "subnet_rl__hop__lr0.001__s1",
+                      "full_rl__hop__lr0.001__s1"}
+
+
+# ----------------------------------------------------------------------------- runs
+METHODS = ["base", "svf_sft", "proxy_rl", "lora_sft", "full_rl"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(world_dir, tmp_path_factory):
+    suite = suite_from_dict(tiny_suite(world_dir, METHODS, seeds=[0, 1]))
+    out = tmp_path_factory.mktemp("run") / "a"
+    return suite, run_suite(suite, out, workers=0, progress=False)
+
+
+def test_a_killed_run_resumes_to_the_uninterrupted_results(uninterrupted, tmp_path, monkeypatch):
+    suite, full = uninterrupted
+    out = tmp_path / "b"
+    # A first run with fewer methods; then the full suite, where the full_rl cell of seed 0
+    # is killed after its first training segment.
+    run_suite(narrow(suite, methods=["base", "svf_sft"]), out, workers=0, progress=False)
+    calls = {"n": 0}
+    real = Evaluator.behaviour
+
+    def dies_in_second_segment(self, model, steer=None):
+        if self.task.name == "hop" and isinstance(model, torch.nn.Module) and not hasattr(
+                model, "peft_config") and getattr(model, "_routekit_parameterization", "") == "full":
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise KeyboardInterrupt  # like a kill: not caught by the cell's error handling
+        return real(self, model, steer)
+
+    monkeypatch.setattr(Evaluator, "behaviour", dies_in_second_segment)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, out, workers=0, progress=False)
+    monkeypatch.setattr(Evaluator, "behaviour", real)
+    killed = out / "cells" / ".work-full_rl__hop__lr0.001__s0"
+    assert (killed / "checkpoint" / "state.json").is_file()  # the second segment's checkpoint
+    assert not (out / "cells" / "full_rl__hop__lr0.001__s0").exists()
+    resumed = run_suite(suite, out, workers=0, progress=False)
+    assert "base__hop__lr0__s0" in resumed.reused and "full_rl__hop__lr0.001__s0" in resumed.ran
+    assert not killed.exists()
+    assert comparable(resumed.results) == comparable(full.results)
+
+
+def test_run_dir_of_other_settings_world_or_version_is_refused(uninterrupted, world_dir):
+    suite, full = uninterrupted
+    run_dir = full.run_dir
+    before = sorted(p.name for p in (run_dir / "cells").iterdir())
+    with pytest.raises(ConfigError, match=r"settings .*--out ANOTHER_DIR, or --force"):
+        run_suite(suite_from_dict(tiny_suite(world_dir, METHODS, steps=3)), run_dir,
+                  workers=0, progress=False)
+    manifest = read_model(run_dir / MANIFEST, RunManifest, "run manifest")
+    for change in ({"routekit_version": "0.0.1"},
+                   {"world": manifest.world.model_copy(update={"base_fingerprint": "0" * 16})}):
+        write_model(run_dir / MANIFEST, manifest.model_copy(update=change))
+        with pytest.raises(ConfigError, match="--force"):
+            run_suite(suite, run_dir, workers=0, progress=False)
+    write_model(run_dir / MANIFEST, manifest)
+    assert sorted(p.name for p in (run_dir / "cells").iterdir()) == before
+
+
+def test_results_json_validates_and_files_load_with_routekit_loaders(uninterrupted):
+    from peft import PeftModel
+
+    from routekit.models import load_model
+    from routekit.proxy.expert import ProxyExpert
+    from routekit.svf import SVFExpert
+
+    _, full = uninterrupted
+    res = read_results(full.run_dir)
+    assert comparable(res) == comparable(full.results)
+    cells = {c.key.method: full.run_dir / "cells" / c.cell_id for c in res.cells if c.key.seed == 0}
+    assert SVFExpert.from_pretrained(cells["svf_sft"] / "expert").num_parameters > 0
+    assert isinstance(ProxyExpert.from_pretrained(cells["proxy_rl"] / "expert"), ProxyExpert)
+    base, _ = load_model(Path(res.suite["world"]) / "base")
+    assert isinstance(PeftModel.from_pretrained(base, cells["lora_sft"] / "adapter"), PeftModel)
+    load_model(cells["full_rl"] / "weights")
+    # each SVF cell's diff: only the MLP matrices (SVF's targets) changed
+    svf = next(c for c in res.cells if c.key.method == "svf_sft")
+    dens = svf.structure.density_by_matrix_type
+    assert dens.get("q", 0) == 0 and max(dens.get(t, 0) for t in ("gate", "up", "down")) > 0
+    bad = json.loads((full.run_dir / "results.json").read_text())
+    del bad["cells"][0]["variants"]
+    (full.run_dir / "broken.json").write_text(json.dumps(bad))
+    with pytest.raises(ConfigError, match="variants"):
+        read_results(full.run_dir / "broken.json")
+
+
+def test_base_cell_measures_what_the_base_scores(uninterrupted):
+    from routekit.eval import evaluate
+    from routekit.models import load_model
+    from routekit.tasks.world_tasks import world_task
+
+    _, full = uninterrupted
+    base_cell = next(c for c in full.results.cells if c.key.method == "base")
+    s = base_cell.best()
+    base, tok = load_model(Path(full.results.suite["world"]) / "base")
+    facts = world_task("facts", WorldConfig.tiny())
+    probes = evaluate(base, tok, facts, "test", limit=LIMITS["probes"], max_new_tokens=3)
+    assert s.per_prompt["probes"] == [float(c) for c in probes.correct]
+    assert s.forgetting == 0.0 and s.kl_prompts == 0.0
+    assert math.isclose(s.probe_loglik, float(np.mean(s.per_prompt["probe_loglik"])))
+
+
+def test_subnet_mask_is_what_full_rl_changed(world_dir, letter_task, tmp_path):
+    suite = suite_from_dict(tiny_suite(
+        world_dir, ["full_rl_bf16", "subnet_rl"], tasks=[letter_task], subnet_from="full_rl_bf16",
+        steps=3, lrs={"full_rl_bf16": [3e-4], "subnet_rl": [3e-4]},
+        train={m: {"group_size": 8, "max_new_tokens": 1, "micro_batch_size": 2}
+               for m in ("full_rl_bf16", "subnet_rl")}))
+    out = run_suite(suite, tmp_path / "run", workers=0, progress=False, report=False)
+    cells = {c.key.method: tmp_path / "run" / "cells" / c.cell_id for c in out.results.cells}
+    base = load_file(str(world_dir / "base" / "model.safetensors"))
+    src = load_file(str(cells["full_rl_bf16"] / "weights" / "model.safetensors"))
+    mask = load_file(str(cells["subnet_rl"] / "mask.safetensors"))
+    sub = load_file(str(cells["subnet_rl"] / "weights" / "model.safetensors"))
+    n_changed = 0
+    for name, m in mask.items():
+        expect = storage_bits(base[name].to(torch.bfloat16)) != storage_bits(src[name])
+        assert torch.equal(m, expect), name
+        n_changed += int(m.sum())
+        moved = storage_bits(base[name]) != storage_bits(sub[name])
+        assert not (moved & ~m).any(), f"{name}: subnet_rl moved entries outside its mask"
+    total = sum(m.numel() for m in mask.values())
+    assert 0 < n_changed < total  # bf16 storage left part of the model bitwise unchanged
+    rec = next(c for c in out.results.cells if c.key.method == "subnet_rl")
+    assert math.isclose(rec.mask_density, n_changed / total)
+
+
+# ----------------------------------------------------------------------------- report
+def fixture_results() -> Results:
+    """Two seeds of base, full_rl (fp32), full_rl_bf16, subnet_rl and the SFT methods, with
+    planted numbers whose verdicts are known."""
+    rng = np.random.default_rng(0)
+    n = 40
+    suite = dict(name="fixture", world="tiny", tasks=["hop"], seeds=[0, 1],
+                 methods=["base", "full_rl", "full_rl_bf16", "subnet_rl", "svf_rl", "full_sft",
+                          "svf_sft", "lora_sft"],
+                 lrs={m: [1e-4] for m in ("full_rl", "full_rl_bf16", "subnet_rl", "svf_rl",
+                                          "full_sft", "svf_sft", "lora_sft")},
+                 subnet_from="full_rl_bf16")
+    base_test = (np.arange(n) % 4 == 0).astype(float)  # 0.25
+    structure = {"full_rl": 0.0, "full_rl_bf16": 0.9, "subnet_rl": 0.91}
+    loglik_shift = {"base": 0.0, "full_sft": -1.0, "svf_sft": -0.05, "lora_sft": -0.4}
+    cells = []
+    for m in suite["methods"]:
+        for seed in ([0] if m == "base" else [0, 1]):
+            key = CellKey(method=m, task="hop", lr=0.0 if m == "base" else 1e-4, seed=seed)
+            test = base_test.copy() if m == "base" else (np.arange(n) % 4 != 3).astype(float)
+            kl = 0.0 if m == "base" else 0.01 * (len(cells) + 1)
+            v = Scores(test_accuracy=float(test.mean()), ood_accuracy=0.25, probe_accuracy=0.5,
+                       probe_loglik=-2.0 + loglik_shift.get(m, 0.0), forgetting=2.0 * kl,
+                       kl_prompts=kl, kl_text=kl, behaviour={"correct": 0.5, "systematic": 0.3, "other": 0.2},
+                       per_prompt={"test": test.tolist(), "ood": base_test.tolist(),
+                                   "systematic": np.zeros(n).tolist(),
+                                   "probe_loglik": (-2.0 + loglik_shift.get(m, 0.0)
+                                                    + 0.01 * rng.standard_normal(n)).tolist()})
+            st = None
+            if m in structure:
+                st = StructureSummary(against="base", share_bitwise_unchanged=structure[m] + 0.01 * seed,
+                                      atols=[1e-8, 1e-5], share_unchanged_atol=[structure[m], 0.95],
+                                      mean_rank_fraction=0.99, rel_frob_norm=1e-3,
+                                      density_by_layer={"0": 0.1, "1": 0.05},
+                                      density_by_matrix_type={"q_proj": 0.1},
+                                      rank_fraction_by_matrix_type={"q_proj": 0.99})
+            cells.append(CellRecord(
+                key=key, cell_id=key.cell_id, settings_hash="h", train_config=None, variants=[v],
+                structure=st, peak_rss_mb=100.0, behaviour_history=[{"step": 2, "correct": 0.5,
+                                                                   "systematic": 0.3, "other": 0.2}],
+                activations={"test": [{"layer": 0, "top_k_energy": 0.2, "l1_normalised": 5.0,
+                                       "effective_rank_over_d": 0.5, "n_states": 4}],
+                             "ood": [{"layer": 0, "top_k_energy": 0.3, "l1_normalised": 4.0,
+                                      "effective_rank_over_d": 0.4, "n_states": 4}]},
+                mask_density=0.1 if m == "subnet_rl" else None))
+    stamp = WorldStamp(config_hash="c", base_fingerprint="b", proxy_fingerprint="p",
+                       tokenizer_fingerprint="t")
+    return Results(suite=suite_from_dict(suite).model_dump(mode="json"),
+                   manifest=RunManifest(suite="fixture", settings_hash="h", world=stamp,
+                                        routekit_version="0.1.0"),
+                   packages={"torch": "x"}, cells=cells,
+                   overlaps=[Overlap(method="full_rl_bf16", task="hop", lr=1e-4, seeds=[0, 1],
+                                     o1=0.5, o2=0.5, jaccard=0.3, expected_jaccard=0.05,
+                                     expected_o1=0.1)])
+
+
+def test_report_renders_tables_verdicts_and_plots_from_a_fixture(tmp_path):
+    results = fixture_results()
+    verdicts = {c.letter: c.verdict for _, claims in all_claims(results) for c in claims}
+    assert verdicts["b"] == "supported"  # bf16 0.90/0.91 unchanged vs fp32 0.00/0.01
+    assert verdicts["c"] == "supported"  # subnet's answers are full_rl_bf16's, prompt by prompt
+    assert verdicts["g"] == "supported"  # full −1.0 nats, lora −0.4, svf −0.05
+    assert verdicts["h"] == "supported"  # forgetting = 2 × KL exactly
+    assert verdicts["f"] == "supported"  # ood 0.3 > test 0.2 everywhere
+    assert verdicts["a"] == "inconclusive"  # one seed pair: no interval over pairs
+    path = write_report(results, tmp_path)
+    text = path.read_text()
+    assert "| hop | full_sft | 0.0001 |" in text and "## Verdicts" in text
+    assert "**(b)** update sparsity comes from bf16 storage" in text and "Pareto frontier" in text
+    pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert pngs == ["activations.png", "behaviour.png", "forgetting_kl.png", "frontier.png",
+                    "layer_density.png", "sparsity_tolerance.png"]
+    assert all((tmp_path / "plots" / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert render(results) == render(Results.model_validate_json(results.model_dump_json()))
+    assert View(results).best[("full_sft", "hop")] == 1e-4
+
+
+def test_missing_cells_make_verdicts_inconclusive():
+    results = fixture_results()
+    results = results.model_copy(update={"cells": [c for c in results.cells if c.key.method == "base"],
+                                         "overlaps": []})
+    verdicts = {c.letter: c.verdict for _, claims in all_claims(results) for c in claims}
+    assert set(verdicts.values()) <= {"inconclusive", "supported"}
+    assert all(verdicts[x] == "inconclusive" for x in "abcdegh")
+
+
+# ----------------------------------------------------------------------------- CLI, executors
+def test_compare_command_runs_a_suite_file_and_prints_the_headline(world_dir, tmp_path, capsys):
+    import yaml
+
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(yaml.safe_dump(tiny_suite(world_dir, ["base", "svf_sft"])))
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers())
+    args = parser.parse_args(["compare", "--suite", str(suite_file), "--out", str(tmp_path / "r"),
+                              "--workers", "0", "--no-progress"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "svf_sft" in out and str(tmp_path / "r" / "report.md") in out
+    bad = parser.parse_args(["compare", "--suite", str(suite_file), "--methods", "base,nope",
+                             "--out", str(tmp_path / "r")])
+    with pytest.raises(ConfigError, match="unknown method 'nope'"):
+        bad.func(bad)
+
+
+def test_a_failed_cell_is_reported_and_the_others_kept(world_dir, tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("planted failure")
+
+    suite = suite_from_dict(tiny_suite(world_dir, ["base", "svf_sft"]))
+    monkeypatch.setattr(worker, "train", boom)
+    with pytest.raises(TrainingError, match=r"svf_sft__hop__lr0.001__s0: RuntimeError: planted"):
+        run_suite(suite, tmp_path / "r", workers=0, progress=False)
+    assert (tmp_path / "r" / "cells" / "base__hop__lr0__s0" / "cell.json").is_file()
+    assert read_results(tmp_path / "r").cells[0].key.method == "base"
+
+
+def test_worker_processes_equal_the_calling_process(world_dir, tmp_path):
+    suite = suite_from_dict(tiny_suite(world_dir, ["base", "svf_sft"]))
+    inline = run_suite(suite, tmp_path / "inline", workers=0, progress=False, report=False)
+    spawned = run_suite(suite, tmp_path / "spawned", workers=2, progress=False, report=False)
+    assert sorted(spawned.ran) == sorted(inline.ran)
+    assert comparable(spawned.results) == comparable(inline.results)
+
+
+def test_ray_executor_equals_local(world_dir, tmp_path):
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'routekit[ray]')")
+    suite = suite_from_dict(tiny_suite(world_dir, ["base", "svf_sft"]))
+    local = run_suite(suite, tmp_path / "local", workers=0, progress=False, report=False)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = run_suite(suite, tmp_path / "ray", executor="ray", progress=False, report=False)
+    finally:
+        ray.shutdown()
+    assert remote.ran == local.ran
+    assert comparable(remote.results) == comparable(local.results)
