@@ -27,6 +27,7 @@ _COMMAND_MODULES = [
     "routekit.training.commands",
     "routekit.routing.commands",
     "routekit.adaptive_commands",
+    "routekit.compare.commands",
 ]
 
 

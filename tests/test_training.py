@@ -743,7 +743,7 @@ def test_routekit_train_refuses_a_foreign_out_before_training(tmp_path, capsys):
     out.mkdir()
     (out / "thesis.tex").write_text("years of work")
     run = tmp_path / "run"
-    assert main(["train", str(cfg), "--out", str(out), "--run-dir", str(run), "--no-progress"]) == 1
+    assert main(["train", str(cfg), "--out", str(out), "--run-dir", str(run), "--no-progress"]) == 2
     assert "thesis.tex" in capsys.readouterr().err
     assert _files(out) == {"thesis.tex": b"years of work"}
     assert not run.exists()  # refused before any step ran

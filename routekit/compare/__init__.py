@@ -3,7 +3,10 @@
 - :mod:`.metrics`: answer log-likelihood, cross-entropy, PEFT's forgetting, KL(base ‖ tuned);
 - :mod:`.behaviour`: shares of correct / systematic-wrong / other answers on world skills;
 - :mod:`.activations`: hidden-state sparsity per layer (arXiv:2603.03415's metrics);
-- :mod:`.stats`: mean ± std over seeds, bootstrap intervals over prompts and seeds, verdicts.
+- :mod:`.stats`: mean ± std over seeds, bootstrap intervals over prompts and seeds, verdicts;
+- the harness (``routekit compare``): :mod:`.suite` (YAML suites), :mod:`.methods`, :mod:`.cells`,
+  :mod:`.runner` and :mod:`.executors` (local processes or Ray), :mod:`.results` (the
+  validated ``results.json``), :mod:`.claims`, :mod:`.report` and :mod:`.plots`.
 """
 
 from .activations import (
