@@ -754,7 +754,7 @@ def test_nan_or_inf_in_a_checkpoint_is_refused_naming_tensor_and_file(tmp_path, 
     # the CLI reports it as an error and writes nothing
     out = tmp_path / "report"
     args = [str(paths["base"]), str(paths["tuned"]), "--out", str(out), "--no-progress"]
-    assert diff_main(args) == 1
+    assert diff_main(args) == 2
     assert repr(K) in capsys.readouterr().err
     assert not out.exists()
 
