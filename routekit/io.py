@@ -71,18 +71,22 @@ def read_json(path: PathLike, what: str = "file") -> Any:
         raise ExpertFileError(f"{what} {str(path)!r} is not valid JSON ({e}); re-create it.") from e
 
 
-def read_config(path: PathLike, schema: type[T], what: str = "config") -> T:
-    """Read a JSON file and validate it with a pydantic ``schema``; a missing, unparsable or
-    invalid file is an ExpertFileError naming the file and the first offending key."""
+def read_config(
+    path: PathLike, schema: type[T], what: str = "config", *,
+    error: type[Exception] = ExpertFileError, advice: str = "save it again.",
+) -> T:
+    """Read a JSON file and validate it with a pydantic ``schema``; a missing or unparsable
+    file is an ExpertFileError, an invalid one an ``error`` naming the file and the first
+    offending key, followed by ``advice``."""
     raw = read_json(path, what=what)
     try:
         return schema.model_validate(raw)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "(top level)"
-        raise ExpertFileError(
+        raise error(
             f"{what} {str(path)!r} is invalid: key {where!r}: {err['msg']} "
-            f"({len(e.errors())} problem(s)); save it again."
+            f"({len(e.errors())} problem(s)); {advice}"
         ) from e
 
 

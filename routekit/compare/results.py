@@ -12,11 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ConfigError
-from ..io import atomic_write_bytes, read_json
-from ..training.config import format_validation_error
+from ..io import atomic_write_bytes, read_config
 
 RESULTS_SCHEMA = 1
 
@@ -170,15 +169,10 @@ def write_model(path: str | os.PathLike, obj: BaseModel) -> Path:
 def read_model(path: str | os.PathLike, cls: type[BaseModel], what: str) -> Any:
     """Read and validate a JSON record; an unreadable file is an ExpertFileError, one that
     does not match the schema a ConfigError, each saying what to do."""
-    data = read_json(path, what)
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(
-            f"{what} {str(path)!r} does not match its schema ({format_validation_error(e)}); "
-            "it was written by another routekit version or edited. Rerun the cell (delete its "
-            "directory) or start the run afresh."
-        ) from None
+    return read_config(
+        path, cls, what, error=ConfigError,
+        advice="it was written by another routekit version or edited. Rerun the cell (delete "
+        "its directory) or start the run afresh.")
 
 
 def package_versions() -> dict[str, str]:
