@@ -317,7 +317,12 @@ def fixture_results() -> Results:
                        per_prompt={"test": test.tolist(), "ood": base_test.tolist(),
                                    "systematic": np.zeros(n).tolist(),
                                    "probe_loglik": (-2.0 + loglik_shift.get(m, 0.0)
-                                                    + 0.01 * rng.standard_normal(n)).tolist()})
+                                                    + 0.01 * rng.standard_normal(n)).tolist(),
+                                   # ood states sparser than test ones, prompt by prompt
+                                   "act_top_k_energy_test": (0.2 + 0.01 * rng.standard_normal(n)).tolist(),
+                                   "act_top_k_energy_ood": (0.3 + 0.01 * rng.standard_normal(n + 3)).tolist(),
+                                   "act_l1_normalised_test": [5.0] * n,
+                                   "act_l1_normalised_ood": [4.0] * (n + 3)})
             st = None
             if m in structure:
                 st = StructureSummary(against="base", share_bitwise_unchanged=structure[m] + 0.01 * seed,
@@ -374,6 +379,33 @@ def test_missing_cells_make_verdicts_inconclusive():
     verdicts = {c.letter: c.verdict for _, claims in all_claims(results) for c in claims}
     assert set(verdicts.values()) <= {"inconclusive", "supported"}
     assert all(verdicts[x] == "inconclusive" for x in "abcdegh")
+
+
+def test_claim_f_bootstraps_the_bases_prompts_and_tallies_trained_models():
+    results = fixture_results()
+    hop = dict(all_claims(results))["hop"]
+    f = next(c for c in hop if c.letter == "f")
+    assert f.verdict == "supported"
+    base = next(c for c in results.cells if c.key.method == "base").variants[0].per_prompt
+    want = np.mean(base["act_top_k_energy_ood"]) - np.mean(base["act_top_k_energy_test"])
+    assert f.numbers[0].startswith(f"base: ood − test top-5% energy share {want:+.3g} [")
+    assert "(1 model × " in f.numbers[0]  # the base is one model: prompts are the units
+    assert "above 0 for 7" in f.numbers[-1]  # every trained method in the fixture
+    # the same states with test and ood swapped: denser on ood, so contradicted
+    swapped = results.model_copy(deep=True)
+    for cell in swapped.cells:
+        pp = cell.variants[0].per_prompt
+        pp["act_top_k_energy_test"], pp["act_top_k_energy_ood"] = (
+            pp["act_top_k_energy_ood"], pp["act_top_k_energy_test"])
+    f = next(c for c in dict(all_claims(swapped))["hop"] if c.letter == "f")
+    assert f.verdict == "contradicted" and "below 0 for 7" in f.numbers[-1]
+    # results without per-prompt activations (written before they were kept)
+    old = results.model_copy(deep=True)
+    for cell in old.cells:
+        for k in [k for k in cell.variants[0].per_prompt if k.startswith("act_")]:
+            del cell.variants[0].per_prompt[k]
+    f = next(c for c in dict(all_claims(old))["hop"] if c.letter == "f")
+    assert f.verdict == "inconclusive" and "per-prompt activation" in f.reason
 
 
 # ----------------------------------------------------------------------------- CLI, executors

@@ -204,6 +204,19 @@ def test_activation_sparsity_reads_each_prompts_own_states(char_tokenizer):
         activations.hidden_states(model, tok, prompts, position="first")
 
 
+def test_prompt_sparsity_averages_each_prompts_states_over_layers():
+    d = 20
+    layer0 = torch.zeros(2, d)
+    layer0[0, 0] = 1.0  # prompt 0: one-hot (energy share 1, L1 1)
+    layer0[1] = 1.0  # prompt 1: flat (energy share 1/20, L1 sqrt(20))
+    layer1 = torch.ones(2, d)  # both flat
+    out = activations.prompt_sparsity([layer0, layer1], k=0.05)
+    assert out["top_k_energy"] == pytest.approx([(1 + 1 / 20) / 2, 1 / 20])
+    assert out["l1_normalised"] == pytest.approx([(1 + math.sqrt(d)) / 2, math.sqrt(d)])
+    with pytest.raises(ConfigError, match="same rows"):
+        activations.prompt_sparsity([layer0, torch.ones(3, d)])
+
+
 # --------------------------------------------------------------------------- statistics
 def test_mean_std_over_seeds():
     mean, std = stats.mean_std([0.3, 0.5, 0.7])
@@ -248,6 +261,24 @@ def test_bootstrap_matches_known_sampling_distributions():
     # a custom statistic sees (seeds x prompts) arrays
     med = stats.bootstrap_interval(seeds, statistic=lambda x: float(np.median(x)), n_boot=500)
     assert med.estimate == 0.5 and (med.low, med.high) == (0.0, 1.0)
+
+
+def test_two_sample_difference_matches_known_sampling_distributions():
+    # one seed; 400 fair coin flips against 100 prompts all 0.2: only a varies, so the
+    # interval is 0.3 ± 1.96 × 0.025
+    coin = np.array([[1.0, 0.0] * 200])
+    iv = stats.difference_interval(coin, np.full((1, 100), 0.2), n_boot=20_000, seed=3)
+    assert iv.estimate == pytest.approx(0.3) and iv.n_prompts == 100
+    assert (iv.high - iv.low) / 2 == pytest.approx(1.96 * 0.025, rel=0.08)
+    # two independent coin sets: the standard errors add in quadrature (sqrt(2) × 0.025)
+    iv = stats.difference_interval(coin, coin[:, ::-1], n_boot=20_000, seed=4)
+    assert iv.estimate == 0.0
+    assert (iv.high - iv.low) / 2 == pytest.approx(1.96 * 0.025 * math.sqrt(2), rel=0.08)
+    # constants on both sides: zero width, whatever the sizes
+    iv = stats.difference_interval(np.full((2, 7), 0.5), np.full((2, 30), 0.25), n_boot=500)
+    assert (iv.low, iv.estimate, iv.high) == (0.25, 0.25, 0.25)
+    with pytest.raises(ConfigError, match="same seeds"):
+        stats.difference_interval(np.zeros((2, 5)), np.zeros((3, 5)))
 
 
 def test_bootstrap_is_deterministic_for_a_seed():

@@ -109,20 +109,39 @@ def hidden_states(
     return [torch.cat(parts) for parts in per_layer]
 
 
+def layer_sparsity(states: Sequence[torch.Tensor], k: float = 0.05) -> list[LayerSparsity]:
+    """The three metrics per layer of ``states`` (as :func:`hidden_states` returns them)."""
+    _check_k(k)
+    return [
+        LayerSparsity(
+            layer=layer,
+            top_k_energy=float(top_k_energy_share(h, k).mean()),
+            l1_normalised=float(l1_of_normalised(h).mean()),
+            effective_rank_over_d=effective_rank_over_d(h),
+            n_states=h.shape[0],
+        )
+        for layer, h in enumerate(states)
+    ]
+
+
+def prompt_sparsity(states: Sequence[torch.Tensor], k: float = 0.05) -> dict[str, list[float]]:
+    """Per prompt, the per-state metrics averaged over layers: ``top_k_energy`` and
+    ``l1_normalised``, one value per row of the last-token ``states`` of :func:`hidden_states`.
+    These are what a bootstrap over prompts resamples (effective rank is a property of a
+    set of states, so it has no per-prompt value)."""
+    _check_k(k)
+    if not states or len({h.shape[0] for h in states}) != 1:
+        raise ConfigError("states must be one (prompts x d) matrix per layer, all with the same rows.")
+    energy = torch.stack([top_k_energy_share(h, k) for h in states]).mean(0)
+    l1 = torch.stack([l1_of_normalised(h) for h in states]).mean(0)
+    return {"top_k_energy": energy.tolist(), "l1_normalised": l1.tolist()}
+
+
 def activation_sparsity(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
     *, k: float = 0.05, position: str = "last", batch_size: int = 64,
 ) -> list[LayerSparsity]:
     """The three sparsity metrics of ``model``'s hidden states on ``prompts``, per layer."""
     _check_k(k)
-    out = []
-    for layer, h in enumerate(hidden_states(model, tokenizer, prompts, position=position,
-                                            batch_size=batch_size)):
-        out.append(LayerSparsity(
-            layer=layer,
-            top_k_energy=float(top_k_energy_share(h, k).mean()),
-            l1_normalised=float(l1_of_normalised(h).mean()),
-            effective_rank_over_d=effective_rank_over_d(h),
-            n_states=h.shape[0],
-        ))
-    return out
+    return layer_sparsity(
+        hidden_states(model, tokenizer, prompts, position=position, batch_size=batch_size), k)

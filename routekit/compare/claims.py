@@ -20,9 +20,10 @@ deterministic (greedy decoding), so its one cell pairs with every seed of a meth
 (e) RL collapses pretraining's answer formats onto one: the share of test answers in the
     tuned model's dominant behaviour (correct or systematic) grows over the base's share of
     that behaviour.
-(f) Hidden states are sparser on ood prompts: top-5% energy share on ood minus test, over
-    layers and every cell measured (per-state values are not kept, so layers and cells are
-    the bootstrap's units).
+(f) Hidden states are sparser on ood prompts: the base's top-5% energy share on ood minus
+    test prompts (each prompt's last-token value averaged over layers), bootstrapped over
+    the two sets of prompts independently; each trained method at its best rate is tallied
+    the same way over its seeds and prompts, beside.
 (g) Routing-only methods keep knowledge, full fine-tuning loses it, LoRA in between: the
     probes' answer log-likelihood minus the base's, per probe: full SFT < 0, SVF SFT and
     proxy SFT above full SFT, LoRA SFT above full SFT and below SVF SFT.
@@ -40,7 +41,7 @@ import numpy as np
 
 from .cells import best_lrs
 from .results import CellRecord, Results, Scores
-from .stats import Interval, bootstrap_interval, paired_difference, verdict
+from .stats import Interval, bootstrap_interval, difference_interval, paired_difference, verdict
 from .suite import Suite
 
 RL_SMALL = ("svf_rl", "full_rl_bf16", "subnet_rl", "full_rl", "lora_rl")
@@ -63,13 +64,16 @@ class Claim:
         return f"**({self.letter})** {self.text} — **{self.verdict}**{why}. {nums}".rstrip()
 
 
-def _fmt(iv: Interval, pct: bool = False, units: tuple[str, str] = ("seed", "")) -> str:
-    """estimate [low, high] (n seeds × m prompts); ``units`` names the rows and columns."""
+def _fmt(iv: Interval, pct: bool = False, units: tuple[str, str] = ("seed", ""),
+         signed: bool = True) -> str:
+    """estimate [low, high] (n seeds × m prompts); ``units`` names the rows and columns;
+    ``signed`` writes the sign of differences (not of shares or ranks)."""
     k, unit = (100.0, " pts") if pct else (1.0, "")
+    f = "+.3g" if signed else ".3g"
     n = f"{iv.n_seeds} {units[0]}{'s' if iv.n_seeds > 1 else ''}"
     if iv.n_prompts > 1:
         n += f" × {iv.n_prompts}" + (f" {units[1]}" if units[1] else "")
-    return f"{iv.estimate * k:+.3g}{unit} [{iv.low * k:+.3g}, {iv.high * k:+.3g}] ({n})"
+    return f"{iv.estimate * k:{f}}{unit} [{iv.low * k:{f}}, {iv.high * k:{f}}] ({n})"
 
 
 def _seed_verdict(iv: Interval, direction: str, threshold: float = 0.0) -> str:
@@ -143,24 +147,34 @@ def claim_a(view: View, task: str) -> Claim:
     unchanged = bootstrap_interval(_per_seed([x.structure.share_bitwise_unchanged for x in cells]))
     ranks = [x.structure.mean_rank_fraction for x in cells if x.structure.mean_rank_fraction is not None]
     parts = [_seed_verdict(unchanged, "greater", threshold=0.5)]
-    c.numbers.append(f"{m} at lr {cells[0].key.lr:g}: bitwise unchanged {_fmt(unchanged)}")
+    c.numbers.append(f"{m} at its best lr {cells[0].key.lr:g}: bitwise unchanged "
+                     f"{_fmt(unchanged, signed=False)}")
     if ranks:
         rk = bootstrap_interval(_per_seed(ranks))
         parts.append(_seed_verdict(rk, "greater", threshold=0.9))
-        c.numbers.append(f"mean rank fraction of changed matrices {_fmt(rk)}")
+        c.numbers.append(f"mean rank fraction of changed matrices {_fmt(rk, signed=False)}")
     ov = [o for o in view.results.overlaps if o.method == m and o.task == task
           and o.lr == cells[0].key.lr and o.jaccard is not None and o.expected_jaccard is not None]
     if ov:
         excess = bootstrap_interval(_per_seed([o.jaccard - o.expected_jaccard for o in ov]))
         parts.append(_seed_verdict(excess, "greater") if len(ov) > 1 else "inconclusive")
-        c.numbers.append(f"Jaccard overlap across seeds minus random expectation {_fmt(excess)} "
-                         f"({len(ov)} seed pairs)")
+        c.numbers.append("Jaccard overlap across seeds minus random expectation "
+                         f"{_fmt(excess, units=('seed pair', ''))}")
     else:
         parts.append("inconclusive")
         c.numbers.append("no two seeds to overlap")
     gain = view.gain_rows(m, task, "test")
     if gain is not None:
         c.numbers.append(f"its test gain {_fmt(bootstrap_interval(gain), pct=True)}")
+    # sparsity depends on the rate: the whole sweep on its first seed, with each rate's gain
+    base = view.base(task)
+    first = min(x.key.seed for x in cells)
+    sweep = sorted((x for x in view.results.cells if x.key.method == m and x.key.task == task
+                    and x.key.seed == first and x.structure), key=lambda x: x.key.lr)
+    if len(sweep) > 1 and base is not None:
+        c.numbers.append(f"sweep on seed {first}: " + ", ".join(
+            f"lr {x.key.lr:g} {x.structure.share_bitwise_unchanged:.3f} unchanged, gain "
+            f"{100 * (x.best().test_accuracy - base.test_accuracy):+.1f} pts" for x in sweep))
     c.verdict = _combine(parts)
     return c
 
@@ -180,7 +194,7 @@ def claim_b(view: View, task: str) -> Claim:
     c.verdict = _combine([_seed_verdict(diff, "greater"),
                           _seed_verdict(fp_share, "less", threshold=0.05)])
     c.numbers += [f"unchanged share bf16 − fp32 {_fmt(diff)}",
-                  f"fp32 unchanged {_fmt(fp_share)} (vanishes: < 0.05)"]
+                  f"fp32 unchanged {_fmt(fp_share, signed=False)} (vanishes: < 0.05)"]
     for name, method in (("bf16", "full_rl_bf16"), ("fp32", "full_rl")):
         g = view.gain_rows(method, task, "test")
         if g is not None:
@@ -262,26 +276,44 @@ def claim_e(view: View, task: str) -> Claim:
     return c
 
 
-def claim_f(view: View, tasks: Sequence[str]) -> Claim:
+def claim_f(view: View, task: str) -> Claim:
     c = Claim("f", "hidden states grow sparser on ood prompts (top-5% energy share)")
-    diffs: dict[str, list[list[float]]] = {"top_k_energy": [], "l1_normalised": [],
-                                           "effective_rank_over_d": []}
-    for cell in view.results.cells:
-        if cell.key.task in tasks and cell.activations:
-            t, o = cell.activations["test"], cell.activations["ood"]
-            for metric, rows in diffs.items():
-                rows.append([lo[metric] - lt[metric] for lt, lo in zip(t, o)])
-    if not diffs["top_k_energy"]:
-        c.reason = "needs activation measurements (a task with an ood split)"
+
+    def sides(method: str, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+        t = view.rows(method, task, f"act_{metric}_test")
+        o = view.rows(method, task, f"act_{metric}_ood")
+        return None if t is None or o is None or t.shape[0] != o.shape[0] else (o, t)
+
+    base = sides("base", "top_k_energy")
+    if base is None:
+        c.reason = ("needs per-prompt activation measurements of the base (a task with an ood "
+                    "split; results written by routekit 0.1.0 before they were kept lack them)")
         return c
-    units = ("cell", "layers")
-    iv = bootstrap_interval(np.asarray(diffs["top_k_energy"]))
+    iv = difference_interval(*base)
     c.verdict = verdict(iv, "greater")
-    c.numbers.append(f"ood − test top-5% energy share {_fmt(iv, units=units)}")
-    for metric, what in (("l1_normalised", "L1 of the normalised state (lower = sparser)"),
-                         ("effective_rank_over_d", "effective rank / d (lower = sparser)")):
-        c.numbers.append(f"ood − test {what} "
-                         f"{_fmt(bootstrap_interval(np.asarray(diffs[metric])), units=units)}")
+    c.numbers.append(f"base: ood − test top-5% energy share {_fmt(iv, units=('model', 'prompts'))}")
+    l1 = sides("base", "l1_normalised")
+    if l1 is not None:
+        c.numbers.append("base: ood − test L1 of the normalised state (lower = sparser) "
+                         f"{_fmt(difference_interval(*l1), units=('model', 'prompts'))}")
+    cells = view.cells("base", task)
+    if cells and cells[0].activations:
+        t, o = cells[0].activations["test"], cells[0].activations["ood"]
+        erank = np.mean([lo["effective_rank_over_d"] - lt["effective_rank_over_d"]
+                         for lt, lo in zip(t, o)])
+        c.numbers.append(f"base: ood − test effective rank / d (lower = sparser; a set's "
+                         f"figure, no interval) {erank:+.3g} over {len(t)} layers")
+    tally = {"supported": [], "contradicted": [], "inconclusive": []}
+    for method in view.suite.methods:
+        if method != "base" and (pair := sides(method, "top_k_energy")) is not None:
+            tally[verdict(difference_interval(*pair), "greater")].append(method)
+    if any(tally.values()):
+        c.numbers.append("trained models at their best rate (seeds × prompts), ood − test "
+                         "top-5% energy: " + ", ".join(
+                             f"{k} for {len(v)} ({', '.join(v)})" if v else f"{k} for 0"
+                             for k, v in (("above 0", tally["supported"]),
+                                          ("below 0", tally["contradicted"]),
+                                          ("interval across 0", tally["inconclusive"]))))
     return c
 
 
@@ -344,7 +376,8 @@ def all_claims(results: Results) -> list[tuple[str, list[Claim]]]:
     """Per task (and once for the claims pooled over tasks), the claims' verdicts."""
     view = View(results)
     tasks = view.suite.tasks
-    out = [(task, [f(view, task) for f in (claim_a, claim_b, claim_c, claim_d, claim_e, claim_g)])
+    out = [(task, [f(view, task) for f in (claim_a, claim_b, claim_c, claim_d, claim_e, claim_f,
+                                           claim_g)])
            for task in tasks]
-    out.append(("all tasks", [claim_f(view, tasks), claim_h(view, tasks)]))
+    out.append(("all tasks", [claim_h(view, tasks)]))
     return out

@@ -28,7 +28,7 @@ from ..eval import evaluate
 from ..tasks.base import Task
 from ..tasks.world_tasks import world_task
 from ..world.corpus import SKILLS
-from .activations import activation_sparsity
+from .activations import hidden_states, layer_sparsity, prompt_sparsity
 from .behaviour import behaviour_shares, classify_behaviours
 from .metrics import TextScores, answer_loglik, kl_divergence, text_cross_entropy
 from .results import Scores
@@ -129,12 +129,21 @@ class Evaluator:
         examples = _head(self.task.examples("test"), self.limits.behaviour)
         return behaviour_shares(classify_behaviours(self.task, examples, res.completions))
 
-    def activations(self, model: nn.Module) -> dict[str, list[dict[str, float]]] | None:
-        """Per-layer activation sparsity on test and ood prompts (None without an ood split)."""
+    def activations(
+        self, model: nn.Module, scores: Scores | None = None
+    ) -> dict[str, list[dict[str, float]]] | None:
+        """Per-layer activation sparsity on test and ood prompts (None without an ood split).
+
+        With ``scores``, each prompt's values (averaged over layers) go into its
+        ``per_prompt`` as ``act_<metric>_<split>``: claim (f)'s bootstrap resamples them."""
         if "ood" not in self.task.splits:
             return None
         n = self.limits.activations
-        return {
-            split: [asdict(s) for s in activation_sparsity(model, self.tok, _head(self.task.prompts(split), n))]
-            for split in ("test", "ood")
-        }
+        out = {}
+        for split in ("test", "ood"):
+            states = hidden_states(model, self.tok, _head(self.task.prompts(split), n))
+            out[split] = [asdict(s) for s in layer_sparsity(states)]
+            if scores is not None:
+                for metric, values in prompt_sparsity(states).items():
+                    scores.per_prompt[f"act_{metric}_{split}"] = values
+        return out

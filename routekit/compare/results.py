@@ -54,7 +54,9 @@ class Scores(_Strict):
     per_prompt: dict[str, list[float]] = Field(
         default_factory=dict,
         description="per prompt: test, ood, probes (1/0 correct), systematic (1/0: the test "
-        "answer is the skill's systematic wrong one), probe_loglik (nats per answer)",
+        "answer is the skill's systematic wrong one), probe_loglik (nats per answer), and for "
+        "cells with activations act_top_k_energy_<split>, act_l1_normalised_<split> (split "
+        "test or ood; the last token's value averaged over layers)",
     )
 
 

@@ -75,6 +75,27 @@ def _as_scores(values: Sequence[Sequence[float]] | np.ndarray, what: str) -> np.
     return _finite(x, what)
 
 
+def _check_boot(level: float, n_boot: int) -> None:
+    if not 0 < level < 1:
+        raise ConfigError(f"level must be in (0, 1), got {level}.")
+    if n_boot < 1:
+        raise ConfigError(f"n_boot must be >= 1, got {n_boot}.")
+
+
+def _percentile_interval(
+    reps: np.ndarray, estimate: float, level: float, n_seeds: int, n_prompts: int
+) -> Interval:
+    alpha = (1 - level) / 2
+    low, high = np.quantile(reps, [alpha, 1 - alpha])
+    # rounding can put a constant's quantiles a hair off the estimate: snap them onto it
+    tol = 1e-12 * max(1.0, abs(estimate))
+    if math.isclose(low, estimate, rel_tol=0, abs_tol=tol) and math.isclose(
+        high, estimate, rel_tol=0, abs_tol=tol
+    ):
+        low = high = estimate
+    return Interval(estimate, float(low), float(high), level, n_seeds, n_prompts)
+
+
 def bootstrap_interval(
     scores: Sequence[Sequence[float]] | np.ndarray,
     *,
@@ -87,10 +108,7 @@ def bootstrap_interval(
     ``scores``, resampling seeds, then prompts within each drawn seed. Deterministic for
     ``seed``. ``statistic`` receives one resampled (seeds × prompts) array."""
     x = _as_scores(scores, "scores")
-    if not 0 < level < 1:
-        raise ConfigError(f"level must be in (0, 1), got {level}.")
-    if n_boot < 1:
-        raise ConfigError(f"n_boot must be >= 1, got {n_boot}.")
+    _check_boot(level, n_boot)
     n_seeds, n_prompts = x.shape
     rng = np.random.default_rng(seed)
     seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
@@ -104,15 +122,7 @@ def bootstrap_interval(
             reps[start:stop] = drawn.mean(axis=(1, 2))
         else:
             reps[start:stop] = [statistic(r) for r in drawn]
-    alpha = (1 - level) / 2
-    low, high = np.quantile(reps, [alpha, 1 - alpha])
-    # rounding can put a constant's quantiles a hair off the estimate: snap them onto it
-    tol = 1e-12 * max(1.0, abs(estimate))
-    if math.isclose(low, estimate, rel_tol=0, abs_tol=tol) and math.isclose(
-        high, estimate, rel_tol=0, abs_tol=tol
-    ):
-        low = high = estimate
-    return Interval(estimate, float(low), float(high), level, n_seeds, n_prompts)
+    return _percentile_interval(reps, estimate, level, n_seeds, n_prompts)
 
 
 def paired_difference(
@@ -131,6 +141,41 @@ def paired_difference(
             f"{xa.shape} and {xb.shape} differ."
         )
     return bootstrap_interval(xa - xb, level=level, n_boot=n_boot, seed=seed)
+
+
+def difference_interval(
+    a: Sequence[Sequence[float]] | np.ndarray,
+    b: Sequence[Sequence[float]] | np.ndarray,
+    *,
+    level: float = 0.95,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> Interval:
+    """Interval of mean(a) − mean(b) for two *different* sets of prompts scored by the same
+    seeds: (seeds × n_a) and (seeds × n_b). Each replicate draws the seeds with replacement
+    (the same draw for both sides: seed s of ``a`` and of ``b`` come from one run), then
+    each side's prompts within a seed independently. ``n_prompts`` reports the smaller side."""
+    xa, xb = _as_scores(a, "a"), _as_scores(b, "b")
+    if xa.shape[0] != xb.shape[0]:
+        raise ConfigError(
+            f"a difference by seed needs the same seeds on both sides; a has {xa.shape[0]} "
+            f"and b {xb.shape[0]}."
+        )
+    _check_boot(level, n_boot)
+    n_seeds = xa.shape[0]
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    reps = np.empty(n_boot)
+    for start in range(0, n_boot, _CHUNK):
+        stop = min(start + _CHUNK, n_boot)
+        s = seeds[start:stop, :, None]
+        means = []
+        for x in (xa, xb):
+            prompts = rng.integers(0, x.shape[1], size=(stop - start, n_seeds, x.shape[1]))
+            means.append(x[s, prompts].mean(axis=(1, 2)))
+        reps[start:stop] = means[0] - means[1]
+    estimate = float(xa.mean() - xb.mean())
+    return _percentile_interval(reps, estimate, level, n_seeds, min(xa.shape[1], xb.shape[1]))
 
 
 def verdict(

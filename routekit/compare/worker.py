@@ -118,7 +118,7 @@ def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Eval
     fields: dict[str, Any] = {"notes": [], "artifacts": {}}
     if not spec.trains:
         scores = [ev.scores(base, is_base=True)]
-        fields["activations"] = ev.activations(base)
+        fields["activations"] = ev.activations(base, scores[0])
         b = scores[0].behaviour
         fields["behaviour_history"] = [{"step": 0, **b}] if b else []
         fields["total_parameters"] = sum(p.numel() for p in base.parameters())
@@ -164,7 +164,7 @@ def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Eval
         fields["artifacts"]["expert"] = "expert"
     else:
         scores = [ev.scores(model)]
-        fields["activations"] = ev.activations(model)
+        fields["activations"] = ev.activations(model, scores[0])
         _save_weights(spec, model, tok, out, fields["artifacts"])
         fields["structure"] = _structure(base, out, spec)
     return _record(job, record_cfg, scores, t0, seconds, eval_seconds=time.perf_counter() - t_eval,
