@@ -4,7 +4,8 @@ Experts are trained with the shipped recipes (SVF RL, recipes/configs/world/<tas
 for add, rev and hop; one SVF expert trained by the same recipe on all three tasks at once,
 with as many steps as the three single experts together, as the multi-task baseline; and the
 hop proxy expert, <task>_proxy_sft.yaml, for the mixed-kinds timing). They are cached under
-benchmarks/results/routing_experts/<world base fingerprint>/ and reused.
+benchmarks/results/routing_experts/<world base fingerprint>/ (the proxy expert in a
+folder named with the world proxy's fingerprint) and reused.
 
 The mixed test set is every task's test prompts (add 50, rev 50, hop 30) plus the knowledge
 probes (the facts task's held-out questions, 90), which need no expert (label ``none``),
@@ -189,11 +190,13 @@ def main() -> None:
     multi = train_expert(base, tok, multi_task(tasks), "hop_svf_rl.yaml", "multi",
                          cache / "multi", steps=steps)
     small, _ = world.load_proxy()
+    proxy_fp = model_fingerprint(small)  # the proxy expert is cached per proxy, too
     hop_proxy = train_expert(small, tok, tasks["hop"], "hop_proxy_sft.yaml", "hop_proxy",
-                             cache / "hop_proxy")
+                             cache / f"hop_proxy-{proxy_fp}")
     model = get_svf_model(base, SVFConfig(target_modules=svf_experts[0].target_modules))
     by_task = {n: n for n in SKILLS}
-    report: dict[str, Any] = {"world_base_fingerprint": base_fp, "experts": {
+    report: dict[str, Any] = {"world_base_fingerprint": base_fp,
+                              "world_proxy_fingerprint": proxy_fp, "experts": {
         e.name: e.training_config for e in [*svf_experts, multi]}}
 
     # Routers: fitted on train prompts only.
