@@ -381,6 +381,17 @@ def test_missing_cells_make_verdicts_inconclusive():
     assert all(verdicts[x] == "inconclusive" for x in "abcdegh")
 
 
+def test_every_cell_row_of_a_steered_result_shows_its_tuned_proxy_alone():
+    results = fixture_results().model_copy(deep=True)
+    cell = next(c for c in results.cells if c.key.method == "svf_sft")
+    cell.proxy_own = {"test_accuracy": 0.4333, "ood_accuracy": 0.2}
+    rows = [line for line in render(results).splitlines() if line.startswith(f"| {cell.cell_id} |")]
+    assert rows and " 0.433 / 0.200 |" in rows[0]
+    other = next(c for c in results.cells if c.key.method == "full_sft" and c.proxy_own is None)
+    assert "| — |" in next(line for line in render(results).splitlines()
+                           if line.startswith(f"| {other.cell_id} |"))
+
+
 def test_claim_f_bootstraps_the_bases_prompts_and_tallies_trained_models():
     results = fixture_results()
     hop = dict(all_claims(results))["hop"]

@@ -111,6 +111,10 @@ def _overlap_section(results: Results) -> str:
 def _cells_section(results: Results) -> str:
     rows = []
     for c in results.cells:
+        own = "—"
+        if c.proxy_own:  # a steered result is shown beside what its tuned proxy does alone
+            own = " / ".join(f"{c.proxy_own[k]:.3f}" for k in ("test_accuracy", "ood_accuracy")
+                             if c.proxy_own.get(k) is not None)
         for v in c.variants:
             rows.append([c.cell_id, "—" if v.alpha is None else f"{v.alpha:g}",
                          f"{v.test_accuracy:.3f}",
@@ -120,9 +124,11 @@ def _cells_section(results: Results) -> str:
                          "—" if v.forgetting is None else f"{v.forgetting:.4f}",
                          "—" if v.kl_text is None else f"{v.kl_text:.4f}",
                          "—" if v.kl_prompts is None else f"{v.kl_prompts:.4f}",
-                         f"{c.train_seconds:.0f}", f"{c.eval_seconds:.0f}", f"{c.peak_rss_mb:.0f}"])
+                         own, f"{c.train_seconds:.0f}", f"{c.eval_seconds:.0f}",
+                         f"{c.peak_rss_mb:.0f}"])
     return _md_table(["cell", "α", "test", "ood", "probes", "probe loglik", "forgetting",
-                      "KL text", "KL prompts", "train s", "eval s", "peak MB"], rows) + "\n"
+                      "KL text", "KL prompts", "tuned proxy alone: test / ood", "train s",
+                      "eval s", "peak MB"], rows) + "\n"
 
 
 def render(results: Results, plots: list[str] | None = None) -> str:
@@ -144,8 +150,9 @@ def render(results: Results, plots: list[str] | None = None) -> str:
         "",
         "## Verdicts",
         "",
-        "95% bootstrap intervals over seeds and prompts; a verdict commits only when its "
-        "interval excludes the other side, and a per-seed figure needs two seeds or more.",
+        "95% bootstrap intervals over seeds and prompts (each number says its units: seeds × "
+        "prompts, seed pairs, or for (h) cells); a verdict commits only when its interval "
+        "excludes the other side, and a per-seed figure needs two seeds or more.",
         "",
     ]
     for scope, claims in all_claims(results):
