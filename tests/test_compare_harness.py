@@ -291,12 +291,14 @@ def test_subnet_mask_is_what_full_rl_changed(world_dir, letter_task, tmp_path):
 
 
 # ----------------------------------------------------------------------------- report
-def fixture_results() -> Results:
+def fixture_results(task: str = "hop", ood: list[float] | None = None,
+                    ood_tuned: list[float] | None = None) -> Results:
     """Two seeds of base, full_rl (fp32), full_rl_bf16, subnet_rl and the SFT methods, with
-    planted numbers whose verdicts are known."""
+    planted numbers whose verdicts are known; ``ood`` replaces the base's ood scores and
+    ``ood_tuned`` the trained cells' (default: ``ood``)."""
     rng = np.random.default_rng(0)
     n = 40
-    suite = dict(name="fixture", world="tiny", tasks=["hop"], seeds=[0, 1],
+    suite = dict(name="fixture", world="tiny", tasks=[task], seeds=[0, 1],
                  methods=["base", "full_rl", "full_rl_bf16", "subnet_rl", "svf_rl", "full_sft",
                           "svf_sft", "lora_sft"],
                  lrs={m: [1e-4] for m in ("full_rl", "full_rl_bf16", "subnet_rl", "svf_rl",
@@ -308,13 +310,15 @@ def fixture_results() -> Results:
     cells = []
     for m in suite["methods"]:
         for seed in ([0] if m == "base" else [0, 1]):
-            key = CellKey(method=m, task="hop", lr=0.0 if m == "base" else 1e-4, seed=seed)
+            key = CellKey(method=m, task=task, lr=0.0 if m == "base" else 1e-4, seed=seed)
             test = base_test.copy() if m == "base" else (np.arange(n) % 4 != 3).astype(float)
             kl = 0.0 if m == "base" else 0.01 * (len(cells) + 1)
             v = Scores(test_accuracy=float(test.mean()), ood_accuracy=0.25, probe_accuracy=0.5,
                        probe_loglik=-2.0 + loglik_shift.get(m, 0.0), forgetting=2.0 * kl,
                        kl_prompts=kl, kl_text=kl, behaviour={"correct": 0.5, "systematic": 0.3, "other": 0.2},
-                       per_prompt={"test": test.tolist(), "ood": base_test.tolist(),
+                       per_prompt={"test": test.tolist(),
+                                   "ood": base_test.tolist() if ood is None else
+                                   list(ood if m == "base" or ood_tuned is None else ood_tuned),
                                    "systematic": np.zeros(n).tolist(),
                                    "probe_loglik": (-2.0 + loglik_shift.get(m, 0.0)
                                                     + 0.01 * rng.standard_normal(n)).tolist(),
@@ -346,7 +350,7 @@ def fixture_results() -> Results:
                    manifest=RunManifest(suite="fixture", settings_hash="h", world=stamp,
                                         routekit_version="0.1.0"),
                    packages={"torch": "x"}, cells=cells,
-                   overlaps=[Overlap(method="full_rl_bf16", task="hop", lr=1e-4, seeds=[0, 1],
+                   overlaps=[Overlap(method="full_rl_bf16", task=task, lr=1e-4, seeds=[0, 1],
                                      o1=0.5, o2=0.5, jaccard=0.3, expected_jaccard=0.05,
                                      expected_o1=0.1)])
 
@@ -379,6 +383,20 @@ def test_missing_cells_make_verdicts_inconclusive():
     verdicts = {c.letter: c.verdict for _, claims in all_claims(results) for c in claims}
     assert set(verdicts.values()) <= {"inconclusive", "supported"}
     assert all(verdicts[x] == "inconclusive" for x in "abcdegh")
+
+
+def test_claim_d_pairs_hop_prompts_and_resamples_unpaired_ood_sets_on_their_own():
+    results = fixture_results()
+    d = next(c for c in dict(all_claims(results))["hop"] if c.letter == "d")
+    # tuned test 0.75 vs base 0.25 on the same 40 prompts; ood 0.25 for both: +50 points
+    assert d.verdict == "supported" and "test − ood gain +50 pts" in d.numbers[-1]
+    # a task whose ood prompts are other items, 3x as many: every one counts. The tuned
+    # models gain on the first 40 ood prompts only: +33.3 points over all 120, so test − ood
+    # is +16.7 (an index pairing would have compared the first 40 alone: −50)
+    unpaired = fixture_results(task="rev", ood=[0.0] * 120, ood_tuned=[1.0] * 40 + [0.0] * 80)
+    d = next(c for c in dict(all_claims(unpaired))["rev"] if c.letter == "d")
+    assert "ood gain +33.3 pts [" in d.numbers[1] and "(2 seeds × 120)" in d.numbers[1]
+    assert d.numbers[-1].startswith("test − ood gain +16.7 pts [")
 
 
 def test_every_cell_row_of_a_steered_result_shows_its_tuned_proxy_alone():

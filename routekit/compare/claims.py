@@ -15,8 +15,8 @@ deterministic (greedy decoding), so its one cell pairs with every seed of a meth
     (paired by seed).
 (c) Subnetwork RL matches the RL it took its mask from: test accuracy within ±5 points.
 (d) Small (SVF) RL updates teach *when*, not *how*: the gain over the base is smaller on
-    ood prompts than on test prompts (test and ood prompts paired by index: the same
-    entity for hop).
+    ood prompts than on test prompts (paired prompt by prompt for hop, whose ood prompt
+    asks about the same entity; otherwise the two sets are resampled independently).
 (e) RL collapses pretraining's answer formats onto one: the share of test answers in the
     tuned model's dominant behaviour (correct or systematic) grows over the base's share of
     that behaviour.
@@ -44,6 +44,9 @@ from .results import CellRecord, Results, Scores
 from .stats import Interval, bootstrap_interval, difference_interval, paired_difference, verdict
 from .suite import Suite
 
+# Tasks whose ood prompt i asks about the same item as test prompt i (hop: the same entity in
+# an unseen wording), so a test − ood difference can be paired prompt by prompt.
+PAIRED_OOD = frozenset({"hop"})
 RL_SMALL = ("svf_rl", "full_rl_bf16", "subnet_rl", "full_rl", "lora_rl")
 RL_ANY = ("full_rl", "full_rl_bf16", "svf_rl", "lora_rl", "subnet_rl")
 
@@ -241,9 +244,11 @@ def claim_d(view: View, task: str) -> Claim:
     if test is None or ood is None:
         c.reason = "needs an RL method's cells and the base with test and ood splits"
         return c
-    n = min(test.shape[1], ood.shape[1])
     g_test = bootstrap_interval(test)
-    d = paired_difference(test[:, :n], ood[:, :n])
+    if task in PAIRED_OOD and test.shape == ood.shape:
+        d = paired_difference(test, ood)
+    else:  # different prompts on the two sides: resample each side's own
+        d = difference_interval(test, ood)
     c.verdict = _combine([verdict(g_test, "greater"), verdict(d, "greater")])
     if verdict(g_test, "greater") != "supported":
         c.reason = "no test gain to lose"
