@@ -399,6 +399,26 @@ def test_claim_d_pairs_hop_prompts_and_resamples_unpaired_ood_sets_on_their_own(
     assert d.numbers[-1].startswith("test − ood gain +16.7 pts [")
 
 
+def test_claim_c_reports_the_gain_of_the_runs_the_masks_came_from():
+    results = fixture_results()
+    # full_rl_bf16 also ran at 3e-4 and did better there, so that is its best rate; the
+    # subnetwork ran at 1e-4 with masks from the 1e-4 runs, whose gain is what it must match
+    extra = []
+    for cell in results.cells:
+        if cell.key.method == "full_rl_bf16":
+            key = cell.key.model_copy(update={"lr": 3e-4})
+            v = cell.variants[0].model_copy(deep=True)
+            v.per_prompt["test"] = [1.0] * len(v.per_prompt["test"])
+            v.test_accuracy = 1.0
+            extra.append(cell.model_copy(update={"key": key, "cell_id": key.cell_id, "variants": [v]}))
+    results = results.model_copy(update={"cells": results.cells + extra})
+    results.suite["lrs"]["full_rl_bf16"] = [1e-4, 3e-4]
+    assert View(results).best[("full_rl_bf16", "hop")] == 3e-4
+    c = next(x for x in dict(all_claims(results))["hop"] if x.letter == "c")
+    assert c.verdict == "supported"
+    assert any(n.startswith("full_rl_bf16 test gain at lr 0.0001 +50 pts [") for n in c.numbers)
+
+
 def test_every_cell_row_of_a_steered_result_shows_its_tuned_proxy_alone():
     results = fixture_results().model_copy(deep=True)
     cell = next(c for c in results.cells if c.key.method == "svf_sft")

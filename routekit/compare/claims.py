@@ -223,10 +223,11 @@ def claim_c(view: View, task: str) -> Claim:
         return c
     d = paired_difference(sub, full)
     c.verdict = verdict(d, "equal", margin=0.05)
-    gain = view.gain_rows(src, task, "test")
-    if gain is not None:
-        g = bootstrap_interval(gain)
-        c.numbers.append(f"{src} test gain {_fmt(g, pct=True)}")
+    base = view.rows("base", task, "test")
+    if base is not None and base.shape[1] == full.shape[1]:
+        # the gain of the runs the masks came from (subnet_rl's lr), not of src's best lr
+        g = bootstrap_interval(full - base)
+        c.numbers.append(f"{src} test gain at lr {lr:g} {_fmt(g, pct=True)}")
         if verdict(g, "greater") != "supported":
             c.verdict, c.reason = "inconclusive", f"{src} gained nothing for the subnetwork to match"
     dens = [x.mask_density for x in subnet_cells if x.mask_density is not None]
