@@ -69,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     unseen_pairs = [(a, b) for a in range(30, 50) for b in range(10)][: args.n]
     strings = _unseen_strings(world, args.n, rng)
     # "no corpus line contains": checked on the corpus text itself, not assumed
-    assert not any(f"{a}+{b}=" in text or f"sum of {a} and {b} " in text for a, b in unseen_pairs)
-    assert not any(f" {w} " in text or f" {w}:" in text for w in strings)
+    # (a prompt starts a line or follows a space: "abc reversed is" inside "zabc reversed is"
+    # is another string's line)
+    spaced = " " + text.replace("\n", " ")
+    assert not any(f" {p}" in spaced for a, b in unseen_pairs for p, _ in add_formats(a, b, 0))
+    assert not any(f" {p}" in spaced for w in strings for p, _ in rev_formats(w, ""))
     rows = {}
     for skill in ("add", "rev", "hop"):
         task = world_task(skill, world=world)

@@ -263,6 +263,18 @@ def test_base_cell_measures_what_the_base_scores(uninterrupted):
     assert s.per_prompt["probes"] == [float(c) for c in probes.correct]
     assert s.forgetting == 0.0 and s.kl_prompts == 0.0
     assert math.isclose(s.probe_loglik, float(np.mean(s.per_prompt["probe_loglik"])))
+    # each prompt's sparsity, as the record keeps it for claim (f): recomputed here from the
+    # base's own hidden states with the per-state formulas, averaged over layers by hand
+    from routekit.compare.activations import hidden_states, top_k_energy_share
+
+    hop = world_task("hop", WorldConfig.tiny())
+    for split in ("test", "ood"):
+        prompts = hop.prompts(split)[: LIMITS["activations"]]
+        states = hidden_states(base, tok, prompts)
+        want = [float(np.mean([top_k_energy_share(h[i], 0.05).item() for h in states]))
+                for i in range(len(prompts))]
+        assert s.per_prompt[f"act_top_k_energy_{split}"] == pytest.approx(want, rel=1e-6)
+        assert len(s.per_prompt[f"act_l1_normalised_{split}"]) == len(prompts)
 
 
 def test_subnet_mask_is_what_full_rl_changed(world_dir, letter_task, tmp_path):

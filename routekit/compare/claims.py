@@ -293,7 +293,7 @@ def claim_f(view: View, task: str) -> Claim:
     base = sides("base", "top_k_energy")
     if base is None:
         c.reason = ("needs per-prompt activation measurements of the base (a task with an ood "
-                    "split; results written by routekit 0.1.0 before they were kept lack them)")
+                    "split; results written before they were kept lack them: rerun the cells)")
         return c
     iv = difference_interval(*base)
     c.verdict = verdict(iv, "greater")

@@ -130,20 +130,18 @@ class Evaluator:
         return behaviour_shares(classify_behaviours(self.task, examples, res.completions))
 
     def activations(
-        self, model: nn.Module, scores: Scores | None = None
-    ) -> dict[str, list[dict[str, float]]] | None:
-        """Per-layer activation sparsity on test and ood prompts (None without an ood split).
-
-        With ``scores``, each prompt's values (averaged over layers) go into its
-        ``per_prompt`` as ``act_<metric>_<split>``: claim (f)'s bootstrap resamples them."""
+        self, model: nn.Module
+    ) -> tuple[dict[str, list[dict[str, float]]], dict[str, list[float]]] | None:
+        """Activation sparsity on test and ood prompts (None without an ood split): per split
+        the per-layer figures, and each prompt's values averaged over layers keyed
+        ``act_<metric>_<split>`` (for a ``Scores.per_prompt``: claim (f) resamples them)."""
         if "ood" not in self.task.splits:
             return None
         n = self.limits.activations
-        out = {}
+        layers, per_prompt = {}, {}
         for split in ("test", "ood"):
             states = hidden_states(model, self.tok, _head(self.task.prompts(split), n))
-            out[split] = [asdict(s) for s in layer_sparsity(states)]
-            if scores is not None:
-                for metric, values in prompt_sparsity(states).items():
-                    scores.per_prompt[f"act_{metric}_{split}"] = values
-        return out
+            layers[split] = [asdict(s) for s in layer_sparsity(states)]
+            for metric, values in prompt_sparsity(states).items():
+                per_prompt[f"act_{metric}_{split}"] = values
+        return layers, per_prompt

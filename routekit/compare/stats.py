@@ -96,6 +96,13 @@ def _percentile_interval(
     return Interval(estimate, float(low), float(high), level, n_seeds, n_prompts)
 
 
+def _draw(x: np.ndarray, seeds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One block of replicates: for each (replicate, drawn seed), that seed's row of ``x``
+    with its prompts drawn with replacement -> (replicates, seeds, prompts)."""
+    prompts = rng.integers(0, x.shape[1], size=(*seeds.shape, x.shape[1]))
+    return x[seeds[:, :, None], prompts]
+
+
 def bootstrap_interval(
     scores: Sequence[Sequence[float]] | np.ndarray,
     *,
@@ -116,8 +123,7 @@ def bootstrap_interval(
     reps = np.empty(n_boot)
     for start in range(0, n_boot, _CHUNK):  # bounded memory: _CHUNK replicates at a time
         stop = min(start + _CHUNK, n_boot)
-        prompts = rng.integers(0, n_prompts, size=(stop - start, n_seeds, n_prompts))
-        drawn = x[seeds[start:stop, :, None], prompts]  # (replicates, seeds, prompts)
+        drawn = _draw(x, seeds[start:stop], rng)
         if statistic is None:
             reps[start:stop] = drawn.mean(axis=(1, 2))
         else:
@@ -168,12 +174,8 @@ def difference_interval(
     reps = np.empty(n_boot)
     for start in range(0, n_boot, _CHUNK):
         stop = min(start + _CHUNK, n_boot)
-        s = seeds[start:stop, :, None]
-        means = []
-        for x in (xa, xb):
-            prompts = rng.integers(0, x.shape[1], size=(stop - start, n_seeds, x.shape[1]))
-            means.append(x[s, prompts].mean(axis=(1, 2)))
-        reps[start:stop] = means[0] - means[1]
+        reps[start:stop] = (_draw(xa, seeds[start:stop], rng).mean(axis=(1, 2))
+                            - _draw(xb, seeds[start:stop], rng).mean(axis=(1, 2)))
     estimate = float(xa.mean() - xb.mean())
     return _percentile_interval(reps, estimate, level, n_seeds, min(xa.shape[1], xb.shape[1]))
 

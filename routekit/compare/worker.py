@@ -111,6 +111,13 @@ def run_cell(job: CellJob) -> CellRecord:
     return record
 
 
+def _add_activations(fields: dict[str, Any], scores, measured) -> None:
+    """Per-layer sparsity into the record, per-prompt values into the scores they belong to."""
+    if measured is not None:
+        fields["activations"], per_prompt = measured
+        scores.per_prompt.update(per_prompt)
+
+
 def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Evaluator,
          work: Path, out: Path) -> CellRecord:
     key = job.key
@@ -118,7 +125,7 @@ def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Eval
     fields: dict[str, Any] = {"notes": [], "artifacts": {}}
     if not spec.trains:
         scores = [ev.scores(base, is_base=True)]
-        fields["activations"] = ev.activations(base, scores[0])
+        _add_activations(fields, scores[0], ev.activations(base))
         b = scores[0].behaviour
         fields["behaviour_history"] = [{"step": 0, **b}] if b else []
         fields["total_parameters"] = sum(p.numel() for p in base.parameters())
@@ -164,7 +171,7 @@ def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Eval
         fields["artifacts"]["expert"] = "expert"
     else:
         scores = [ev.scores(model)]
-        fields["activations"] = ev.activations(model, scores[0])
+        _add_activations(fields, scores[0], ev.activations(model))
         _save_weights(spec, model, tok, out, fields["artifacts"])
         fields["structure"] = _structure(base, out, spec)
     return _record(job, record_cfg, scores, t0, seconds, eval_seconds=time.perf_counter() - t_eval,
