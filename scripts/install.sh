@@ -3,7 +3,7 @@
 #
 # torch is chosen before anything else: on a machine without an NVIDIA GPU this installs the
 # CPU build ("torch==X+cpu", which pip finds in a configured wheel folder or a CPU index named
-# by TORCH_CPU_INDEX) so that resolving routekit's "torch>=2.2" can never pull a multi-GB CUDA
+# by TORCH_CPU_INDEX) so that resolving routekit's "torch>=2.13" can never pull a multi-GB CUDA
 # build. A machine with a GPU, or one whose torch is already installed, keeps its own torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
