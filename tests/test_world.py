@@ -13,11 +13,11 @@ import time
 import pytest
 
 from routekit import world
+from routekit.cache import write_manifest as _write_manifest
 from routekit.cli import main
 from routekit.errors import CorruptCacheError, RoutekitError
 from routekit.io import model_fingerprint, tokenizer_fingerprint
 from routekit.world import ModelSize, PretrainConfig, WorldConfig
-from routekit.world.store import _write_manifest
 
 # A world small enough to build in seconds: for cache, kill and corruption tests only.
 MICRO = WorldConfig(

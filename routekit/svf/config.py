@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..cache import cache_root
 from ..errors import ConfigError
 
 PRESETS = ("mlp", "attention", "all-linear")
@@ -87,9 +87,7 @@ class SVFConfig(BaseModel):
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:
             return Path(self.cache_dir)
-        root = os.environ.get("ROUTEKIT_CACHE")
-        base = Path(root) if root else Path.home() / ".cache" / "routekit"
-        return base / "svf_factors"
+        return cache_root() / "svf_factors"
 
 
 def _in_block(name: str, kind: str) -> bool:

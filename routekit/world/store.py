@@ -17,7 +17,6 @@ config hash says.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ import torch
 from pydantic import BaseModel, Field, ValidationError
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..cache import cache_root, verify_manifest, write_manifest
 from ..errors import CorruptCacheError, RoutekitError
 from ..io import (
     atomic_directory,
@@ -69,51 +69,13 @@ class WorldInfo(BaseModel):
     tokenizer_fingerprint: str = Field(description="routekit.io.tokenizer_fingerprint")
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("ROUTEKIT_CACHE", Path.home() / ".cache" / "routekit")).expanduser()
-
-
 def world_dir(config: WorldConfig | None = None) -> Path:
     return cache_root() / "world" / (config or WorldConfig()).hash()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _write_manifest(root: Path) -> None:
-    files = {
-        str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-        for p in sorted(root.rglob("*")) if p.is_file()
-    }
-    atomic_write_json(root / "manifest.json", {"files": files})
-
-
 def verify_entry(root: Path) -> None:
     """Raise CorruptCacheError if any file of the entry is missing or differs from the manifest."""
-    manifest = root / "manifest.json"
-    if not manifest.is_file():
-        raise CorruptCacheError(f"world cache entry {str(root)!r} has no manifest.json.")
-    try:
-        files = read_json(manifest, "manifest")["files"]
-        entries = [(str(rel), int(meta["size"]), str(meta["sha256"])) for rel, meta in files.items()]
-    except Exception as e:  # an unreadable or malformed manifest is corruption too
-        raise CorruptCacheError(
-            f"world cache entry {str(root)!r}: unreadable manifest ({type(e).__name__}: {e})."
-        ) from e
-    for rel, size, sha256 in entries:
-        p = root / rel
-        if not p.is_file():
-            raise CorruptCacheError(f"world cache entry {str(root)!r}: file {rel!r} is missing.")
-        if p.stat().st_size != size or _sha256(p) != sha256:
-            raise CorruptCacheError(
-                f"world cache entry {str(root)!r}: file {rel!r} does not match its checksum "
-                "(truncated or modified)."
-            )
+    verify_manifest(root, "world cache entry")
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -249,7 +211,7 @@ def build(config: WorldConfig | None = None, *, force: bool = False, progress: b
             **fingerprints(models["base"], models["proxy"], tokenizer),
         )
         atomic_write_json(tmp / "metrics.json", metrics)
-        _write_manifest(tmp)
+        write_manifest(tmp)
     return WorldInfo(**metrics, path=str(root), cached=False, seconds=time.perf_counter() - t0)
 
 
