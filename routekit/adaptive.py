@@ -53,6 +53,7 @@ class _AdaptiveFile(BaseModel):
     experts: list[str]  # subdirectories of experts/, in order
     base_fingerprint: str
     tokenizer_fingerprint: str
+    chat: bool = False  # prompts read through the tokenizer's chat template
 
 
 @dataclass
@@ -102,8 +103,17 @@ class AdaptiveModel:
         router: Router,
         *,
         svf_config: SVFConfig | None = None,
+        chat: bool | None = None,
     ) -> None:
         experts = list(experts)
+        router_chat = getattr(router, "chat", None)
+        if chat is not None and router_chat is not None and bool(chat) != router_chat:
+            raise ConfigError(
+                f"chat={chat} but the {type(router).__name__} reads prompts with chat={router_chat}; "
+                "fit the router with the same chat setting, so routing and generation read the "
+                "same rendered prompt."
+            )
+        self.chat = bool(chat if chat is not None else router_chat or False)
         names = check_experts(experts, "an AdaptiveModel")
         check_same_base(experts)
         if sorted(router.expert_names) != sorted(names):
@@ -209,7 +219,7 @@ class AdaptiveModel:
         else:
             with mixture(self.base, self.experts, alpha, tokenizer=self.tokenizer,
                          fusion=self.router.fusion_rule):
-                texts = generate_texts(self.base, self.tokenizer, prompts, **kwargs)
+                texts = generate_texts(self.base, self.tokenizer, prompts, chat=self.chat, **kwargs)
         return AdaptiveOutput(texts, mixtures, t1 - t0, time.perf_counter() - t1, use_merged)
 
     def _generate_merged(
@@ -223,8 +233,10 @@ class AdaptiveModel:
             if proxy_idx and bool(row[proxy_idx].ne(0).any()):
                 with mixture(self.base, [self.experts[k] for k in proxy_idx], row[proxy_idx],
                              tokenizer=self.tokenizer, fusion=self.router.fusion_rule):
-                    return generate_texts(self.base, self.tokenizer, prompts, **kwargs)
-            return generate_texts(self.base, self.tokenizer, prompts, **kwargs)
+                    return generate_texts(self.base, self.tokenizer, prompts, chat=self.chat,
+                                          **kwargs)
+            return generate_texts(self.base, self.tokenizer, prompts, chat=self.chat,
+                                          **kwargs)
 
     # ----- serving one mixture elsewhere ------------------------------------------------------
     def export_merged(self, mixture_: Mixture | dict[str, float], directory: str | os.PathLike) -> Path:
@@ -265,7 +277,8 @@ class AdaptiveModel:
             self.router.save_pretrained(tmp / "router")
             atomic_write_json(tmp / CONFIG_NAME, _AdaptiveFile(
                 format=FORMAT, version=1, experts=dirs, base_fingerprint=self.base_fingerprint,
-                tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer)).model_dump())
+                tokenizer_fingerprint=tokenizer_fingerprint(self.tokenizer),
+                chat=self.chat).model_dump())
         return Path(directory)
 
     @classmethod
@@ -291,4 +304,4 @@ class AdaptiveModel:
             )
         experts = [load_expert(directory / "experts" / d) for d in cfg.experts]
         router = load_router(directory / "router", experts=experts, model=base, tokenizer=tokenizer)
-        return cls(base, tokenizer, experts, router)
+        return cls(base, tokenizer, experts, router, chat=cfg.chat)

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .models import left_pad, pad_token_id
 from .tasks.base import Task
+from .tasks.chat import render_prompts, render_task
 
 # Set by ``routekit.mixture`` while a per-prompt mixture is active: called with
 # (chunk start, chunk stop, number of prompts), it returns a context that applies that chunk's
@@ -56,6 +57,7 @@ def generate(
     num_return_sequences: int = 1,
     progress: bool = False,
     desc: str = "generate",
+    chat: bool = False,
     **generate_kwargs: Any,
 ) -> list[str]:
     """Complete ``prompts`` in left-padded batches; returns only the new text of each.
@@ -63,8 +65,11 @@ def generate(
     With ``num_return_sequences = k`` the result holds k completions per prompt, grouped
     by prompt. Extra keyword arguments go to ``model.generate`` (e.g. ``logits_processor``).
     Inside ``routekit.mixture(...)`` with one alpha row per prompt, each batch of
-    ``batch_size`` prompts runs with its own rows. The tokenizer is not modified.
+    ``batch_size`` prompts runs with its own rows. The tokenizer is not modified. ``chat``:
+    each prompt is first put through the tokenizer's chat template
+    (:func:`routekit.tasks.chat.render_prompt`).
     """
+    prompts = render_prompts(tokenizer, list(prompts), chat)
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     window = ROW_WINDOW.get()
@@ -112,9 +117,15 @@ def evaluate(
     batch_size: int = 64,
     limit: int | None = None,
     progress: bool = False,
+    chat: bool | None = None,
     **generate_kwargs: Any,
 ) -> EvalResult:
-    """Greedy accuracy of ``model`` on ``task``'s ``split`` (with ``limit`` examples at most)."""
+    """Greedy accuracy of ``model`` on ``task``'s ``split`` (with ``limit`` examples at most).
+
+    ``chat``: read the prompts through the tokenizer's chat template; None (default) keeps
+    the task's own ``chat`` setting.
+    """
+    task = render_task(task, tokenizer, chat)
     examples = task.examples(split)[:limit] if limit else task.examples(split)
     completions = generate(
         model,

@@ -28,7 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from ..errors import ConfigError
 from ..models import pad_token_id
 from ..tasks.base import Example
-from ..training.objectives import encode_prompt, retain_rows
+from ..training.objectives import retain_rows, sft_row
 
 
 @dataclass(frozen=True)
@@ -135,12 +135,16 @@ def answer_loglik(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example],
     *, batch_size: int = 64,
 ) -> TextScores:
-    """log p(answer | prompt) of each example's reference answer (``continuation``), summed
-    over the answer's tokens; ``.per_text()`` is the mean log-likelihood of the answers."""
+    """log p(answer | prompt) of each example's reference answer (``continuation``, tokenised
+    joined to the prompt as SFT does), summed over the answer's tokens; ``.per_text()`` is the mean log-likelihood of the answers."""
     rows = []
+    eos = tokenizer.eos_token_id
     for e in examples:
-        prompt = encode_prompt(tokenizer, e.prompt)
-        answer = list(tokenizer(e.continuation, add_special_tokens=False)["input_ids"])
+        # the joined tokenisation SFT trains on (sft_row), without the stop token: the
+        # answer's own tokens (a chat example's are those of its assistant turn)
+        prompt, answer = sft_row(tokenizer, e)
+        if answer and answer[-1] == eos:
+            answer = answer[:-1]
         if not answer:
             raise ConfigError(f"example with prompt {e.prompt!r} has an empty reference answer.")
         rows.append((prompt + answer, len(prompt)))

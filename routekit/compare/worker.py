@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..io import atomic_save_safetensors, atomic_write_json, read_json, storage_bits
+from ..tasks.chat import render_task
 from ..tasks.registry import get_task
 from ..training import train
 from ..training.checkpoint import checkpoint_dir
@@ -96,7 +97,8 @@ def run_cell(job: CellJob) -> CellRecord:
     suite = Suite.model_validate(job.suite)
     spec = get_method(job.key.method)
     base, tok = job.world.load_base()
-    task = get_task(job.key.task, job.world.config)
+    # rendered once (routekit.tasks.chat): training, evaluation and every metric read the same prompts
+    task = render_task(get_task(job.key.task, job.world.config), tok)
     ev = Evaluator(job.world, task, base, tok, suite.eval, suite.max_new_tokens, job.heldout)
     work = target.parent / f".work-{job.key.cell_id}"
     from ..io import atomic_directory

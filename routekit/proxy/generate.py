@@ -10,6 +10,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..errors import ConfigError
 from ..eval import generate
 from ..experts import AlphaLike, mixture, normalize_alpha
+from ..tasks.chat import render_prompts
 from .expert import ProxyExpert
 from .steering import check_context
 
@@ -24,6 +25,7 @@ def proxy_generate(
     max_new_tokens: int = 16,
     do_sample: bool = False,
     batch_size: int = 64,
+    chat: bool = False,
     **kw: Any,
 ) -> list[str]:
     """Generate from ``base`` steered by proxy ``experts``; returns each prompt's new text.
@@ -32,7 +34,10 @@ def proxy_generate(
     prompt). Prompts are left-padded in batches of ``batch_size``; other keyword arguments
     (temperature, num_return_sequences, progress ...) go to :func:`routekit.generate`. A
     prompt plus ``max_new_tokens`` longer than a proxy's context is refused before any work.
+    ``chat``: each prompt is rendered through the chat template once, before generation, so
+    the base and every proxy model read the same rendered ids.
     """
+    prompts = render_prompts(tokenizer, list(prompts), chat)
     experts = [experts] if isinstance(experts, ProxyExpert) else list(experts)
     for e in experts:
         if not isinstance(e, ProxyExpert):

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
 from ..models import left_pad
+from ..tasks.chat import render_prompts
 from .base import (
     ExpertLike,
     Router,
@@ -40,8 +41,13 @@ def hidden_features(
     prompts: Sequence[str],
     *,
     batch_size: int = 32,
+    chat: bool = False,
 ) -> torch.Tensor:
-    """Mean of the last hidden layer over each prompt's real tokens: (N, hidden) float32."""
+    """Mean of the last hidden layer over each prompt's real tokens: (N, hidden) float32.
+
+    ``chat``: the prompts are read through the chat template first, as generation reads them
+    (:func:`routekit.tasks.chat.render_prompt`)."""
+    prompts = render_prompts(tokenizer, list(prompts), chat)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -114,6 +120,7 @@ class ClassifierRouter(Router):
         batch_size: int = 32,
         base_fingerprint: str | None = None,
         fit_info: Mapping[str, Any] | None = None,
+        chat: bool = False,
     ) -> None:
         super().__init__(experts, base_fingerprint or base_fingerprint_of(model))
         self.classes = list(classes)
@@ -135,6 +142,7 @@ class ClassifierRouter(Router):
         self.weight, self.bias = weight.float().clone(), bias.float().clone()
         self.feature_mean, self.feature_std = feature_mean.float().clone(), feature_std.float().clone()
         self.batch_size = batch_size
+        self.chat = bool(chat)
         self.fit_info = dict(fit_info or {})
         self.set_output(temperature=temperature, top_k=top_k)
 
@@ -164,13 +172,15 @@ class ClassifierRouter(Router):
         top_k: int = 1,
         batch_size: int = 32,
         seed: int = 0,
+        chat: bool = False,
     ) -> ClassifierRouter:
         """Fit on labelled prompts: ``{expert name: prompts, ..., "none": prompts}``.
 
         Use prompts from each expert's *training* split only (and, for ``none``, prompts no
         expert should take, such as the world's knowledge questions). ``experts`` defaults to
         the classes other than ``none``; an expert without prompts is never routed to.
-        ``max_per_class`` keeps a seeded random subset of each class.
+        ``max_per_class`` keeps a seeded random subset of each class. ``chat``: features are
+        read from the chat-rendered prompts (the router keeps the setting and routes so too).
         """
         names = list(prompts_by_class)
         experts = list(experts) if experts is not None else [n for n in names if n != none_class]
@@ -189,7 +199,7 @@ class ClassifierRouter(Router):
                 ps = rng.sample(ps, max_per_class)
             prompts += ps
             labels += [c] * len(ps)
-        x = hidden_features(model, tokenizer, prompts, batch_size=batch_size)
+        x = hidden_features(model, tokenizer, prompts, batch_size=batch_size, chat=chat)
         mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
         y = torch.tensor(labels)
         w, b = fit_logistic((x - mean) / std, y, len(names), l2=l2)
@@ -198,12 +208,13 @@ class ClassifierRouter(Router):
                 "train_accuracy": train_acc, "l2": l2, "seed": seed}
         return cls(model, tokenizer, experts, classes=names, weight=w, bias=b,
                    feature_mean=mean, feature_std=std, temperature=temperature, top_k=top_k,
-                   none_class=none_class, batch_size=batch_size, fit_info=info)
+                   none_class=none_class, batch_size=batch_size, fit_info=info, chat=chat)
 
     # ----------------------------------------------------------------- routing
     def logits(self, prompts: Sequence[str]) -> torch.Tensor:
         """Class logits (N, C) before temperature."""
-        x = hidden_features(self.model, self.tokenizer, prompts, batch_size=self.batch_size)
+        x = hidden_features(self.model, self.tokenizer, prompts, batch_size=self.batch_size,
+                            chat=self.chat)
         return ((x - self.feature_mean) / self.feature_std) @ self.weight.T + self.bias
 
     def probabilities(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -231,7 +242,7 @@ class ClassifierRouter(Router):
     def _config(self) -> dict[str, Any]:
         return {"classes": self.classes, "none_class": self.none_class,
                 "temperature": self.temperature, "top_k": self.top_k,
-                "batch_size": self.batch_size, "fit_info": self.fit_info}
+                "batch_size": self.batch_size, "fit_info": self.fit_info, "chat": self.chat}
 
     def _tensors(self) -> dict[str, torch.Tensor]:
         return {"weight": self.weight, "bias": self.bias, "feature_mean": self.feature_mean,

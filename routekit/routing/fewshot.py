@@ -24,6 +24,7 @@ from ..errors import ConfigError
 from ..eval import generate
 from ..models import pad_token_id
 from ..tasks.base import Example, Task
+from ..tasks.chat import render_chat_example, render_task
 from ..tasks.registry import get_task
 from ..training.objectives import right_padded, sft_rows, token_logprobs
 from .base import ExpertLike, expert_names, register_router
@@ -194,6 +195,7 @@ class FewShotRouter(FixedRouter):
         batch_size: int = 64,
         seed: int = 0,
         apply_mixture: ApplyMixture | None = None,
+        chat: bool | None = None,
     ) -> FewShotRouter:
         """Search α on ``n_shots`` seeded examples of ``task``'s ``split`` (or ``examples``).
 
@@ -201,12 +203,18 @@ class FewShotRouter(FixedRouter):
         Transformer²) or ``"cmaes"``; both spend 1 + population × iterations evaluations,
         start from the uniform mixture (1/K each) and keep the best candidate seen.
         ``bounds`` default to (0, 1.5), or (-1.5, 1.5) with ``allow_negative`` (LoraHub's
-        range). ``per_layer``: one weight per expert per SVF layer.
+        range). ``per_layer``: one weight per expert per SVF layer. ``chat`` (None: the task's
+        own setting): the examples are scored through the chat template, as evaluation does.
         """
         if optimizer not in SEARCHES:
             raise ConfigError(f"unknown optimizer {optimizer!r}; choose one of {sorted(SEARCHES)}.")
-        task = get_task(task)
+        task = get_task(task, chat=chat)
+        use_chat = task.chat or task.rendered
+        task = render_task(task, tokenizer)
         source = split if examples is None else "given"
+        if examples is not None and use_chat:
+            examples = [e if "raw_prompt" in e.meta else render_chat_example(tokenizer, e)
+                        for e in examples]
         if examples is None:
             pool = task.examples(split)
             if n_shots < 1:
@@ -231,7 +239,7 @@ class FewShotRouter(FixedRouter):
         alpha = alpha_from_vectors(result.x[None], k, n_layers)[0]
         weights = {name: (tuple(alpha[i].tolist()) if n_layers else float(alpha[i]))
                    for i, name in enumerate(names)}
-        info = {"task": task.name, "split": source,
+        info = {"task": task.name, "split": source, "chat": use_chat,
                 "n_shots": len(examples), "optimizer": optimizer, **kwargs,
                 "bounds": list(bounds), "per_layer": per_layer, "keys": list(result.keys),
                 "start_keys": list(result.start_keys), "evaluations": result.evaluations,

@@ -91,6 +91,7 @@ class PromptRouter(Router):
         weight: float = 1.0,
         batch_size: int = 64,
         base_fingerprint: str | None = None,
+        chat: bool = False,
     ) -> None:
         super().__init__(experts, base_fingerprint or base_fingerprint_of(model))
         if "{prompt}" not in template:
@@ -113,11 +114,12 @@ class PromptRouter(Router):
         self.classes = {str(c).lower(): n for c, n in classes.items()}
         self.template, self.max_new_tokens, self.batch_size = template, max_new_tokens, batch_size
         self.weight = check_weight("<every class>", weight)
+        self.chat = bool(chat)
 
     def answers(self, prompts: Sequence[str]) -> list[str]:
         """The class the base names for each prompt (its answer's first word)."""
         queries = [self.template.replace("{prompt}", p) for p in prompts]
-        completions = generate(self.model, self.tokenizer, queries,
+        completions = generate(self.model, self.tokenizer, queries, chat=self.chat,
                                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
         return [answer_class(c) for c in completions]
 
@@ -131,7 +133,7 @@ class PromptRouter(Router):
     def _config(self) -> dict[str, Any]:
         return {"classes": self.classes, "template": self.template,
                 "max_new_tokens": self.max_new_tokens, "weight": self.weight,
-                "batch_size": self.batch_size}
+                "batch_size": self.batch_size, "chat": self.chat}
 
     @classmethod
     def _from_saved(cls, file: RouterFile, tensors: dict[str, torch.Tensor], **context: Any) -> Router:

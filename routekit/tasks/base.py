@@ -53,7 +53,9 @@ class Task:
 
     Subclasses fill ``self._splits`` (split name -> list of Examples) or override
     :meth:`examples`. ``world`` is the WorldConfig of the world a world task was drawn from
-    (None for other tasks), so a trainer can refuse a model of another world.
+    (None for other tasks), so a trainer can refuse a model of another world. ``chat``: the
+    prompts are read through the tokenizer's chat template (``routekit.tasks.chat``); off by
+    default, as in lm-evaluation-harness.
     """
 
     name: str = "task"
@@ -66,12 +68,24 @@ class Task:
         checker: Checker | Callable[[str, str], bool] = exact_match,
         family: str | None = None,
         world: WorldConfig | None = None,
+        chat: bool = False,
     ) -> None:
         self.name = name
         self._splits = {k: list(v) for k, v in splits.items()}
         self.checker = checker
         self.family = family or name
         self.world = world
+        self.chat = bool(chat)
+        # True once routekit.tasks.chat.render_task has put the prompts through the template
+        self.rendered = False
+
+    def with_chat(self, chat: bool | None) -> Task:
+        """This task with ``chat`` set (None keeps the task's own); a copy, never in place."""
+        if chat is None or bool(chat) == self.chat:
+            return self
+        out = Task(self.name, {s: self.examples(s) for s in self.splits}, self.checker,
+                   family=self.family, world=self.world, chat=bool(chat))
+        return out
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -100,4 +114,5 @@ class Task:
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self._splits.items())
-        return f"{type(self).__name__}({self.name!r}, {sizes})"
+        chat = ", chat=True" if self.chat else ""
+        return f"{type(self).__name__}({self.name!r}, {sizes}{chat})"

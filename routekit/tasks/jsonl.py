@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
 from ..errors import ConfigError, RoutekitError
 from .base import Example, Task
 from .checkers import CHECKERS, Checker, extract_answer
@@ -100,9 +102,11 @@ def jsonl_task(
     answer_key: str = "answer",
     template: str = DEFAULT_TEMPLATE,
     checker: str = "answer",
+    chat: bool = False,
 ) -> Task:
     """A task from a JSONL file (records with a ``split`` field are split by it, others are
-    ``test``) or from a folder whose ``<split>.jsonl`` files are the splits."""
+    ``test``) or from a folder whose ``<split>.jsonl`` files are the splits. ``chat``: its
+    prompts are read through the tokenizer's chat template (``routekit.tasks.chat``)."""
     check = _checker(checker)
     template_fields(template)
     p = Path(path).expanduser()
@@ -122,7 +126,7 @@ def jsonl_task(
             by_split.setdefault(str(rec.get("split", "test")), []).append(rec)
         for split, recs in by_split.items():
             splits[split] = _examples(recs, prompt_key, answer_key, template, str(f))
-    return Task(name or p.stem, splits, check)
+    return Task(name or p.stem, splits, check, chat=chat)
 
 
 def dataset_task(
@@ -133,6 +137,7 @@ def dataset_task(
     answer_key: str = "answer",
     template: str = DEFAULT_TEMPLATE,
     checker: str = "answer",
+    chat: bool = False,
 ) -> Task:
     """A task from a `datasets` ``Dataset`` (one split, ``test``) or ``DatasetDict``, or from a
     folder written by ``save_to_disk`` (loaded with ``datasets.load_from_disk``, no download)."""
@@ -147,4 +152,45 @@ def dataset_task(
         dataset = datasets.load_from_disk(str(p))
     parts = dict(dataset) if isinstance(dataset, datasets.DatasetDict) else {"test": dataset}
     splits = {k: _examples(v, prompt_key, answer_key, template, f"{name}/{k}") for k, v in parts.items()}
-    return Task(name, splits, check)
+    return Task(name, splits, check, chat=chat)
+
+
+class TaskSpec(BaseModel):
+    """A local-data task with its options: what ``task:`` takes as a mapping in recipes and
+    suites, and what ``--prompt-key/--answer-key/--template/--checker/--chat`` build on the CLI.
+
+    ``path``: ``jsonl:PATH`` (or a bare path: a JSONL file or folder) or ``hf:PATH`` (a
+    ``save_to_disk`` folder). The other fields are :func:`jsonl_task`'s options.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="jsonl:PATH, a bare JSONL path, or hf:PATH")
+    name: str | None = Field(None, description="task name (default: the file's stem)")
+    prompt_key: str = Field("question", description="record field holding the prompt")
+    answer_key: str = Field("answer", description="record field holding the reference")
+    template: str = Field(DEFAULT_TEMPLATE, description="prompt template; {question} is the prompt field")
+    checker: str = Field("answer", description="checker name (routekit.tasks.checkers.CHECKERS)")
+    chat: bool = Field(False, description="read prompts through the tokenizer's chat template")
+
+    @field_validator("checker")
+    @classmethod
+    def _known_checker(cls, v: str) -> str:
+        if v not in CHECKERS:
+            raise ValueError(f"unknown checker {v!r}; known checkers: {', '.join(sorted(CHECKERS))}")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _valid_template(cls, v: str) -> str:
+        template_fields(v)
+        return v
+
+    def load(self) -> Task:
+        """The Task this spec names."""
+        opts = self.model_dump(exclude={"path", "name"})
+        if self.path.startswith("hf:"):
+            path = self.path.removeprefix("hf:")
+            name = self.name or path.rstrip("/").rsplit("/", 1)[-1]
+            return dataset_task(path, name=name, **opts)
+        return jsonl_task(self.path.removeprefix("jsonl:"), name=self.name, **opts)

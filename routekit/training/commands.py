@@ -21,16 +21,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoint (refused if there is none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the run's metrics as JSON")
+    from ..tasks.registry import add_task_arguments
+
+    add_task_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from accelerate import PartialState
 
+    from ..tasks.registry import task_options
     from .recipe import run_recipe
 
     out, result = run_recipe(
-        args.config, args.out, resume=args.resume, progress=not args.no_progress, run_dir=args.run_dir
+        args.config, args.out, resume=args.resume, progress=not args.no_progress,
+        run_dir=args.run_dir, chat=args.chat, task_options=task_options(args),
     )
     if PartialState().is_main_process:
         metrics = result.metrics()

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..errors import ConfigError
+from ..tasks.jsonl import TaskSpec
 
 
 class LoraSettings(BaseModel):
@@ -48,10 +49,19 @@ class TrainConfig(BaseModel):
         "default world), 'world-proxy' (that world's proxy) or a local checkpoint directory "
         "(default 'world').",
     )
-    task: str | None = Field(
-        None, description="Task name for routekit.tasks.get_task, e.g. 'add' or 'jsonl:data.jsonl'."
+    task: str | TaskSpec | None = Field(
+        None,
+        description="Task name for routekit.tasks.get_task, e.g. 'add', 'real:capitals' or "
+        "'jsonl:data.jsonl'; or a mapping with a local file's options (path, prompt_key, "
+        "answer_key, template, checker, chat, name: routekit.tasks.jsonl.TaskSpec).",
     )
     split: str = Field("train", description="Split whose examples are trained on (default 'train').")
+    chat: bool | None = Field(
+        None,
+        description="Read prompts through the tokenizer's chat template (SFT trains on the "
+        "assistant turn); None keeps the task's own setting, which is off unless the task "
+        "says chat (default None).",
+    )
     world: str | None = Field(
         None,
         description="The world that model 'world'/'world-proxy', world task names (add, rev, "

@@ -50,14 +50,6 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
     return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
 
 
-def encode_answer(tokenizer: PreTrainedTokenizerBase, reference: str) -> list[int]:
-    """Reference ids followed by EOS, so SFT also teaches the model where to stop."""
-    ids = list(tokenizer(reference, add_special_tokens=False)["input_ids"])
-    if tokenizer.eos_token_id is not None:
-        ids.append(int(tokenizer.eos_token_id))
-    return ids
-
-
 def right_padded(
     rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -90,10 +82,45 @@ def token_logprobs(
 
 
 # ----------------------------------------------------------------------------- SFT
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def sft_row(tokenizer: PreTrainedTokenizerBase, example: Example) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of one example, from the tokenisation of the *joined* text.
+
+    The prompt and its ``continuation`` are tokenised together, as generation will read them,
+    and the answer is every token past the longest common prefix with the prompt's own ids: a
+    tokenizer that merges across the seam (SentencePiece's dummy prefix, BPE's ``Ġ``) trains
+    on the tokens it generates. The answer runs up to and including the first stop token (a
+    chat turn's end-of-turn token, e.g. ``<|im_end|>``); without one in the text, EOS is
+    appended so SFT also teaches where to stop.
+    """
+    prompt = encode_prompt(tokenizer, example.prompt)
+    joined = list(tokenizer(example.prompt + example.continuation, add_special_tokens=True)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if eos is not None and joined and joined[-1] == eos and (not prompt or prompt[-1] != eos):
+        joined = joined[:-1]  # a tokenizer that appends EOS itself: keep one, ours, below
+    cut = _common_prefix(prompt, joined)
+    answer = joined[cut:]
+    stop = {int(eos)} if eos is not None else set()
+    end = next((i for i, t in enumerate(answer) if t in stop), None)
+    if end is not None:
+        answer = answer[: end + 1]
+    elif eos is not None:
+        answer.append(int(eos))
+    return joined[:cut], answer
+
+
 def sft_rows(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, answer ids): the answer is the example's ``continuation`` (the reference as
-    it follows the prompt in text), then EOS."""
-    return [(encode_prompt(tokenizer, e.prompt), encode_answer(tokenizer, e.continuation)) for e in examples]
+    """:func:`sft_row` of each example (prompts rendered beforehand, see
+    ``routekit.tasks.chat.render_task``)."""
+    return [sft_row(tokenizer, e) for e in examples]
 
 
 def sft_loss(
@@ -113,7 +140,7 @@ def sft_loss(
 
 
 def count_answer_tokens(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> int:
-    return sum(len(encode_answer(tokenizer, e.continuation)) for e in examples)
+    return sum(len(sft_row(tokenizer, e)[1]) for e in examples)
 
 
 # ----------------------------------------------------------------------------- retention

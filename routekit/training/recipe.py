@@ -60,10 +60,13 @@ def resolve_task(config: TrainConfig, model: Any = None) -> Task:
 
     if config.task is None:
         raise ConfigError("the config has no 'task'; name one, e.g. task: add or task: jsonl:data.jsonl")
+    if not isinstance(config.task, str):
+        return get_task(config.task, chat=config.chat)
     if config.task in WORLD_TASKS:
         world = agreed_world(model=model, named=config.world)
-        return world_task(config.task, require_world(f"task {config.task!r}", world, model))
-    return get_task(config.task)
+        task = world_task(config.task, require_world(f"task {config.task!r}", world, model))
+        return task.with_chat(config.chat)
+    return get_task(config.task, chat=config.chat)
 
 
 def output_names(parameterization: str, tokenizer: PreTrainedTokenizerBase | None = None) -> set[str]:
@@ -157,10 +160,25 @@ def run_recipe(
     resume: bool = False,
     progress: bool = True,
     run_dir: str | os.PathLike | None = None,
+    chat: bool | None = None,
+    task_options: dict[str, Any] | None = None,
 ) -> tuple[Path, TrainResult]:
     """Load a YAML config, train, save the expert to ``out`` (default experts/<config name>);
-    checkpoints and the log go to ``run_dir`` (default runs/<name of out>)."""
+    checkpoints and the log go to ``run_dir`` (default runs/<name of out>). ``chat`` and
+    ``task_options`` (``--chat``, ``--prompt-key`` ...; None: the config's) override the
+    config's ``chat`` and its task's options."""
+    from ..tasks.registry import with_options
+
     config = TrainConfig.from_yaml(config_path)
+    update: dict[str, Any] = {}
+    if chat is not None:
+        update["chat"] = chat
+    if task_options and any(v is not None for v in task_options.values()):
+        if config.task is None:
+            raise ConfigError("task options were given but the config has no 'task'.")
+        update["task"] = with_options(config.task, **task_options)
+    if update:
+        config = TrainConfig(**{**config.model_dump(), **update})
     out = Path(out) if out is not None else Path("experts") / Path(config_path).stem
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(out)
     model, tokenizer = load_config_model(config)

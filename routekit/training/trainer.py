@@ -41,6 +41,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..errors import ConfigError, TrainingError
 from ..tasks.base import Task
+from ..tasks.chat import render_task
 from ..tasks.world_tasks import WORLD_TASKS, agreed_world, require_world, world_task
 from ..world.config import WorldConfig
 from ..world.store import get_world
@@ -147,6 +148,8 @@ def train(
     t0 = time.perf_counter()
     # Everything that can refuse the input is read and checked before the model is touched.
     world = agreed_world(model=model, named=config.world, task=task)
+    # One rendering for SFT rows, RL rollouts and the periodic evaluation (routekit.tasks.chat).
+    task = render_task(task.with_chat(config.chat), tokenizer)
     retain = None
     if config.retain_kl_coef > 0:
         # Tokenised once here, not every step.
