@@ -118,10 +118,48 @@ def linear_candidates(model: nn.Module) -> dict[str, nn.Module]:
     }
 
 
+# A linear inside a mixture-of-experts block's expert list (``mlp.experts.3.w1``) sees only
+# the tokens routed to that expert, packed together, so its dimension 0 is not the batch.
+_ROUTED_EXPERT = re.compile(r"(^|\.)experts\.\d+(\.|$)")
+
+
+def fused_expert_parameters(model: nn.Module, spec: str | list[str] = "all-linear") -> list[str]:
+    """3-D expert weights (transformers 5 fuses MoE experts into ``experts.gate_up_proj`` of
+    shape experts × out × in) inside the blocks a preset ``spec`` covers."""
+    return [
+        n for n, p in model.named_parameters()
+        if p.dim() == 3 and "experts" in n.split(".")[:-1]
+        and (not isinstance(spec, str) or spec == "all-linear" or spec.startswith("re:")
+             or _in_block(n, spec))
+    ]
+
+
+def _refuse_moe(model: nn.Module, spec: str | list[str], chosen: dict[str, nn.Module]) -> None:
+    routed = [n for n in chosen if _ROUTED_EXPERT.search(n)]
+    if routed:
+        raise ConfigError(
+            f"target_modules {spec!r} selects mixture-of-experts expert layers ({', '.join(routed[:3])}"
+            f"{', ...' if len(routed) > 3 else ''}), which receive routed tokens, not batch rows, so "
+            "a per-row z cannot apply; SVF does not support MoE experts. Target attention or "
+            "the dense (shared) layers with a list of names instead."
+        )
+    if isinstance(spec, str) and spec in PRESETS:
+        fused = fused_expert_parameters(model, spec)
+        if fused:
+            raise ConfigError(
+                f"target_modules {spec!r} covers {type(model).__name__}'s fused mixture-of-experts "
+                f"weights ({', '.join(fused[:3])}{', ...' if len(fused) > 3 else ''}: 3-D, one "
+                "matrix per expert, fed routed tokens), which SVF does not support. Use "
+                "'attention', or a list naming dense layers (e.g. ['shared_expert.up_proj'])."
+            )
+
+
 def resolve_targets(model: nn.Module, spec: str | list[str]) -> dict[str, nn.Module]:
-    """The layers ``spec`` selects, in module order; refuses a spec that selects none."""
+    """The layers ``spec`` selects, in module order; refuses a spec that selects none, and
+    mixture-of-experts expert weights (routed tokens, see :func:`fused_expert_parameters`)."""
     candidates = linear_candidates(model)
     chosen = {n: m for n, m in candidates.items() if _matches(n, spec)}
+    _refuse_moe(model, spec, chosen)
     if not chosen:
         examples = ", ".join(list(candidates)[:6]) or "(the model has no linear layers)"
         raise ConfigError(
