@@ -83,6 +83,27 @@ def render_example(tokenizer: PreTrainedTokenizerBase, prompt: str, answer: str)
     return full
 
 
+def check_rendering(tokenizer: PreTrainedTokenizerBase, prompt: str) -> None:
+    """Refuse a tokenizer on which the rendered string of ``prompt`` does not tokenize to the
+    ids the chat template itself gives (``apply_chat_template(..., tokenize=True)``): a
+    tokenizer that treats text after a special token differently, so no string can carry the
+    template's ids through ``tokenizer(text)``."""
+    want = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True
+    )
+    want = list(want["input_ids"] if hasattr(want, "keys") else want)
+    got = list(tokenizer(render_prompt(tokenizer, prompt, True))["input_ids"])
+    if got != want:
+        at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        raise ConfigError(
+            f"the {type(tokenizer).__name__}'s rendered chat prompt tokenizes differently from its "
+            f"chat template's own ids (first difference at token {at}: "
+            f"{tokenizer.convert_ids_to_tokens(got[at:at + 2])} vs "
+            f"{tokenizer.convert_ids_to_tokens(want[at:at + 2])}); routekit renders prompts as "
+            "text, so use chat=False with this tokenizer."
+        )
+
+
 def render_chat_example(tokenizer: PreTrainedTokenizerBase, example: Example) -> Example:
     """``example`` through the chat template: the rendered prompt, and as ``target`` the
     assistant turn that follows it (the answer is the example's target, else its reference,
@@ -97,11 +118,15 @@ def render_chat_example(tokenizer: PreTrainedTokenizerBase, example: Example) ->
 def render_task(task: Task, tokenizer: PreTrainedTokenizerBase, chat: bool | None = None) -> Task:
     """``task`` as ``tokenizer``'s model reads it. With chat (``chat``, else ``task.chat``) a
     new Task of rendered examples (see :func:`render_chat_example`), marked rendered so a
-    second call leaves it alone; without, ``task`` itself."""
+    second call leaves it alone; without, ``task`` itself. The rendering rule is checked on
+    the first prompt (:func:`check_rendering`)."""
     chat = task.chat if chat is None else chat
     if not chat or task.rendered:
         return task
     _check_template(tokenizer)
+    first = next((task.examples(s)[0] for s in task.splits if task.examples(s)), None)
+    if first is not None:
+        check_rendering(tokenizer, first.prompt)
     splits = {
         s: [render_chat_example(tokenizer, e) for e in task.examples(s)] for s in task.splits
     }
