@@ -53,7 +53,9 @@ def verify_manifest(root: str | os.PathLike, what: str = "cache entry") -> None:
         raise CorruptCacheError(f"{what} {str(root)!r} has no {MANIFEST}.")
     try:
         files = read_json(manifest, "manifest")["files"]
-        entries = [(str(rel), int(meta["size"]), str(meta["sha256"])) for rel, meta in files.items()]
+        entries = [
+            (str(rel), int(meta["size"]), str(meta["sha256"])) for rel, meta in files.items()
+        ]
     except Exception as e:  # an unreadable or malformed manifest is corruption too
         raise CorruptCacheError(
             f"{what} {str(root)!r}: unreadable manifest ({type(e).__name__}: {e})."

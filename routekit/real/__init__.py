@@ -4,4 +4,12 @@ from .smollm2 import GGUF_SHA256, INSTALL, load, smollm2_checkpoint, smollm2_ggu
 from .tasks import DATA_DIR, real_task, real_task_names
 
 __all__ = [
-    "DATA_DIR", "real_task", "real_task_names","GGUF_SHA256", "INSTALL", "load", "smollm2_checkpoint", "smollm2_gguf"]
+    "DATA_DIR",
+    "real_task",
+    "real_task_names",
+    "GGUF_SHA256",
+    "INSTALL",
+    "load",
+    "smollm2_checkpoint",
+    "smollm2_gguf",
+]

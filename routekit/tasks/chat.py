@@ -45,10 +45,10 @@ def _strip_bos(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
     return text
 
 
-def _apply(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation: bool) -> str:
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=generation
-    )
+def _apply(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation: bool
+) -> str:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation)
     return _strip_bos(tokenizer, str(text))
 
 
@@ -94,12 +94,14 @@ def check_rendering(tokenizer: PreTrainedTokenizerBase, prompt: str) -> None:
     want = list(want["input_ids"] if hasattr(want, "keys") else want)
     got = list(tokenizer(render_prompt(tokenizer, prompt, True))["input_ids"])
     if got != want:
-        at = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+        at = next(
+            (i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want))
+        )
         raise ConfigError(
             f"the {type(tokenizer).__name__}'s rendered chat prompt tokenizes differently from its "
             f"chat template's own ids (first difference at token {at}: "
-            f"{tokenizer.convert_ids_to_tokens(got[at:at + 2])} vs "
-            f"{tokenizer.convert_ids_to_tokens(want[at:at + 2])}); routekit renders prompts as "
+            f"{tokenizer.convert_ids_to_tokens(got[at : at + 2])} vs "
+            f"{tokenizer.convert_ids_to_tokens(want[at : at + 2])}); routekit renders prompts as "
             "text, so use chat=False with this tokenizer."
         )
 
@@ -127,9 +129,7 @@ def render_task(task: Task, tokenizer: PreTrainedTokenizerBase, chat: bool | Non
     first = next((task.examples(s)[0] for s in task.splits if task.examples(s)), None)
     if first is not None:
         check_rendering(tokenizer, first.prompt)
-    splits = {
-        s: [render_chat_example(tokenizer, e) for e in task.examples(s)] for s in task.splits
-    }
+    splits = {s: [render_chat_example(tokenizer, e) for e in task.examples(s)] for s in task.splits}
     out = Task(task.name, splits, task.checker, family=task.family, world=task.world, chat=True)
     out.rendered = True
     return out
