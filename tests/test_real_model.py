@@ -73,6 +73,12 @@ def test_load_and_fingerprint(smollm2, smollm2_dir):
     # the fingerprint recorded at conversion is the loaded weights' (and stays so on reload)
     assert model_fingerprint(model) == source["model_fingerprint"]
     assert model_fingerprint(_fresh(smollm2_dir)[0]) == source["model_fingerprint"]
+    # the name reaches recipes (`model: smollm2`) the same way
+    from routekit.training import TrainConfig
+    from routekit.training.recipe import load_config_model
+
+    recipe_model, _ = load_config_model(TrainConfig(model="smollm2", task="real:x"))
+    assert model_fingerprint(recipe_model) == source["model_fingerprint"]
     assert tok.bos_token_id == 1 and tok.eos_token == "<|im_end|>" and tok.pad_token_id == 2
     assert tok.chat_template and tok("a")["input_ids"][0] != tok.bos_token_id
 

