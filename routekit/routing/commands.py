@@ -87,17 +87,17 @@ def fit_router(kind: str, model: Any, tokenizer: Any, experts: list[Any],
                 else task_routing_prompts(experts, none_task=args.none_task))
         return ClassifierRouter.fit(model, tokenizer, data, experts=experts, seed=args.seed,
                                     max_per_class=args.max_per_class, top_k=args.top_k,
-                                    temperature=args.temperature)
+                                    temperature=args.temperature, chat=bool(args.chat))
     if kind == "prompt":
         kw = {"template": args.template} if args.template else {}
-        return PromptRouter(model, tokenizer, experts, **kw)
+        return PromptRouter(model, tokenizer, experts, chat=bool(args.chat), **kw)
     if kind == "fewshot":
         if not args.task:
             raise ConfigError("a few-shot router needs --task (the task whose examples score α).")
         return FewShotRouter.fit(
             svf_ready(model, experts), tokenizer, experts, args.task, n_shots=args.shots,
             optimizer=args.optimizer, iterations=args.iterations, population=args.population,
-            seed=args.seed, per_layer=args.per_layer,
+            seed=args.seed, per_layer=args.per_layer, chat=args.chat,
         )
     if kind == "fixed":
         return FixedRouter(experts, _parse_weights(args.weights or []))
@@ -159,6 +159,9 @@ def _fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="world", help="the base: a local checkpoint or world")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                   help="read prompts through the tokenizer's chat template (classifier and "
+                   "prompt routers: default off; fewshot: the task's own setting)")
     g = p.add_argument_group("classifier")
     g.add_argument("--data", help="JSONL of {prompt, expert} pairs (expert may be none); "
                    "default: each expert's task's train prompts")
