@@ -836,3 +836,42 @@ def test_recipe_world_tasks_and_models_follow_the_named_world(micro_world, tmp_p
     # ... and a model of no world with no world named is refused
     with pytest.raises(ConfigError, match=r"task 'hop' refers to the world"):
         resolve_task(TrainConfig.from_dict({"task": "hop"}), tiny_llama())
+
+
+def test_retention_anchor_is_the_untrained_model_across_segments_and_a_resume(tmp_path):
+    """Training a full-parameter model in segments on the same object (as a compare cell
+    does) pays its KL to the untrained weights: 1, 2 and 3 segments, and a resume, all equal
+    one uninterrupted run bit for bit. Without the reference made once, they do not."""
+    from routekit.training.parameterizations import frozen_reference
+
+    texts = tmp_path / "general.txt"
+    texts.write_text("\n".join(RETAIN_TEXTS) + "\n")
+    tok, task = char_tokenizer(), rev_task()
+    cfg = TrainConfig(objective="sft", parameterization="full", steps=3, batch_size=4, lr=1e-2,
+                      retain_kl_coef=2.0, retain_text=f"text:{texts}", retain_batch_size=3,
+                      checkpoint_every=1)
+    whole = train(tiny_llama(), tok, task, cfg, out_dir=tmp_path / "whole", progress=False)
+    assert whole.history[-1]["retain_kl"] > 0
+
+    def segmented(out: Path, anchored: bool):
+        model = tiny_llama()
+        ref = frozen_reference(model, cfg) if anchored else None
+        for end in (1, 2, 3):
+            res = train(model, tok, task, cfg.model_copy(update={"steps": end}), out_dir=out,
+                        resume=end > 1, progress=False, reference=ref)
+            model = res.model
+        return res
+
+    seg = segmented(tmp_path / "seg", anchored=True)
+    assert [r["retain_kl"] for r in seg.history] == [r["retain_kl"] for r in whole.history]
+    for name, p in params_of(whole.model).items():
+        assert torch.equal(p, params_of(seg.model)[name]), name
+    # a killed cell resumes onto fresh weights: the copy made from them is the base again
+    fresh = tiny_llama()
+    resumed = train(fresh, tok, task, cfg, out_dir=tmp_path / "seg", resume=True, progress=False,
+                    reference=frozen_reference(fresh, cfg))
+    assert resumed.resumed_from == 3
+    # the old behaviour, a copy of the partly trained object each call, moves the anchor
+    drift = segmented(tmp_path / "drift", anchored=False)
+    assert drift.history[-1]["retain_kl"] != whole.history[-1]["retain_kl"]
+    assert not all(torch.equal(p, params_of(drift.model)[n]) for n, p in params_of(whole.model).items())

@@ -37,6 +37,7 @@ from ..io import atomic_save_safetensors, atomic_write_json, read_json, storage_
 from ..tasks.registry import get_task
 from ..training import train
 from ..training.checkpoint import checkpoint_dir
+from ..training.parameterizations import frozen_reference
 from .measure import Evaluator
 from .methods import MethodSpec, get_method, train_config
 from .results import CellKey, CellRecord, StructureSummary, read_model, write_model
@@ -189,13 +190,17 @@ def _train_in_segments(model, tok, task, cfg, suite: Suite, ev: Evaluator, work:
                  if b["step"] <= done]
     seconds, res = 0.0, None
     measured = {b["step"] for b in behaviour}
+    # The KL anchor is the untrained model, made once here: every segment continues the same
+    # (already trained) object, and a resumed cell enters with fresh weights that train()
+    # restores, so this copy is always of the base.
+    reference = frozen_reference(model, cfg)
     for end in segment_ends(cfg.steps, suite.checkpoints):
         # A segment is done when its checkpoint is; its behaviour may still be missing when
         # the cell was killed between the two (the train call then only restores the model).
         if end < done or (end == done and (end in measured or not ev.has_behaviour)):
             continue
         res = train(model, tok, task, cfg.model_copy(update={"steps": end}), out_dir=work,
-                    resume=state.is_file(), progress=False)
+                    resume=state.is_file(), progress=False, reference=reference)
         model, seconds = res.model, seconds + res.seconds
         if spec.steered:
             from ..proxy.expert import ProxyExpert

@@ -51,6 +51,7 @@ from .parameterizations import (
     count_parameters,
     derive_seed,
     frozen_base,
+    needs_reference,
     prepare,
     trainable_parameters,
 )
@@ -125,6 +126,7 @@ def train(
     out_dir: str | Path | None = None,
     progress: bool = True,
     resume: bool = False,
+    reference: nn.Module | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train ``model`` on ``task`` with ``config`` (keyword overrides win), in place.
@@ -140,6 +142,13 @@ def train(
     ``task`` agree on (:func:`~routekit.tasks.world_tasks.agreed_world`). NaN/inf in the loss,
     gradients or parameters raise TrainingError naming the step; no checkpoint is written
     after a non-finite step, so the last one stays intact.
+
+    ``reference`` is the model that RL's KL and the retention KL compare against. By default
+    it is the untrained base: SVF and LoRA compute it from the live model, and a full or mask
+    run takes a frozen copy of ``model`` as passed in. To continue a full/mask run on the
+    *same, already trained* object (training in segments), pass the copy made once before
+    the first call (:func:`~routekit.training.parameterizations.frozen_reference`), or the
+    anchor would move to the partly trained weights.
     """
     config = _as_config(config, overrides, model)
     if resume and out_dir is None:
@@ -159,8 +168,8 @@ def train(
     model = prepare(model, config)
     model.to(accelerator.device)
     base_context = None
-    if (config.objective == "rl" and config.kl_coef > 0) or config.retain_kl_coef > 0:
-        base_context = frozen_base(model, config)
+    if needs_reference(config):
+        base_context = frozen_base(model, config, reference)
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(
         list(params.values()), lr=config.lr, weight_decay=config.weight_decay
