@@ -205,7 +205,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_results(uninterrupted, tmp_pa
     assert comparable(resumed.results) == comparable(full.results)
 
 
-def test_run_dir_of_other_settings_world_or_version_is_refused(uninterrupted, world_dir):
+def test_run_dir_of_other_settings_world_version_or_code_is_refused(uninterrupted, world_dir):
     suite, full = uninterrupted
     run_dir = full.run_dir
     before = sorted(p.name for p in (run_dir / "cells").iterdir())
@@ -214,12 +214,27 @@ def test_run_dir_of_other_settings_world_or_version_is_refused(uninterrupted, wo
                   workers=0, progress=False)
     manifest = read_model(run_dir / MANIFEST, RunManifest, "run manifest")
     for change in ({"routekit_version": "0.0.1"},
-                   {"world": manifest.world.model_copy(update={"base_fingerprint": "0" * 16})}):
+                   {"world": manifest.world.model_copy(update={"base_fingerprint": "0" * 16})},
+                   {"code_version": "0123456789abcdef"}):
         write_model(run_dir / MANIFEST, manifest.model_copy(update=change))
         with pytest.raises(ConfigError, match="--force"):
             run_suite(suite, run_dir, workers=0, progress=False)
     write_model(run_dir / MANIFEST, manifest)
     assert sorted(p.name for p in (run_dir / "cells").iterdir()) == before
+    # every cell records the code that computed it; one from other code is stale, even
+    # where the manifest agrees (a cell copied in, or run.json rewritten)
+    from routekit.compare.results import code_version
+    from routekit.compare.worker import RECORD
+
+    cell = run_dir / "cells" / before[0] / RECORD
+    rec = read_model(cell, CellRecord, "cell")
+    assert rec.code_version == code_version() == manifest.code_version and len(rec.code_version) == 16
+    write_model(cell, rec.model_copy(update={"code_version": "stale"}))
+    try:
+        with pytest.raises(ConfigError, match=r"computed by other code \(code version stale"):
+            run_suite(suite, run_dir, workers=0, progress=False)
+    finally:
+        write_model(cell, rec)
 
 
 def test_results_json_validates_and_files_load_with_routekit_loaders(uninterrupted):

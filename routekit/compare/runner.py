@@ -9,8 +9,9 @@ Layout of a run directory::
 
 A run resumes: finished cells (their ``cell.json`` present) are read, not redone, and a
 cell killed halfway resumes from its last training segment. A run directory made with other
-suite settings, another world (weights, not only config) or another routekit version is
-refused, never mixed: pass another ``--out``, or ``--force`` to delete its cells and start
+suite settings, another world (weights, not only config), another routekit version or other
+code (``results.code_version()``, a hash of every module that computes cells) is refused,
+never mixed: pass another ``--out``, or ``--force`` to delete its cells and start
 afresh. Methods, tasks, lrs and seeds may change between runs of one directory (cells are
 independent), so a run can be widened or narrowed.
 """
@@ -34,6 +35,7 @@ from .results import (
     Overlap,
     Results,
     RunManifest,
+    code_version,
     package_versions,
     read_model,
     write_model,
@@ -100,6 +102,10 @@ def _manifest_diffs(old: RunManifest, new: RunManifest) -> list[str]:
                    f"{new.world.base_fingerprint})")
     if old.routekit_version != new.routekit_version:
         out.append(f"routekit {old.routekit_version} (this is {new.routekit_version})")
+    if old.code_version != new.code_version:
+        out.append(f"other code (code version {old.code_version or 'not recorded'}; this "
+                   f"code is {new.code_version}: a change to what a cell computes makes its "
+                   "finished cells stale)")
     return out
 
 
@@ -113,7 +119,8 @@ def run_suite(
     run_dir = Path(out)
     world = world or resolve_world(suite.world, progress=progress)
     manifest = RunManifest(suite=suite.name, settings_hash=suite.settings_hash(),
-                           world=world.stamp, routekit_version=routekit_version())
+                           world=world.stamp, routekit_version=routekit_version(),
+                           code_version=code_version())
     open_run_dir(run_dir, manifest, force)
     outcome = RunOutcome(run_dir, results=None)  # type: ignore[arg-type]
     records: dict[str, CellRecord] = {}
@@ -158,7 +165,15 @@ def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, world: WorldRef,
     for k in keys:
         path = run_dir / "cells" / k.cell_id / RECORD
         if path.is_file():
-            records[k.cell_id] = read_model(path, CellRecord, "cell record")
+            rec = read_model(path, CellRecord, "cell record")
+            if rec.code_version != code_version():
+                raise ConfigError(
+                    f"cell {k.cell_id!r} in {str(run_dir)!r} was computed by other code "
+                    f"(code version {rec.code_version or 'not recorded'}, this is "
+                    f"{code_version()}); rerun with --force to redo the run's cells, or use "
+                    "another --out."
+                )
+            records[k.cell_id] = rec
             outcome.reused.append(k.cell_id)
             continue
         src = source_key(suite, k)

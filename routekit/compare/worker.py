@@ -40,7 +40,7 @@ from ..training.checkpoint import checkpoint_dir
 from ..training.parameterizations import frozen_reference
 from .measure import Evaluator
 from .methods import MethodSpec, get_method, train_config
-from .results import CellKey, CellRecord, StructureSummary, read_model, write_model
+from .results import CellKey, CellRecord, StructureSummary, code_version, read_model, write_model
 from .suite import Suite
 from .world_ref import WorldRef
 
@@ -275,8 +275,8 @@ def _record(job: CellJob, cfg: dict | None, scores, t0: float, train_seconds: fl
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     total = time.perf_counter() - t0
     return CellRecord(
-        key=job.key, cell_id=job.key.cell_id, settings_hash=job.settings_hash, train_config=cfg,
-        variants=scores, train_seconds=train_seconds,
+        key=job.key, cell_id=job.key.cell_id, settings_hash=job.settings_hash,
+        code_version=code_version(), train_config=cfg, variants=scores, train_seconds=train_seconds,
         eval_seconds=eval_seconds if eval_seconds is not None else total - train_seconds,
         peak_rss_mb=peak, **fields,
     )
