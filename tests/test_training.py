@@ -875,3 +875,24 @@ def test_retention_anchor_is_the_untrained_model_across_segments_and_a_resume(tm
     drift = segmented(tmp_path / "drift", anchored=False)
     assert drift.history[-1]["retain_kl"] != whole.history[-1]["retain_kl"]
     assert not all(torch.equal(p, params_of(drift.model)[n]) for n, p in params_of(whole.model).items())
+
+
+def test_resume_refuses_another_base_or_edited_task_data(tmp_path):
+    """state.json records the base's fingerprint and the data's hash: a resume onto a base
+    of the same shapes but other weights, or onto edited data, is refused naming what differs."""
+    tok, task = char_tokenizer(), rev_task()
+    cfg = dict(parameterization="svf", steps=2, batch_size=2, checkpoint_every=1, progress=False)
+    train(tiny_llama(), tok, task, out_dir=tmp_path, **cfg)
+    state = read_json(checkpoint_dir(tmp_path) / "state.json")
+    assert set(state["identity"]) == {"base_fingerprint", "weights_fingerprint", "task_data"}
+    other = tiny_causal_lm("llama", seed=1)
+    with pytest.raises(TrainingError, match=r"belongs to another run \(base model weights"):
+        train(other, tok, task, out_dir=tmp_path, resume=True, **{**cfg, "steps": 3})
+    edited = Task("rev", {"train": [Example("zzz =", "zzz")] + task.examples("train")[1:]})
+    with pytest.raises(TrainingError, match=r"training data \(hash"):
+        train(tiny_llama(), tok, edited, out_dir=tmp_path, resume=True, **{**cfg, "steps": 3})
+    assert read_json(checkpoint_dir(tmp_path) / "state.json")["step"] == 2  # nothing changed
+    # the same base and data resume, whether fresh or the trained object itself
+    res = train(tiny_llama(), tok, task, out_dir=tmp_path, resume=True, **{**cfg, "steps": 3})
+    again = train(res.model, tok, task, out_dir=tmp_path, resume=True, **{**cfg, "steps": 4})
+    assert again.resumed_from == 3

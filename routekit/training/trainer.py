@@ -26,6 +26,7 @@ Loss normalisation and the KL estimator are documented in :mod:`.objectives`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -40,6 +41,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import ConfigError, TrainingError
+from ..io import fingerprint_tensors
 from ..tasks.base import Task
 from ..tasks.world_tasks import WORLD_TASKS, agreed_world, require_world, world_task
 from ..world.config import WorldConfig
@@ -163,7 +165,8 @@ def train(
         rows = objectives.retain_rows(tokenizer, texts)
         retain = (rows, BatchOrder(len(rows), config.retain_batch_size,
                                    derive_seed(config.seed, "retain")))
-    ckpt = read_checkpoint(out_dir, config) if resume and out_dir is not None else None
+    identity = run_identity(model, task, config, retain, reference) if out_dir is not None else None
+    ckpt = read_checkpoint(out_dir, config, identity) if resume and out_dir is not None else None
     accelerator = Accelerator()
     model = prepare(model, config)
     model.to(accelerator.device)
@@ -176,6 +179,8 @@ def train(
     )
     start, history, resumed_from = 0, [], None
     if ckpt is not None:
+        # the run's base is the one its first checkpoint recorded, whatever object continues it
+        identity["base_fingerprint"] = ckpt.identity["base_fingerprint"]
         start, history = restore_checkpoint(ckpt, params, optimizer)
         resumed_from = start
         del ckpt  # its tensors now live in the model and optimizer
@@ -208,8 +213,10 @@ def train(
                 (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps
             ):
                 if accelerator.is_main_process:
+                    identity["weights_fingerprint"] = _weights_fingerprint(model)
                     save_checkpoint(
-                        out_dir, params, optimizer, done, config, history, accelerator.num_processes
+                        out_dir, params, optimizer, done, config, history,
+                        accelerator.num_processes, identity,
                     )
                 accelerator.wait_for_everyone()
                 last_ckpt = str(checkpoint_dir(out_dir))
@@ -228,6 +235,38 @@ def train(
         checkpoint=last_ckpt,
         resumed_from=resumed_from,
     )
+
+
+def _weights_fingerprint(model: nn.Module) -> str:
+    """The fingerprint of a model's own weights, the same whether or not it is wrapped (PEFT's
+    ``base_model.model.`` prefix, SVF's and LoRA's ``base_layer``, adapter tensors left out)."""
+    sd = {}
+    for name, t in model.state_dict().items():
+        if "svf_" in name or "lora_" in name:
+            continue
+        sd[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = t
+    return fingerprint_tensors(sd)
+
+
+def _examples_hash(examples: Any) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.prompt, e.reference, e.target]).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def run_identity(
+    model: nn.Module, task: Task, config: TrainConfig, retain: Any, reference: nn.Module | None
+) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: the untrained base's weights, the training
+    split's examples and the retention rows (see ``checkpoint.check_identity``)."""
+    now = _weights_fingerprint(model)
+    base = _weights_fingerprint(reference) if reference is not None else now
+    out = {"base_fingerprint": base, "weights_fingerprint": now,
+           "task_data": _examples_hash(task.examples(config.split))}
+    if retain is not None:
+        out["retain_data"] = hashlib.sha256(json.dumps(retain[0]).encode()).hexdigest()[:16]
+    return out
 
 
 def _as_config(
