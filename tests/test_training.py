@@ -896,3 +896,44 @@ def test_resume_refuses_another_base_or_edited_task_data(tmp_path):
     res = train(tiny_llama(), tok, task, out_dir=tmp_path, resume=True, **{**cfg, "steps": 3})
     again = train(res.model, tok, task, out_dir=tmp_path, resume=True, **{**cfg, "steps": 4})
     assert again.resumed_from == 3
+
+
+def test_rl_rollouts_ignore_the_checkpoints_generation_config():
+    """A checkpoint whose generation_config sets a repetition penalty (and top-k, a minimum
+    length, n-gram blocking) samples exactly what a plain one samples: rollouts draw from
+    softmax(logits / T) alone. A setting with no neutral value is refused by name."""
+    from transformers import GenerationConfig
+
+    tok, task = char_tokenizer(), first_letter_task()
+    ex = task.examples("train")[:3]
+    kw = dict(step=0, seed=0, group_size=4, max_new_tokens=6, temperature=1.0)
+    plain = tiny_llama()
+    want = objectives.sample_rollout(plain, tok, task, ex, [0, 1, 2], **kw).completion_ids
+    fussy = tiny_llama()
+    fussy.generation_config = GenerationConfig(repetition_penalty=5.0, top_k=2, min_new_tokens=4,
+                                               no_repeat_ngram_size=1)
+    got = objectives.sample_rollout(fussy, tok, task, ex, [0, 1, 2], **kw).completion_ids
+    assert got == want
+    # the same settings, left to generate itself, do change greedy decoding here
+    enc = tok([e.prompt for e in ex], return_tensors="pt", padding=True)
+    plain_out = plain.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    fussy_out = fussy.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert not torch.equal(plain_out, fussy_out)
+    fussy.generation_config.suppress_tokens = [5]
+    with pytest.raises(ConfigError, match=r"generation_config sets \['suppress_tokens'\]"):
+        objectives.sample_rollout(fussy, tok, task, ex, [0, 1, 2], **kw)
+
+
+def test_rl_loss_runs_in_eval_mode_like_the_sampler(monkeypatch):
+    modes = []
+    real = objectives.rl_loss
+
+    def spy(model, *a, **k):
+        modes.append(model.training)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(objectives, "rl_loss", spy)
+    train(tiny_llama(), char_tokenizer(), first_letter_task(), objective="rl",
+          parameterization="full", steps=1, batch_size=2, group_size=2, max_new_tokens=2,
+          progress=False)
+    assert modes and not any(modes)

@@ -340,7 +340,10 @@ def _train_step(
     # [loss sum, reward sum, kl sum, retention kl sum] over this process's micro-batches
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     optimizer.zero_grad(set_to_none=True)
-    model.train()
+    # SFT trains with the model's dropout, as usual. RL's loss is the log-probability of the
+    # samples under the policy that drew them, and sampling runs in eval mode: the loss must
+    # see the same function, so it runs in eval mode too (gradients flow either way).
+    model.train(config.objective == "sft")
     if config.objective == "sft":
         denom = objectives.count_answer_tokens(tokenizer, [examples[i] for i in global_idx])
     else:
