@@ -7,6 +7,7 @@ half-written file that a later run would load.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -131,16 +132,24 @@ def atomic_directory(target: PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``target`` in one rename.
 
     If the body raises (or the process is killed) ``target`` is untouched and only a
-    ``.tmp-<name>-<pid>-*`` sibling is left, which no loader ever reads.
+    ``.tmp-<name>-<pid>-*`` sibling is left, which no loader ever reads. Replacing an existing
+    ``target`` takes two renames (``target`` to ``.old-<name>-<pid>-*``, then the new one into
+    place); a kill between them leaves no ``target`` but a complete ``.old-`` sibling, which
+    :func:`recover_directory` (called here first, and by the readers of resumable state) puts
+    back.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".old-{target.name}-{os.getpid()}")
-            os.replace(target, old)
+            # A fresh name each time: a leftover .old- of a killed process with this pid
+            # (pids repeat) must not make the rename fail.
+            old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-{os.getpid()}-",
+                                        dir=target.parent))
+            os.replace(target, old)  # onto the empty directory just made
             os.replace(tmp, target)
             shutil.rmtree(old, ignore_errors=True)
         else:
@@ -149,6 +158,54 @@ def atomic_directory(target: PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (or one of another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _writer_pid(leftover: Path, kind: str, name: str) -> int | None:
+    """The pid in ``.<kind>-<name>-<pid>-<random>`` (the random part has no '-')."""
+    pid = leftover.name[len(f".{kind}-{name}-"):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
+def recover_directory(target: PathLike, *, all_stale: bool = False) -> bool:
+    """Tidy what killed :func:`atomic_directory` writers left beside ``target``; returns
+    whether ``target`` was put back.
+
+    With ``target`` missing, the newest ``.old-<name>-*`` sibling is the complete previous
+    version (a kill fell between the two renames) and is renamed back. Other ``.old-``
+    siblings (a kill during the final delete) are removed, and so are ``.tmp-<name>-*`` ones
+    of writers no longer running on this machine, or all of them with ``all_stale=True``
+    (for a caller that knows it is the only writer, such as a cell of a locked run).
+    """
+    target = Path(target)
+    parent, name = target.parent, target.name
+    if not parent.is_dir():
+        return False
+    pattern = glob.escape(name)
+    # A rename sets the moved directory's ctime, so the newest .old- is the last one replaced.
+    olds = sorted(parent.glob(f".old-{pattern}-*"), key=lambda p: p.stat().st_ctime_ns)
+    restored = False
+    if olds and not target.exists():
+        os.replace(olds.pop(), target)
+        _fsync_dir(parent)
+        restored = True
+    for p in olds:
+        shutil.rmtree(p, ignore_errors=True)
+    for p in parent.glob(f".tmp-{pattern}-*"):
+        pid = _writer_pid(p, "tmp", name)
+        if all_stale or pid is None or (pid != os.getpid() and not pid_alive(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+    return restored
 
 
 # --------------------------------------------------------------------------------------------
