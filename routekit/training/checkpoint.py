@@ -3,7 +3,9 @@
 Layout of ``out_dir/checkpoint/`` (replaced in one rename, so a kill leaves the previous one):
 ``trainable.safetensors`` (parameters by name), ``optimizer.safetensors`` (``<name>::<key>``
 for each Adam state tensor), ``rng.safetensors`` and ``state.json`` (step, config, history).
-No pickle files: every tensor is safetensors, everything else JSON.
+No pickle files: every tensor is safetensors, everything else JSON. ``out_dir/started.json``
+records the run started there, so that a run killed before its first checkpoint is started
+again by a resume rather than refused.
 """
 
 from __future__ import annotations
@@ -23,14 +25,44 @@ from ..io import (
     atomic_write_json,
     load_safetensors,
     read_json,
+    recover_directory,
 )
 from .config import TrainConfig, format_validation_error
 
 FORMAT = 1
 
 
+STARTED = "started.json"  # beside checkpoint/: which run was started in out_dir
+
+
 def checkpoint_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoint"
+
+
+def has_checkpoint(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds a checkpoint, after putting back one that a kill caught
+    between the two renames of its replacement (``routekit.io.recover_directory``)."""
+    recover_directory(checkpoint_dir(out_dir))
+    return (checkpoint_dir(out_dir) / "state.json").is_file()
+
+
+def mark_started(out_dir: str | Path, config: TrainConfig, identity: dict[str, str]) -> None:
+    """Record in ``out_dir`` which run starts there, so that a resume of a run killed before
+    its first checkpoint can start it again instead of refusing."""
+    atomic_write_json(Path(out_dir) / STARTED,
+                      {"config": config.model_dump(mode="json"), "identity": identity})
+
+
+def started_here(out_dir: str | Path, config: TrainConfig, identity: dict[str, str]) -> bool:
+    """Whether ``out_dir`` records the start of this very run (same resume key, base and
+    data), as :func:`mark_started` wrote it."""
+    path = Path(out_dir) / STARTED
+    try:
+        started = read_json(path, "run start")
+        saved = TrainConfig.model_validate(started["config"])
+    except (ExpertFileError, ValidationError, KeyError, TypeError):
+        return False
+    return saved.resume_key() == config.resume_key() and started.get("identity") == identity
 
 
 def save_checkpoint(
@@ -155,14 +187,16 @@ def read_checkpoint(
 ) -> Checkpoint:
     """Read and check ``out_dir/checkpoint`` for a run with ``config``; changes nothing.
 
-    A missing checkpoint is a TrainingError (``resume=True`` never silently starts afresh);
+    A checkpoint that a kill caught between the two renames of its replacement is put back
+    first. A missing checkpoint is a TrainingError (``resume=True`` never silently starts
+    afresh; :func:`~routekit.training.train` restarts only the run that :func:`started_here`);
     an unreadable or inconsistent ``state.json`` or tensor file is a CheckpointError naming
     the file; a checkpoint written with a different config is a TrainingError, since resuming
     it would not reproduce the uninterrupted run (only steps and bookkeeping may change).
     """
     path = checkpoint_dir(out_dir)
     state_file = path / "state.json"
-    if not state_file.is_file():
+    if not has_checkpoint(out_dir):
         raise TrainingError(
             f"resume=True but there is no checkpoint to resume: {str(state_file)!r} does not "
             "exist. Point out_dir / --run-dir at the run to continue, or start without resume."

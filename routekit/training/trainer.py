@@ -29,13 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
@@ -47,7 +48,15 @@ from ..tasks.world_tasks import WORLD_TASKS, agreed_world, require_world, world_
 from ..world.config import WorldConfig
 from ..world.store import get_world
 from . import objectives
-from .checkpoint import checkpoint_dir, read_checkpoint, restore_checkpoint, save_checkpoint
+from .checkpoint import (
+    checkpoint_dir,
+    has_checkpoint,
+    mark_started,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+    started_here,
+)
 from .config import TrainConfig
 from .parameterizations import (
     count_parameters,
@@ -139,7 +148,8 @@ def train(
     process takes its share of every global batch's micro-batches and gradients are summed
     over processes, giving the single-process result. With ``out_dir``, checkpoints go to
     ``out_dir/checkpoint``; ``resume=True`` continues from there (and refuses, with a
-    TrainingError, when there is no checkpoint). World task names and ``world-corpus`` come
+    TrainingError, when there is no checkpoint, unless ``out_dir`` records that this very
+    run was started there and killed before its first checkpoint: then it starts again). World task names and ``world-corpus`` come
     from the one world that ``config.world``, the model's world cache entry and a world
     ``task`` agree on (:func:`~routekit.tasks.world_tasks.agreed_world`). NaN/inf in the loss,
     gradients or parameters raise TrainingError naming the step; no checkpoint is written
@@ -166,7 +176,15 @@ def train(
         retain = (rows, BatchOrder(len(rows), config.retain_batch_size,
                                    derive_seed(config.seed, "retain")))
     identity = run_identity(model, task, config, retain, reference) if out_dir is not None else None
-    ckpt = read_checkpoint(out_dir, config, identity) if resume and out_dir is not None else None
+    ckpt = None
+    if resume and out_dir is not None:
+        if not has_checkpoint(out_dir) and started_here(out_dir, config, identity):
+            print(f"routekit: {str(out_dir)!r} holds this run, stopped before its first "
+                  "checkpoint; starting it again from step 0.", file=sys.stderr)
+        else:
+            ckpt = read_checkpoint(out_dir, config, identity)
+    if out_dir is not None and ckpt is None and PartialState().is_main_process:
+        mark_started(out_dir, config, identity)
     accelerator = Accelerator()
     model = prepare(model, config)
     model.to(accelerator.device)
