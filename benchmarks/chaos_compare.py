@@ -131,6 +131,7 @@ def kill_parent_and_watch(proc: subprocess.Popen, grace: float) -> dict:
     """SIGKILL ``proc`` alone; wait for its process group to empty (at most ``grace`` s).
     Returns what survived and for how long; kills survivors past ``grace``."""
     pgid = proc.pid
+    before = len(process_group(pgid)) - 1  # besides the routekit process itself
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     t0 = time.perf_counter()
@@ -145,6 +146,7 @@ def kill_parent_and_watch(proc: subprocess.Popen, grace: float) -> dict:
             with _suppress():
                 os.kill(pid, signal.SIGKILL)
     return {
+        "children_before_kill": before,
         "alive_at_kill": len(at_kill),
         "survivors_after_grace": left,
         "seconds_to_clear": round(cleared, 2),
@@ -255,9 +257,9 @@ def chaos(
             events.append(ev)
             log(
                 f"kill {len(events)}/{kills} ({got.name}): {len(before['finished'])} cells "
-                f"finished, in progress {before['in_progress']}; {ev['alive_at_kill']} "
-                f"process(es) left at the kill, gone in {ev['seconds_to_clear']} s, "
-                f"survivors {ev['survivors_after_grace']}"
+                f"finished, in progress {before['in_progress']}; {ev['children_before_kill']} "
+                f"child process(es) before the kill, {ev['alive_at_kill']} right after, gone in "
+                f"{ev['seconds_to_clear']} s, survivors {ev['survivors_after_grace']}"
             )
             continue
         if rc != 0:

@@ -34,28 +34,13 @@ from routekit.compare.results import (
 from routekit.compare.runner import MANIFEST, read_results, run_suite
 from routekit.compare.suite import load_suite, narrow, parse_lrs, suite_from_dict
 from routekit.errors import ConfigError, TrainingError, UnknownTaskError
-from routekit.io import atomic_write_json, storage_bits
+from routekit.io import storage_bits
 from routekit.world.config import WorldConfig
-from routekit.world.tokenizer import build_tokenizer
-from tests.conftest import tiny_causal_lm
 
 torch.set_num_threads(1)
 
 LIMITS = dict(test=6, ood=6, probes=6, statements=6, heldout_text=6, kl_prompts=4,
               activations=6, behaviour=4)
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory) -> Path:
-    """A world cache entry holding tiny random Llamas and the tiny world's config."""
-    root = tmp_path_factory.mktemp("world")
-    tok = build_tokenizer()
-    for which, seed in (("base", 0), ("proxy", 1)):
-        m = tiny_causal_lm("llama", vocab_size=len(tok), seed=seed)
-        m.save_pretrained(root / which)
-        tok.save_pretrained(root / which)
-    atomic_write_json(root / "world_config.json", WorldConfig.tiny().model_dump(mode="json"))
-    return root
 
 
 @pytest.fixture(scope="module")

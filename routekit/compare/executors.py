@@ -46,7 +46,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from .lifeline import bind_to_parent
+from .lifeline import bind_to_parent, parent_bound_spawning
 from .results import CellRecord
 from .worker import CellJob, run_cell
 
@@ -136,7 +136,7 @@ def execute(
     import multiprocessing as mp
 
     per_cell = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+    with parent_bound_spawning(), ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
                              initializer=bind_to_parent, initargs=(os.getpid(),),
                              **per_cell) as pool:
         def submit(job: CellJob) -> Future:
