@@ -376,6 +376,40 @@ def test_train_resume_puts_back_a_checkpoint_caught_between_its_renames(tmp_path
     assert all(torch.equal(a[n], b[n]) for n in a)
 
 
+# ------------------------------------------------------------------ the world build
+def test_a_world_entry_caught_between_its_renames_is_put_back_and_builds_wait(
+    tmp_path, monkeypatch, capsys
+):
+    import threading
+
+    from routekit import world
+    from tests.test_world import MICRO
+
+    monkeypatch.setenv("ROUTEKIT_CACHE", str(tmp_path / "cache"))
+    built = world.build(MICRO, progress=False)
+    root = world.world_dir(MICRO)
+    os.replace(root, root.parent / f".old-{root.name}-99999-abcd")  # a rebuild killed midway
+    world.load(MICRO, build_if_missing=False)  # put back, not "not built yet"
+    assert root.is_dir() and not list(root.parent.glob(".old-*"))
+    lock = root.parent / f".{root.name}.lock"
+    held = threading.Event()
+
+    def another_builder():
+        with exclusive_lock(lock, "another builder"):
+            held.set()
+            time.sleep(1.0)
+
+    t = threading.Thread(target=another_builder)
+    t.start()
+    held.wait()
+    t0 = time.perf_counter()
+    again = world.build(MICRO, progress=False)
+    t.join()
+    assert again.cached and again.base_fingerprint == built.base_fingerprint
+    assert time.perf_counter() - t0 >= 0.5
+    assert "waiting for it to finish" in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------ Ctrl-C, SIGKILL
 def test_ctrl_c_says_how_to_resume_and_exits_130(world_dir, tmp_path, monkeypatch, capsys):
     suite_file = tmp_path / "suite.yaml"

@@ -261,12 +261,12 @@ def _build_locked(config: WorldConfig, root: Path, force: bool, progress: bool,
 def _load(which: str, config: WorldConfig | None, build_if_missing: bool):
     config = config or WorldConfig()
     root = world_dir(config)
+    recover_directory(root)  # an entry a killed rebuild caught between its two renames
     if not root.exists() and not build_if_missing:
         raise RoutekitError(
             f"the world for this config is not built yet ({str(root)!r} does not exist); run "
             "`routekit world build` first."
         )
-    recover_directory(root)
     try:
         verify_entry(root)
     except CorruptCacheError:
