@@ -28,16 +28,12 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .errors import RoutekitError
+from .errors import LockHeldError, RoutekitError
 
 if sys.platform != "win32":
     import fcntl
 else:  # pragma: no cover - routekit's locks need POSIX flock
     fcntl = None
-
-
-class LockHeldError(RoutekitError):
-    """Another live process holds the lock of a directory this process wanted to write."""
 
 
 def lock_holder(path: str | os.PathLike) -> dict | None:

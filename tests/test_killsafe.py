@@ -22,8 +22,9 @@ from routekit import cli
 from routekit.compare import runner, worker
 from routekit.compare.runner import run_suite
 from routekit.compare.suite import suite_from_dict
+from routekit.errors import LockHeldError
 from routekit.io import atomic_directory, recover_directory
-from routekit.locks import LockHeldError, exclusive_lock, lock_holder
+from routekit.locks import exclusive_lock, lock_holder
 from routekit.training import train, trainable_parameters
 from routekit.training.checkpoint import checkpoint_dir
 from routekit.world.tokenizer import build_tokenizer as char_tokenizer

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import RoutekitError
+from ..errors import RunTakenOverError
 from ..io import (
     atomic_directory,
     atomic_save_safetensors,
@@ -78,10 +78,6 @@ class CellJob:
     @property
     def cell_dir(self) -> Path:
         return Path(self.run_dir) / "cells" / self.key.cell_id
-
-
-class RunTakenOverError(RoutekitError):
-    """The run directory's lock no longer names the run this cell was started for."""
 
 
 def check_still_owner(job: CellJob) -> None:
