@@ -430,7 +430,7 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(world_dir, tmp_path, monkeypatc
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
 def test_sigkilled_compare_leaves_no_process_and_resumes_to_the_same_results(
-    world_dir, reference, tmp_path
+    world_dir, reference, tmp_path, capsys
 ):
     suite_file = tmp_path / "suite.yaml"
     suite_file.write_text(json.dumps(tiny_suite(world_dir, METHODS, steps=3, checkpoints=3)))
@@ -445,9 +445,28 @@ def test_sigkilled_compare_leaves_no_process_and_resumes_to_the_same_results(
     killed = chaos.kill_parent_and_watch(proc, grace=3.0)
     assert killed["children_before_kill"] >= 2  # workers (and the resource tracker) were there
     assert killed["survivors_after_grace"] == [] and killed["seconds_to_clear"] < 2.0
-    proc = chaos.start(cmd, tmp_path / "log.txt")
-    assert proc.wait(timeout=120) == 0, (tmp_path / "log.txt").read_text()[-2000:]
-    assert "taking over the lock" in (tmp_path / "log.txt").read_text()
-    assert chaos.process_group(proc.pid) == []
-    resumed = runner.read_results(out)
+    # the resume, in this process (no worker spawns: the kill was the point above)
+    resumed = run_suite(_suite(world_dir), out, workers=0, progress=False).results
+    assert f"taking over the lock of run directory {str(out)!r}" in capsys.readouterr().err
     assert comparable(resumed) == comparable(reference.results)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc is Linux's")
+def test_ctrl_c_on_the_terminal_stops_every_process_and_exits_130(world_dir, tmp_path):
+    suite_file = tmp_path / "suite.yaml"
+    suite_file.write_text(json.dumps(tiny_suite(world_dir, METHODS, steps=3, checkpoints=3)))
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    proc = chaos.start(chaos.compare_command(suite_file, out, workers=2), log)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((out / "cells").glob(".work-*/checkpoint")):
+        assert proc.poll() is None, log.read_text()[-2000:]
+        time.sleep(0.02)
+    assert len(chaos.process_group(proc.pid)) >= 3  # routekit, its workers, the tracker
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    assert proc.wait(timeout=30) == 130
+    assert "Resume with: routekit compare --suite" in log.read_text()
+    deadline = time.time() + 3
+    while chaos.process_group(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert chaos.process_group(proc.pid) == []
+    assert lock_holder(out / worker.RUN_LOCK) is None  # released cleanly, not stale
