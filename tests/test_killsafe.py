@@ -337,6 +337,17 @@ def test_atomic_directory_survives_a_leftover_of_a_killed_writer_with_its_pid(tm
         (tmp / "a").write_text("2")
     assert (target / "a").read_text() == "2"
     assert not recover_directory(target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+    # another target's temporary directory is not this one's, whatever its name begins with
+    other = tmp_path / f".tmp-checkpoint-v2-{os.getpid() + 10**6}-abcd"
+    other.mkdir()
+    recover_directory(target, all_stale=True)
+    assert other.is_dir()
+    # a kill while a replaced version was being deleted leaves a .del- remnant, not an .old-
+    (tmp_path / ".del-checkpoint-99999-efgh").mkdir()
+    shutil.rmtree(target)
+    assert not recover_directory(target) and not target.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]
 
 
 # ------------------------------------------------------------------ train --resume
