@@ -144,6 +144,22 @@ def test_a_spawned_process_is_bound_before_it_imports_anything(how):
     assert (took is not None) == (how == "bound")
 
 
+def test_spawning_falls_back_to_the_plain_interpreter_where_the_launcher_cannot_run(
+    monkeypatch,
+):
+    from multiprocessing import spawn
+
+    from routekit.compare import lifeline
+
+    before = spawn.get_executable()
+    with lifeline.parent_bound_spawning() as launcher:
+        assert launcher is not None and spawn.get_executable() == str(launcher)
+    assert spawn.get_executable() == before and not launcher.exists()
+    monkeypatch.setattr(lifeline, "_runs", lambda path: False)  # a noexec temp dir, say
+    with lifeline.parent_bound_spawning() as launcher:
+        assert launcher is None and spawn.get_executable() == before
+
+
 def test_a_worker_whose_parent_died_before_binding_dies_at_once(tmp_path):
     # the parent pid it expects (1) is not its parent: the race the getppid check closes
     lifeline = ROOT / "routekit" / "compare" / "lifeline.py"

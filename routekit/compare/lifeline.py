@@ -27,6 +27,7 @@ import ctypes
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -86,8 +87,8 @@ os.execv({exe!r}, [{exe!r}] + sys.argv[1:])
 def parent_bound_spawning() -> Iterator[Path | None]:
     """While the block runs, processes that multiprocessing spawns start through a launcher
     that arms the parent-death signal before ``exec``ing the interpreter (Linux; elsewhere, or
-    where the interpreter's path cannot stand in a ``#!`` line, nothing changes and None is
-    yielded). Yields the launcher's path; the previous executable is restored afterwards."""
+    where the interpreter's path cannot stand in a ``#!`` line or the launcher does not run,
+    nothing changes and None is yielded). Yields the launcher's path; the previous executable is restored afterwards."""
     from multiprocessing import spawn
 
     exe = sys.executable
@@ -107,6 +108,10 @@ def parent_bound_spawning() -> Iterator[Path | None]:
         )
     )
     launcher.chmod(0o700)
+    if not _runs(launcher):  # a temp dir mounted noexec, say: spawn as usual
+        shutil.rmtree(folder, ignore_errors=True)
+        yield None
+        return
     before = spawn.get_executable()
     spawn.set_executable(str(launcher))
     try:
@@ -114,3 +119,16 @@ def parent_bound_spawning() -> Iterator[Path | None]:
     finally:
         spawn.set_executable(before)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _runs(launcher: Path) -> bool:
+    try:
+        done = subprocess.run(
+            [str(launcher), "-S", "-c", "pass"],
+            timeout=60,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
