@@ -153,7 +153,7 @@ def test_spawning_falls_back_to_the_plain_interpreter_where_the_launcher_cannot_
 
     before = spawn.get_executable()
     with lifeline.parent_bound_spawning() as launcher:
-        assert launcher is not None and spawn.get_executable() == str(launcher)
+        assert launcher is not None and os.fsdecode(spawn.get_executable()) == str(launcher)
     assert spawn.get_executable() == before and not launcher.exists()
     monkeypatch.setattr(lifeline, "_runs", lambda path: False)  # a noexec temp dir, say
     with lifeline.parent_bound_spawning() as launcher:
