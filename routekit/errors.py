@@ -46,6 +46,15 @@ class TrainingError(RoutekitError):
     """Training stopped: NaN/inf in the loss or parameters, or a resume that does not match."""
 
 
+class LockHeldError(RoutekitError):
+    """A directory another live process is writing (its lock file names the holder's pid and
+    host): a second ``routekit compare`` on one run directory."""
+
+
+class RunTakenOverError(RoutekitError):
+    """A worker whose run lost its run directory's lock to another run: it stops writing."""
+
+
 class MixtureError(RoutekitError):
     """An expert mixture with an unknown expert name, or a NaN, infinite or (where the router
     does not allow it) negative weight.

@@ -7,9 +7,11 @@ half-written file that a later run would load.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -131,24 +133,99 @@ def atomic_directory(target: PathLike) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``target`` in one rename.
 
     If the body raises (or the process is killed) ``target`` is untouched and only a
-    ``.tmp-<name>-<pid>-*`` sibling is left, which no loader ever reads.
+    ``.tmp-<name>-<pid>-*`` sibling is left, which no loader ever reads. Replacing an existing
+    ``target`` takes two renames (``target`` to ``.old-<name>-<pid>-*``, then the new one into
+    place); a kill between them leaves no ``target`` but a complete ``.old-`` sibling, which
+    :func:`recover_directory` (called here first, and by the readers of resumable state) puts
+    back.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_directory(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-", dir=target.parent))
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".old-{target.name}-{os.getpid()}")
-            os.replace(target, old)
+            # A fresh name each time: a leftover .old- of a killed process with this pid
+            # (pids repeat) must not make the rename fail.
+            old = Path(tempfile.mkdtemp(prefix=f".old-{target.name}-{os.getpid()}-",
+                                        dir=target.parent))
+            os.replace(target, old)  # onto the empty directory just made
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            _discard(old)
         else:
             os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (or one of another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _discard(path: Path) -> None:
+    """Delete a directory by renaming it to ``.del-...`` first, so that a kill during the
+    delete leaves a ``.del-`` remnant, never a partial ``.old-`` that would be put back."""
+    doomed = path.with_name(".del-" + path.name.split("-", 1)[1])
+    try:
+        os.replace(path, doomed)
+    except OSError:
+        doomed = path
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def _leftovers(parent: Path, kind: str, name: str) -> list[tuple[Path, int]]:
+    """``.<kind>-<name>-<pid>[-<random>]`` siblings with their writer's pid (the random part
+    of ``mkdtemp`` has no '-', so ``.tmp-<name>-v2-...`` of another target ``<name>-v2`` is
+    not taken for one of ``<name>``)."""
+    shape = re.compile(rf"\.{kind}-{re.escape(name)}-(\d+)(-[^-]+)?")
+    out = []
+    for p in parent.glob(f".{kind}-{glob.escape(name)}-*"):
+        m = shape.fullmatch(p.name)
+        if m:
+            out.append((p, int(m.group(1))))
+    return out
+
+
+def recover_directory(target: PathLike, *, all_stale: bool = False) -> bool:
+    """Tidy what killed :func:`atomic_directory` writers left beside ``target``; returns
+    whether ``target`` was put back.
+
+    With ``target`` missing, an ``.old-<name>-*`` sibling is the complete previous version (a
+    kill fell between the two renames; a replaced version is renamed to ``.del-`` before it
+    is deleted, so an ``.old-`` one is never partial) and is renamed back, the newest if there
+    are several. Other ``.old-`` and all ``.del-`` siblings are removed, and so are
+    ``.tmp-<name>-*`` ones of writers no longer running on this machine, or all of them with
+    ``all_stale=True`` (for a caller that knows it is the only writer, such as a cell of a
+    locked run).
+    """
+    target = Path(target)
+    parent, name = target.parent, target.name
+    if not parent.is_dir():
+        return False
+    # A rename sets the moved directory's ctime, so the newest .old- is the last one replaced.
+    olds = sorted((p for p, _ in _leftovers(parent, "old", name)),
+                  key=lambda p: p.stat().st_ctime_ns)
+    restored = False
+    if olds and not target.exists():
+        os.replace(olds.pop(), target)
+        _fsync_dir(parent)
+        restored = True
+    for p in olds + [p for p, _ in _leftovers(parent, "del", name)]:
+        shutil.rmtree(p, ignore_errors=True)
+    for p, pid in _leftovers(parent, "tmp", name):
+        if all_stale or (pid != os.getpid() and not pid_alive(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+    return restored
 
 
 # --------------------------------------------------------------------------------------------

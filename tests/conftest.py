@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import (
@@ -13,6 +15,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
+from routekit.io import atomic_write_json
+from routekit.world.config import WorldConfig
 from routekit.world.tokenizer import build_tokenizer
 
 ARCHS = ("llama", "qwen2", "gpt2")
@@ -92,3 +96,16 @@ def two_kinds_of_experts(tok, svf_cache) -> dict:
         "p1": rk.ProxyExpert(tuned, untuned, "p1", tokenizer=tok),
         "p2": rk.ProxyExpert(tuned2, untuned, "p2", tokenizer=tok),
     }
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory) -> Path:
+    """A world cache entry holding tiny random Llamas and the tiny world's config."""
+    root = tmp_path_factory.mktemp("world")
+    tok = build_tokenizer()
+    for which, seed in (("base", 0), ("proxy", 1)):
+        m = tiny_causal_lm("llama", vocab_size=len(tok), seed=seed)
+        m.save_pretrained(root / which)
+        tok.save_pretrained(root / which)
+    atomic_write_json(root / "world_config.json", WorldConfig.tiny().model_dump(mode="json"))
+    return root

@@ -836,3 +836,104 @@ def test_recipe_world_tasks_and_models_follow_the_named_world(micro_world, tmp_p
     # ... and a model of no world with no world named is refused
     with pytest.raises(ConfigError, match=r"task 'hop' refers to the world"):
         resolve_task(TrainConfig.from_dict({"task": "hop"}), tiny_llama())
+
+
+def test_retention_anchor_is_the_untrained_model_across_segments_and_a_resume(tmp_path):
+    """Training a full-parameter model in segments on the same object (as a compare cell
+    does) pays its KL to the untrained weights: 1, 2 and 3 segments, and a resume, all equal
+    one uninterrupted run bit for bit. Without the reference made once, they do not."""
+    from routekit.training.parameterizations import frozen_reference
+
+    texts = tmp_path / "general.txt"
+    texts.write_text("\n".join(RETAIN_TEXTS) + "\n")
+    tok, task = char_tokenizer(), rev_task()
+    cfg = TrainConfig(objective="sft", parameterization="full", steps=3, batch_size=4, lr=1e-2,
+                      retain_kl_coef=2.0, retain_text=f"text:{texts}", retain_batch_size=3,
+                      checkpoint_every=1)
+    whole = train(tiny_llama(), tok, task, cfg, out_dir=tmp_path / "whole", progress=False)
+    assert whole.history[-1]["retain_kl"] > 0
+
+    def segmented(out: Path, anchored: bool):
+        model = tiny_llama()
+        ref = frozen_reference(model, cfg) if anchored else None
+        for end in (1, 2, 3):
+            res = train(model, tok, task, cfg.model_copy(update={"steps": end}), out_dir=out,
+                        resume=end > 1, progress=False, reference=ref)
+            model = res.model
+        return res
+
+    seg = segmented(tmp_path / "seg", anchored=True)
+    assert [r["retain_kl"] for r in seg.history] == [r["retain_kl"] for r in whole.history]
+    for name, p in params_of(whole.model).items():
+        assert torch.equal(p, params_of(seg.model)[name]), name
+    # a killed cell resumes onto fresh weights: the copy made from them is the base again
+    fresh = tiny_llama()
+    resumed = train(fresh, tok, task, cfg, out_dir=tmp_path / "seg", resume=True, progress=False,
+                    reference=frozen_reference(fresh, cfg))
+    assert resumed.resumed_from == 3
+    # the old behaviour, a copy of the partly trained object each call, moves the anchor
+    drift = segmented(tmp_path / "drift", anchored=False)
+    assert drift.history[-1]["retain_kl"] != whole.history[-1]["retain_kl"]
+    assert not all(torch.equal(p, params_of(drift.model)[n]) for n, p in params_of(whole.model).items())
+
+
+def test_resume_refuses_another_base_or_edited_task_data(tmp_path):
+    """state.json records the base's fingerprint and the data's hash: a resume onto a base
+    of the same shapes but other weights, or onto edited data, is refused naming what differs."""
+    tok, task = char_tokenizer(), rev_task()
+    cfg = dict(parameterization="svf", steps=2, batch_size=2, checkpoint_every=1, progress=False)
+    train(tiny_llama(), tok, task, out_dir=tmp_path, **cfg)
+    state = read_json(checkpoint_dir(tmp_path) / "state.json")
+    assert set(state["identity"]) == {"base_fingerprint", "weights_fingerprint", "task_data"}
+    other = tiny_causal_lm("llama", seed=1)
+    with pytest.raises(TrainingError, match=r"belongs to another run \(base model weights"):
+        train(other, tok, task, out_dir=tmp_path, resume=True, **{**cfg, "steps": 3})
+    edited = Task("rev", {"train": [Example("zzz =", "zzz")] + task.examples("train")[1:]})
+    with pytest.raises(TrainingError, match=r"training data \(hash"):
+        train(tiny_llama(), tok, edited, out_dir=tmp_path, resume=True, **{**cfg, "steps": 3})
+    assert read_json(checkpoint_dir(tmp_path) / "state.json")["step"] == 2  # nothing changed
+    # the same base and data resume, whether fresh or the trained object itself
+    res = train(tiny_llama(), tok, task, out_dir=tmp_path, resume=True, **{**cfg, "steps": 3})
+    again = train(res.model, tok, task, out_dir=tmp_path, resume=True, **{**cfg, "steps": 4})
+    assert again.resumed_from == 3
+
+
+def test_rl_rollouts_ignore_the_checkpoints_generation_config():
+    """A checkpoint whose generation_config sets a repetition penalty (and top-k, a minimum
+    length, n-gram blocking) samples exactly what a plain one samples: rollouts draw from
+    softmax(logits / T) alone. A setting with no neutral value is refused by name."""
+    from transformers import GenerationConfig
+
+    tok, task = char_tokenizer(), first_letter_task()
+    ex = task.examples("train")[:3]
+    kw = dict(step=0, seed=0, group_size=4, max_new_tokens=6, temperature=1.0)
+    plain = tiny_llama()
+    want = objectives.sample_rollout(plain, tok, task, ex, [0, 1, 2], **kw).completion_ids
+    fussy = tiny_llama()
+    fussy.generation_config = GenerationConfig(repetition_penalty=5.0, top_k=2, min_new_tokens=4,
+                                               no_repeat_ngram_size=1)
+    got = objectives.sample_rollout(fussy, tok, task, ex, [0, 1, 2], **kw).completion_ids
+    assert got == want
+    # the same settings, left to generate itself, do change greedy decoding here
+    enc = tok([e.prompt for e in ex], return_tensors="pt", padding=True)
+    plain_out = plain.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    fussy_out = fussy.generate(**enc, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert not torch.equal(plain_out, fussy_out)
+    fussy.generation_config.suppress_tokens = [5]
+    with pytest.raises(ConfigError, match=r"generation_config sets \['suppress_tokens'\]"):
+        objectives.sample_rollout(fussy, tok, task, ex, [0, 1, 2], **kw)
+
+
+def test_rl_loss_runs_in_eval_mode_like_the_sampler(monkeypatch):
+    modes = []
+    real = objectives.rl_loss
+
+    def spy(model, *a, **k):
+        modes.append(model.training)
+        return real(model, *a, **k)
+
+    monkeypatch.setattr(objectives, "rl_loss", spy)
+    train(tiny_llama(), char_tokenizer(), first_letter_task(), objective="rl",
+          parameterization="full", steps=1, batch_size=2, group_size=2, max_new_tokens=2,
+          progress=False)
+    assert modes and not any(modes)

@@ -11,24 +11,39 @@ deterministic (greedy decoding), so its one cell pairs with every seed of a meth
 (a) RL (bf16 storage, as arXiv:2505.11711) leaves most parameters bitwise unchanged
     (share > 0.5), its changed matrices are nearly full rank (mean rank fraction > 0.9)
     and two seeds' changed sets overlap more than random masks of the same densities.
+    Only ``full_rl_bf16`` counts: float32 RL does not stand in for bf16 storage.
 (b) The sparsity comes from bf16 storage: bf16 RL's unchanged share exceeds float32 RL's
     (paired by seed).
 (c) Subnetwork RL matches the RL it took its mask from: test accuracy within ±5 points.
+    Not applicable when the mask covers more than ``MAX_MASK_DENSITY`` of the entries (the
+    "subnetwork" is then the whole model and the claim cannot fail).
 (d) Small (SVF) RL updates teach *when*, not *how*: the gain over the base is smaller on
     ood prompts than on test prompts (paired prompt by prompt for hop, whose ood prompt
     asks about the same entity; otherwise the two sets are resampled independently).
-(e) RL collapses pretraining's answer formats onto one: the share of test answers in the
-    tuned model's dominant behaviour (correct or systematic) grows over the base's share of
-    that behaviour.
+    Only ``svf_rl`` counts: a larger update does not stand in for a small one.
+(e) RL collapses pretraining's answer formats onto one (arXiv:2504.07912): the behaviour
+    distribution of the test answers (correct / systematic / other) is more concentrated
+    after RL than the base's own, measured as its normalised entropy (paired by prompt); an
+    accuracy gain that spreads the answers over more behaviours is not a collapse. The
+    entropy at each behaviour checkpoint over training is reported beside.
 (f) Hidden states are sparser on ood prompts: the base's top-5% energy share on ood minus
     test prompts (each prompt's last-token value averaged over layers), bootstrapped over
     the two sets of prompts independently; each trained method at its best rate is tallied
     the same way over its seeds and prompts, beside.
 (g) Routing-only methods keep knowledge, full fine-tuning loses it, LoRA in between: the
-    probes' answer log-likelihood minus the base's, per probe: full SFT < 0, SVF SFT and
-    proxy SFT above full SFT, LoRA SFT above full SFT and below SVF SFT.
-(h) Forgetting tracks KL(base‖tuned) on the task's prompts: Pearson r over trained cells
-    (and α) > 0.5, bootstrapped over cells.
+    probes' answer log-likelihood minus the base's, per probe. "Keeps" means within
+    ``KEEP_MARGIN`` nats of the base: SVF SFT (and proxy SFT) keep it, full SFT loses more
+    than the margin, SVF SFT and proxy SFT above full SFT, LoRA SFT above full SFT and below
+    SVF SFT. An ordering is contradicted only when its interval lies beyond the margin on
+    the other side.
+(h) Forgetting tracks KL(base‖tuned) on the task's prompts: Pearson r > 0.5 over trained
+    cells' variants (α), with a cluster bootstrap that resamples trained models (method,
+    task, seed), so α variants of one model never count as independent points; per task and
+    pooled.
+
+Per-seed figures (shares, ranks, overlaps) commit a verdict only with ``MIN_SEEDS`` seeds or
+more; with fewer, their range over the seeds is printed and labelled as a range, not an
+interval.
 === =================================================================================
 """
 
@@ -47,8 +62,12 @@ from .suite import Suite
 # Tasks whose ood prompt i asks about the same item as test prompt i (hop: the same entity in
 # an unseen wording), so a test − ood difference can be paired prompt by prompt.
 PAIRED_OOD = frozenset({"hop"})
-RL_SMALL = ("svf_rl", "full_rl_bf16", "subnet_rl", "full_rl", "lora_rl")
 RL_ANY = ("full_rl", "full_rl_bf16", "svf_rl", "lora_rl", "subnet_rl")
+NOT_APPLICABLE = "not applicable"
+MAX_MASK_DENSITY = 0.9  # (c): a mask denser than this is (nearly) the whole model
+MIN_SEEDS = 5  # per-seed figures: a bootstrap over fewer seed values is about [min, max]
+KEEP_MARGIN = 0.05  # (g): nats of mean probe answer log-likelihood that count as "kept"
+BEHAVIOURS = ("correct", "systematic", "other")
 
 
 @dataclass
@@ -80,8 +99,23 @@ def _fmt(iv: Interval, pct: bool = False, units: tuple[str, str] = ("seed", ""),
 
 
 def _seed_verdict(iv: Interval, direction: str, threshold: float = 0.0) -> str:
-    """A verdict on a per-seed figure: one seed gives no interval, so it cannot commit."""
-    return verdict(iv, direction, threshold=threshold) if iv.n_seeds > 1 else "inconclusive"
+    """A verdict on a per-seed figure: it commits only with ``MIN_SEEDS`` seeds or more (a
+    percentile bootstrap over 2–4 values is about their [min, max], not a 95% interval)."""
+    return verdict(iv, direction, threshold=threshold) if iv.n_seeds >= MIN_SEEDS else "inconclusive"
+
+
+def _seed_figure(values: Sequence[float], signed: bool = False, units: str = "seed") -> tuple[Interval, str]:
+    """A per-seed figure's bootstrap interval and its label: "[low, high] (n seeds)" from
+    ``MIN_SEEDS`` seeds on, otherwise the plain range, labelled as one."""
+    iv = bootstrap_interval(_per_seed(values))
+    f = "+.3g" if signed else ".3g"
+    n = len(values)
+    if n >= MIN_SEEDS:
+        return iv, _fmt(iv, units=(units, ""), signed=signed)
+    lo, hi = min(values), max(values)
+    plural = "s" if n > 1 else ""
+    return iv, (f"{iv.estimate:{f}} (range over {n} {units}{plural} [{lo:{f}}, {hi:{f}}]; "
+                f"fewer than {MIN_SEEDS}: no interval, no verdict)")
 
 
 class View:
@@ -142,27 +176,28 @@ def _per_seed(values: Sequence[float]) -> np.ndarray:
 def claim_a(view: View, task: str) -> Claim:
     c = Claim("a", "RL updates a small subnetwork, nearly full rank, overlapping across seeds "
                    "more than chance")
-    m = _first(view, ("full_rl_bf16", "full_rl"), task)
-    cells = [x for x in view.cells(m, task) if x.structure] if m else []
+    m = "full_rl_bf16"
+    cells = [x for x in view.cells(m, task) if x.structure]
     if not cells:
-        c.reason = "needs full_rl_bf16 or full_rl cells"
+        c.verdict = NOT_APPLICABLE
+        c.reason = ("the claim is about bf16 storage and needs full_rl_bf16 cells; float32 "
+                    "full_rl does not stand in for it")
         return c
-    unchanged = bootstrap_interval(_per_seed([x.structure.share_bitwise_unchanged for x in cells]))
-    ranks = [x.structure.mean_rank_fraction for x in cells if x.structure.mean_rank_fraction is not None]
+    unchanged, label = _seed_figure([x.structure.share_bitwise_unchanged for x in cells])
     parts = [_seed_verdict(unchanged, "greater", threshold=0.5)]
-    c.numbers.append(f"{m} at its best lr {cells[0].key.lr:g}: bitwise unchanged "
-                     f"{_fmt(unchanged, signed=False)}")
+    c.numbers.append(f"{m} at its best lr {cells[0].key.lr:g}: bitwise unchanged {label}")
+    ranks = [x.structure.mean_rank_fraction for x in cells if x.structure.mean_rank_fraction is not None]
     if ranks:
-        rk = bootstrap_interval(_per_seed(ranks))
+        rk, label = _seed_figure(ranks)
         parts.append(_seed_verdict(rk, "greater", threshold=0.9))
-        c.numbers.append(f"mean rank fraction of changed matrices {_fmt(rk, signed=False)}")
+        c.numbers.append(f"mean rank fraction of changed matrices {label}")
     ov = [o for o in view.results.overlaps if o.method == m and o.task == task
           and o.lr == cells[0].key.lr and o.jaccard is not None and o.expected_jaccard is not None]
     if ov:
-        excess = bootstrap_interval(_per_seed([o.jaccard - o.expected_jaccard for o in ov]))
-        parts.append(_seed_verdict(excess, "greater") if len(ov) > 1 else "inconclusive")
-        c.numbers.append("Jaccard overlap across seeds minus random expectation "
-                         f"{_fmt(excess, units=('seed pair', ''))}")
+        excess, label = _seed_figure([o.jaccard - o.expected_jaccard for o in ov], signed=True,
+                                     units="seed pair")
+        parts.append(_seed_verdict(excess, "greater"))
+        c.numbers.append(f"Jaccard overlap across seeds minus random expectation {label}")
     else:
         parts.append("inconclusive")
         c.numbers.append("no two seeds to overlap")
@@ -191,13 +226,14 @@ def claim_b(view: View, task: str) -> Claim:
     if not seeds:
         c.reason = "needs full_rl and full_rl_bf16 cells on the same seeds"
         return c
-    diff = bootstrap_interval(_per_seed([bf[s].structure.share_bitwise_unchanged
-                                         - fp[s].structure.share_bitwise_unchanged for s in seeds]))
-    fp_share = bootstrap_interval(_per_seed([fp[s].structure.share_bitwise_unchanged for s in seeds]))
+    diff, d_label = _seed_figure([bf[s].structure.share_bitwise_unchanged
+                                  - fp[s].structure.share_bitwise_unchanged for s in seeds],
+                                 signed=True)
+    fp_share, fp_label = _seed_figure([fp[s].structure.share_bitwise_unchanged for s in seeds])
     c.verdict = _combine([_seed_verdict(diff, "greater"),
                           _seed_verdict(fp_share, "less", threshold=0.05)])
-    c.numbers += [f"unchanged share bf16 − fp32 {_fmt(diff)}",
-                  f"fp32 unchanged {_fmt(fp_share, signed=False)} (vanishes: < 0.05)"]
+    c.numbers += [f"unchanged share bf16 − fp32 {d_label}",
+                  f"fp32 unchanged {fp_label} (vanishes: < 0.05)"]
     for name, method in (("bf16", "full_rl_bf16"), ("fp32", "full_rl")):
         g = view.gain_rows(method, task, "test")
         if g is not None:
@@ -210,6 +246,16 @@ def claim_c(view: View, task: str) -> Claim:
     src = view.suite.subnet_from
     sub, full = view.rows("subnet_rl", task, "test"), None
     subnet_cells = view.cells("subnet_rl", task)
+    dens = [x.mask_density for x in subnet_cells if x.mask_density is not None]
+    if dens and max(dens) > MAX_MASK_DENSITY:
+        c.verdict = NOT_APPLICABLE
+        c.reason = (f"the masks from {src} cover {max(dens):.3g} of the entries (> "
+                    f"{MAX_MASK_DENSITY:g}): the subnetwork is (nearly) the whole model, so "
+                    "matching full RL cannot fail" + ("; float32 RL changes almost every entry, "
+                                                     "use subnet_from: full_rl_bf16"
+                                                     if src == "full_rl" else ""))
+        c.numbers.append(f"mask density {np.mean(dens):.3g}")
+        return c
     if subnet_cells:
         lr = subnet_cells[0].key.lr
         full_cells = sorted((x for x in view.results.cells if x.key.method == src
@@ -230,7 +276,6 @@ def claim_c(view: View, task: str) -> Claim:
         c.numbers.append(f"{src} test gain at lr {lr:g} {_fmt(g, pct=True)}")
         if verdict(g, "greater") != "supported":
             c.verdict, c.reason = "inconclusive", f"{src} gained nothing for the subnetwork to match"
-    dens = [x.mask_density for x in subnet_cells if x.mask_density is not None]
     c.numbers.insert(0, f"subnet_rl − {src} test accuracy {_fmt(d, pct=True)} (margin ±5 pts)")
     if dens:
         c.numbers.append(f"mask density {np.mean(dens):.3g}")
@@ -239,11 +284,16 @@ def claim_c(view: View, task: str) -> Claim:
 
 def claim_d(view: View, task: str) -> Claim:
     c = Claim("d", "small RL updates teach when, not how: the gain drops on ood prompts")
-    m = _first(view, RL_SMALL, task)
-    test = view.gain_rows(m, task, "test") if m else None
-    ood = view.gain_rows(m, task, "ood") if m else None
+    m = "svf_rl"
+    if not view.cells(m, task):
+        c.verdict = NOT_APPLICABLE
+        c.reason = ("the claim is about small (SVF) updates and needs svf_rl cells; full or "
+                    "LoRA RL does not stand in for it")
+        return c
+    test = view.gain_rows(m, task, "test")
+    ood = view.gain_rows(m, task, "ood")
     if test is None or ood is None:
-        c.reason = "needs an RL method's cells and the base with test and ood splits"
+        c.reason = "needs svf_rl's cells and the base with test and ood splits"
         return c
     g_test = bootstrap_interval(test)
     if task in PAIRED_OOD and test.shape == ood.shape:
@@ -260,6 +310,19 @@ def claim_d(view: View, task: str) -> Claim:
     return c
 
 
+def normalised_entropy(shares: Sequence[float]) -> float:
+    """Entropy of a behaviour distribution over ``BEHAVIOURS``, divided by log(3): 1 when
+    the answers spread evenly over the three behaviours, 0 when they all show one."""
+    p = np.asarray(shares, dtype=float)
+    p = p[p > 0] / p.sum()
+    return float(-(p * np.log(p)).sum() / np.log(len(BEHAVIOURS)))
+
+
+def _behaviour_codes(correct: np.ndarray, systematic: np.ndarray) -> np.ndarray:
+    """Per (seed, prompt): 0 correct, 1 systematic, 2 other."""
+    return np.where(correct > 0.5, 0, np.where(systematic > 0.5, 1, 2))
+
+
 def claim_e(view: View, task: str) -> Claim:
     c = Claim("e", "RL collapses the pretraining answer formats onto one")
     m = _first(view, RL_ANY, task)
@@ -271,14 +334,30 @@ def claim_e(view: View, task: str) -> Claim:
     if any(x is None for x in (tuned_c, tuned_s, base_c, base_s)) or tuned_c.shape[1] != base_c.shape[1]:
         c.reason = "needs behaviour labels (a world skill task) for the base and an RL method"
         return c
-    dominant_is_correct = tuned_c.mean() >= tuned_s.mean()
-    tuned = tuned_c if dominant_is_correct else tuned_s
-    base = base_c if dominant_is_correct else base_s
-    d = paired_difference(tuned, np.repeat(base, tuned.shape[0], axis=0))
-    c.verdict = verdict(d, "greater")
-    name = "correct" if dominant_is_correct else "systematic"
-    c.numbers += [f"{m}: share of the dominant behaviour ({name}) {tuned.mean():.3g} vs base "
-                  f"{base.mean():.3g}, difference {_fmt(d, pct=True)}"]
+    tuned = _behaviour_codes(tuned_c, tuned_s)
+    base = np.repeat(_behaviour_codes(base_c, base_s), tuned.shape[0], axis=0)
+    # one code per (seed, prompt) holds both sides, so the bootstrap keeps prompts paired
+    joint = (3 * tuned + base).astype(float)
+
+    def entropy_drop(x: np.ndarray) -> float:
+        k = x.astype(int)
+        shares = lambda codes: np.bincount(codes.reshape(-1), minlength=3)  # noqa: E731
+        return normalised_entropy(shares(k // 3)) - normalised_entropy(shares(k % 3))
+
+    d = bootstrap_interval(joint, statistic=entropy_drop, n_boot=2000)
+    c.verdict = verdict(d, "less")
+    t_sh = np.bincount(tuned.reshape(-1), minlength=3) / tuned.size
+    b_sh = np.bincount(base[:1].reshape(-1), minlength=3) / base.shape[1]
+    fmt = lambda sh: " / ".join(f"{n} {v:.2f}" for n, v in zip(BEHAVIOURS, sh))  # noqa: E731
+    c.numbers += [f"{m}: behaviour shares {fmt(t_sh)} vs base {fmt(b_sh)}",
+                  f"normalised entropy {normalised_entropy(t_sh):.3g} vs base "
+                  f"{normalised_entropy(b_sh):.3g}, tuned − base {_fmt(d)} (below 0 = more "
+                  "concentrated)"]
+    history = [(h.get("step"), [h.get(b, 0.0) for b in BEHAVIOURS])
+               for cell in view.cells(m, task)[:1] for h in cell.behaviour_history]
+    if history:
+        c.numbers.append(f"over training (seed {view.cells(m, task)[0].key.seed}): " + ", ".join(
+            f"step {step} {normalised_entropy(sh):.3g}" for step, sh in history if sum(sh) > 0))
     return c
 
 
@@ -323,6 +402,12 @@ def claim_f(view: View, task: str) -> Claim:
     return c
 
 
+def _ordering(d: Interval, margin: float) -> str:
+    """A is above B (d = A − B): supported when the interval is above 0, contradicted only
+    when it lies below −margin (B above A by more than what counts as kept)."""
+    return "supported" if d.low > 0 else "contradicted" if d.high < -margin else "inconclusive"
+
+
 def claim_g(view: View, task: str) -> Claim:
     c = Claim("g", "routing-only methods keep knowledge, full fine-tuning loses it, LoRA in between")
     rows = {m: view.gain_rows(m, task, "probe_loglik")
@@ -331,8 +416,17 @@ def claim_g(view: View, task: str) -> Claim:
     if full is None:
         c.reason = "needs full_sft cells and the base"
         return c
-    parts = [verdict(iv := bootstrap_interval(full), "less")]
-    c.numbers.append(f"full_sft probe log-likelihood − base {_fmt(iv)} nats")
+    # loses: more than the margin below the base; keeps: within ±margin of it
+    parts = [verdict(iv := bootstrap_interval(full), "less", threshold=-KEEP_MARGIN)]
+    c.numbers.append(f"full_sft probe log-likelihood − base {_fmt(iv)} nats (loses: below "
+                     f"−{KEEP_MARGIN:g})")
+    for m in ("svf_sft", "proxy_sft"):
+        if rows[m] is not None:
+            parts.append(verdict(iv := bootstrap_interval(rows[m]), "equal", margin=KEEP_MARGIN))
+            c.numbers.append(f"{m} − base {_fmt(iv)} nats (keeps: within ±{KEEP_MARGIN:g})")
+        elif m == "svf_sft":
+            parts.append("inconclusive")
+            c.numbers.append("svf_sft: missing cells")
 
     def vs(a: str, b: str, tag: str) -> None:
         ra, rb = rows[a], rows[b]
@@ -341,7 +435,7 @@ def claim_g(view: View, task: str) -> Claim:
             c.numbers.append(f"{tag}: missing cells")
             return
         d = paired_difference(ra, rb)
-        parts.append(verdict(d, "greater"))
+        parts.append(_ordering(d, KEEP_MARGIN))
         c.numbers.append(f"{tag} {_fmt(d)}")
 
     vs("svf_sft", "full_sft", "svf_sft − full_sft")
@@ -353,28 +447,59 @@ def claim_g(view: View, task: str) -> Claim:
     return c
 
 
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    if len(x) < 2 or x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def cluster_correlation(points: Sequence[tuple[float, float, str]], *, n_boot: int = 2000,
+                        seed: int = 0, level: float = 0.95) -> Interval:
+    """Pearson r of (x, y) points with a cluster bootstrap: each replicate draws the clusters
+    (one trained model's points) with replacement and keeps all of each drawn cluster's
+    points, so points that share a model never count as independent. ``n_seeds`` of the
+    result counts clusters and ``n_prompts`` points."""
+    names = sorted({p[2] for p in points})
+    idx = {n: [i for i, p in enumerate(points) if p[2] == n] for n in names}
+    x = np.asarray([p[0] for p in points], dtype=float)
+    y = np.asarray([p[1] for p in points], dtype=float)
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    for b in range(n_boot):
+        drawn = np.concatenate([idx[names[k]] for k in rng.integers(0, len(names), len(names))])
+        reps[b] = _pearson(x[drawn], y[drawn])
+    alpha = (1 - level) / 2
+    low, high = np.quantile(reps, [alpha, 1 - alpha])
+    return Interval(_pearson(x, y), float(low), float(high), level, len(names), len(points))
+
+
 def claim_h(view: View, tasks: Sequence[str]) -> Claim:
     c = Claim("h", "forgetting tracks KL(base‖tuned) on the task's prompts")
-    pts = [(v.kl_prompts, v.forgetting) for cell in view.results.cells
+    pts = [(v.kl_prompts, v.forgetting, f"{cell.key.method}/{cell.key.task}/{cell.key.seed}/"
+            f"{cell.key.lr:g}")
+           for cell in view.results.cells
            if cell.key.task in tasks and cell.key.method != "base" for v in cell.variants
            if v.kl_prompts is not None and v.forgetting is not None]
-    if len(pts) < 4:
-        c.reason = "needs at least 4 trained cells"
+    if len({p[2] for p in pts}) < 4:
+        c.reason = "needs at least 4 trained models"
         return c
-    kl, fg = np.asarray(pts).T
-
-    def r(idx: np.ndarray) -> float:
-        i = idx.astype(int).reshape(-1)
-        a, b = kl[i], fg[i]
-        if a.std() == 0 or b.std() == 0:
-            return 0.0
-        return float(np.corrcoef(a, b)[0, 1])
-
-    iv = bootstrap_interval(np.arange(len(pts), dtype=float)[None, :], statistic=r, n_boot=2000)
+    iv = cluster_correlation(pts)
+    kl, fg = np.asarray([p[:2] for p in pts]).T
     slope, intercept = np.polyfit(kl, fg, 1)
     c.verdict = verdict(iv, "greater", threshold=0.5)
-    c.numbers += [f"Pearson r {iv.estimate:.3g} [{iv.low:.3g}, {iv.high:.3g}] over {len(pts)} "
-                  f"cells", f"fit forgetting = {intercept:.3g} + {slope:.3g} × KL"]
+    c.numbers += [f"pooled Pearson r {iv.estimate:.3g} [{iv.low:.3g}, {iv.high:.3g}] over "
+                  f"{iv.n_prompts} points from {iv.n_seeds} trained models (cluster bootstrap "
+                  "over models)", f"fit forgetting = {intercept:.3g} + {slope:.3g} × KL"]
+    parts = []
+    for task in tasks:
+        tp = [p for p in pts if p[2].split("/")[1] == task]
+        if len({p[2] for p in tp}) >= 4:
+            t_iv = cluster_correlation(tp)
+            parts.append(verdict(t_iv, "greater", threshold=0.5))
+            c.numbers.append(f"{task}: r {t_iv.estimate:.3g} [{t_iv.low:.3g}, {t_iv.high:.3g}] "
+                             f"({t_iv.n_seeds} models)")
+    if len(tasks) > 1 and parts and c.verdict == "supported" and not all(p == "supported" for p in parts):
+        c.verdict, c.reason = "inconclusive", "pooled r holds, but not within every task"
     return c
 
 

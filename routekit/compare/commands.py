@@ -4,12 +4,17 @@ With no arguments it runs the ``default`` suite on the embedded world (building 
 into its cache first if needed), shows progress, prints the headline table and where the
 report is. ``--suite default|science|FILE`` picks another suite; ``--methods``, ``--tasks``,
 ``--seeds`` and ``--lrs`` narrow or widen it; ``--list`` prints the known methods.
+Ctrl-C stops the workers at once, prints the command that resumes and exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 from pathlib import Path
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
 def _csv(text: str) -> list[str]:
@@ -66,8 +71,17 @@ def _run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()  # one bar per model loaded would bury the cells' bar
     from .runner import run_suite
 
-    outcome = run_suite(suite, out, executor=args.executor, workers=args.workers,
-                        force=args.force, progress=not args.no_progress, threads=args.threads)
+    try:
+        outcome = run_suite(suite, out, executor=args.executor, workers=args.workers,
+                            force=args.force, progress=not args.no_progress,
+                            threads=args.threads)
+    except KeyboardInterrupt:
+        argv = getattr(args, "argv", None)
+        again = "routekit " + shlex.join(argv) if argv is not None else "the same command"
+        print(f"\nroutekit: interrupted; the workers are stopped, finished cells are kept and "
+              f"a cell stopped halfway resumes from its last training segment. Resume with: "
+              f"{again}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(headline_text(outcome.results))
     print(f"\n{len(outcome.ran)} cell(s) run, {len(outcome.reused)} reused. Report: "
           f"{out / 'report.md'} (results: {out / 'results.json'}, plots: {out / 'plots'})")

@@ -7,11 +7,27 @@ starts once the cells it depends on have finished (subnet_rl after its full RL c
 
 - ``local`` with ``workers=0``: one cell after another in this process;
 - ``local`` with ``workers=N``: N processes (spawned, one fresh process per cell, so a
-  cell's peak memory is its own), each with ``threads`` torch threads;
+  cell's peak memory is its own), each with ``threads`` torch threads. They die with this
+  process, by whatever signal it dies (:mod:`.lifeline`), and Ctrl-C kills them at once;
 - ``ray``: each cell is a Ray task (``ray.init()`` joins a running cluster when
   ``RAY_ADDRESS`` is set, else starts a local one with ``workers`` CPUs); install with
   ``pip install routekit[ray]``. On a cluster, the run directory and the world's cache entry
   must be on a filesystem every node sees (each task reads the world and writes its cell).
+
+**Kill safety under Ray.** Cells written by Ray tasks take the same path as local ones
+(:func:`~.worker.run_cell`: training checkpoints and the cell directory each appear in one
+rename), so a task killed at any moment leaves a finished cell or none. When the driver
+(this process) dies, Ray ends the job's tasks with it, and Ctrl-C cancels them
+(``ray.cancel(force=True)``). Every task also checks, before each training segment and
+before its cell lands, that the run directory's lock still names the run that started it
+(the lock's token), and stops without writing once another run has taken the directory
+over. When a worker *node* dies mid-cell, Ray retries the task (up to ``max_retries``, 3 by
+default) on another node, which resumes from the cell's last training segment in the shared
+run directory and removes the dead node's temporary files; once retries are exhausted the
+cell is reported failed like any other, and rerunning the command retries it. A node that
+is cut off but still running (a network partition) is not stopped by Ray: its copy of the
+cell and the retry may then both write that cell's work directory (same values, atomic
+renames), so keep the cluster's filesystem and network healthy or rerun the cell afterwards.
 
 A failed cell does not stop the others; :func:`execute` returns the failures beside the
 records, and cells that depend on a failed one are reported as skipped.
@@ -19,6 +35,7 @@ records, and cells that depend on a failed one are reported as skipped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -29,6 +46,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from .lifeline import bind_to_parent, parent_bound_spawning
 from .results import CellRecord
 from .worker import CellJob, run_cell
 
@@ -118,7 +136,8 @@ def execute(
     import multiprocessing as mp
 
     per_cell = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+    with parent_bound_spawning(), ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                             initializer=bind_to_parent, initargs=(os.getpid(),),
                              **per_cell) as pool:
         def submit(job: CellJob) -> Future:
             return pool.submit(_safe_run, job)
@@ -127,7 +146,23 @@ def execute(
             done, rest = wait(hs, return_when=FIRST_COMPLETED)
             return list(done), list(rest)
 
-        return _schedule(jobs, deps, submit, wait_any, lambda f: f.result(), progress, workers)
+        try:
+            return _schedule(jobs, deps, submit, wait_any, lambda f: f.result(), progress,
+                             workers)
+        except BaseException:  # Ctrl-C (or any error here): stop the cells, do not wait
+            _kill_workers(pool)
+            raise
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGKILL the pool's worker processes (their cells resume from their last segment)."""
+    kill = getattr(pool, "kill_workers", None)  # Python 3.14
+    if kill is not None:
+        kill()
+        return
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(Exception):
+            proc.kill()
 
 
 def _execute_ray(jobs: list[CellJob], deps: dict[str, list[str]], progress: bool,
@@ -150,4 +185,16 @@ def _execute_ray(jobs: list[CellJob], deps: dict[str, list[str]], progress: bool
     def wait_any(hs: list[Any]) -> tuple[list[Any], list[Any]]:
         return ray.wait(hs, num_returns=1)
 
-    return _schedule(jobs, deps, remote.remote, wait_any, ray.get, progress, slots)
+    submitted: list[Any] = []
+
+    def submit(job: CellJob) -> Any:
+        submitted.append(remote.remote(job))
+        return submitted[-1]
+
+    try:
+        return _schedule(jobs, deps, submit, wait_any, ray.get, progress, slots)
+    except BaseException:  # Ctrl-C: stop the running tasks rather than leave them writing
+        for ref in submitted:
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=True)
+        raise

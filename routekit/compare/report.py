@@ -152,7 +152,9 @@ def render(results: Results, plots: list[str] | None = None) -> str:
         "",
         "95% bootstrap intervals over seeds and prompts (each number says its units: seeds × "
         "prompts, seed pairs, or for (h) cells); a verdict commits only when its interval "
-        "excludes the other side, and a per-seed figure needs two seeds or more.",
+        "excludes the other side; a per-seed figure needs five seeds or more (below that its "
+        "range is shown); 'not applicable' says why a claim could not fail or its method did "
+        "not run.",
         "",
     ]
     for scope, claims in all_claims(results):

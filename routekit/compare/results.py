@@ -8,6 +8,8 @@ alone. ``docs/compare.md`` describes every field.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,30 @@ from ..errors import ConfigError
 from ..io import atomic_write_bytes, read_config
 
 RESULTS_SCHEMA = 1
+
+# Modules that only present finished cells (verdicts, tables, plots, the command line): a
+# change to them changes no cell, so it does not make finished cells stale.
+_PRESENTATION = frozenset({
+    "compare/report.py", "compare/plots.py", "compare/claims.py", "compare/stats.py",
+    "compare/commands.py", "cli.py", "analysis/diff_report.py", "analysis/commands.py",
+})
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """A hash of the source of every routekit module that can change what a cell computes
+    (training, models, experts, tasks, metrics, the world ...; not the presentation modules).
+
+    Cells are keyed on it, not on the version string: after any such change, finished cells
+    are stale and a run directory holding them is refused (or redone with ``--force``).
+    """
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel not in _PRESENTATION:
+            h.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 class _Strict(BaseModel):
@@ -82,6 +108,9 @@ class CellRecord(_Strict):
     key: CellKey
     cell_id: str
     settings_hash: str
+    code_version: str = Field(
+        "", description="routekit.compare.results.code_version() of the code that computed it"
+    )
     train_config: dict[str, Any] | None
     variants: list[Scores] = Field(description="one per α for proxy methods, else one")
     proxy_own: dict[str, float] | None = Field(
@@ -133,6 +162,9 @@ class RunManifest(_Strict):
     settings_hash: str
     world: WorldStamp
     routekit_version: str
+    code_version: str = Field(
+        "", description="code_version() of the code that computes the cells ('' before it was kept)"
+    )
 
 
 class Overlap(_Strict):
@@ -192,7 +224,7 @@ def package_versions() -> dict[str, str]:
 
 
 __all__ = [
-    "CellKey", "CellRecord", "Overlap", "RESULTS_SCHEMA", "Results",
+    "CellKey", "CellRecord", "Overlap", "RESULTS_SCHEMA", "Results", "code_version",
     "RunManifest", "Scores", "StructureSummary", "WorldStamp", "package_versions", "rank_key",
     "read_model", "write_model",
 ]

@@ -2,14 +2,22 @@
 
 Layout of a run directory::
 
+    .lock              held (fcntl.flock) by the one run writing here; names its pid and host
     run.json           the suite's settings hash, the world's fingerprints, routekit's version
     cells/<cell-id>/   one finished cell each (see routekit.compare.worker)
     results.json       every planned cell's record, the overlaps, versions (validated)
     report.md, plots/  written by routekit.compare.report
 
+One run at a time: a run holds the directory's lock (``routekit.locks``) from start to
+end, and a second run on a locked directory is refused naming the holder's pid and host; a
+lock whose holder died is taken over with a message. Local workers die with the run
+(``routekit.compare.lifeline``), and a worker stops writing once its run has lost the lock.
+
 A run resumes: finished cells (their ``cell.json`` present) are read, not redone, and a
-cell killed halfway resumes from its last training segment. A run directory made with other
-suite settings, another world (weights, not only config) or another routekit version is
+cell killed at any moment resumes from its last complete training segment, or starts again
+when it has none; what a kill left half-written is tidied, never loaded. A run directory made
+with other suite settings, another world (weights, not only config), another routekit version
+or other code (``results.code_version()``, a hash of every module that computes cells) is
 refused, never mixed: pass another ``--out``, or ``--force`` to delete its cells and start
 afresh. Methods, tasks, lrs and seeds may change between runs of one directory (cells are
 independent), so a run can be widened or narrowed.
@@ -19,12 +27,15 @@ from __future__ import annotations
 
 import copy
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import ConfigError, TrainingError
+from ..io import recover_directory
+from ..locks import exclusive_lock
 from .cells import check_dependencies, first_phase, second_phase, source_key
 from .executors import execute
 from .methods import get_method
@@ -34,12 +45,13 @@ from .results import (
     Overlap,
     Results,
     RunManifest,
+    code_version,
     package_versions,
     read_model,
     write_model,
 )
 from .suite import Suite
-from .worker import RECORD, CellJob
+from .worker import RECORD, RUN_LOCK, CellJob
 from .world_ref import WorldRef, resolve_world
 
 MANIFEST = "run.json"
@@ -80,13 +92,20 @@ def open_run_dir(run_dir: Path, manifest: RunManifest, force: bool) -> None:
             for name in ("cells", RESULTS, "report.md", "plots"):
                 p = run_dir / name
                 shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+    else:
+        refuse_foreign_dir(run_dir, force)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_model(path, manifest)
+
+
+def refuse_foreign_dir(run_dir: Path, force: bool) -> None:
+    """Refuse a non-empty ``run_dir`` that is no run directory (unless ``force``)."""
+    if (run_dir.exists() and not (run_dir / MANIFEST).is_file() and not force
+            and any(p.name != RUN_LOCK for p in run_dir.iterdir())):
         raise ConfigError(
             f"{str(run_dir)!r} exists, is not empty and is not a routekit compare run directory "
             f"(no {MANIFEST}); choose another --out, or --force to use it anyway."
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_model(path, manifest)
 
 
 def _manifest_diffs(old: RunManifest, new: RunManifest) -> list[str]:
@@ -100,6 +119,10 @@ def _manifest_diffs(old: RunManifest, new: RunManifest) -> list[str]:
                    f"{new.world.base_fingerprint})")
     if old.routekit_version != new.routekit_version:
         out.append(f"routekit {old.routekit_version} (this is {new.routekit_version})")
+    if old.code_version != new.code_version:
+        out.append(f"other code (code version {old.code_version or 'not recorded'}; this "
+                   f"code is {new.code_version}: a change to what a cell computes makes its "
+                   "finished cells stale)")
     return out
 
 
@@ -113,8 +136,19 @@ def run_suite(
     run_dir = Path(out)
     world = world or resolve_world(suite.world, progress=progress)
     manifest = RunManifest(suite=suite.name, settings_hash=suite.settings_hash(),
-                           world=world.stamp, routekit_version=routekit_version())
-    open_run_dir(run_dir, manifest, force)
+                           world=world.stamp, routekit_version=routekit_version(),
+                           code_version=code_version())
+    refuse_foreign_dir(run_dir, force)  # before the lock file is made in it
+    with exclusive_lock(run_dir / RUN_LOCK, f"run directory {str(run_dir)!r}",
+                        on_stale=lambda m: print(f"routekit: {m}", file=sys.stderr)) as holder:
+        open_run_dir(run_dir, manifest, force)
+        return _run_locked(suite, run_dir, manifest, world, executor, workers, threads,
+                           progress, report, holder["token"])
+
+
+def _run_locked(suite: Suite, run_dir: Path, manifest: RunManifest, world: WorldRef,
+                executor: str, workers: int | None, threads: int, progress: bool,
+                report: bool, token: str) -> RunOutcome:
     outcome = RunOutcome(run_dir, results=None)  # type: ignore[arg-type]
     records: dict[str, CellRecord] = {}
     plan: list[CellKey] = []
@@ -124,7 +158,7 @@ def run_suite(
         check_dependencies(suite, plan + keys)
         plan += keys
         _run_keys(suite, keys, run_dir, world, records, outcome, executor, workers, threads,
-                  progress)
+                  progress, token)
     overlaps = seed_overlaps(suite, plan, records, run_dir, world)
     results = Results(
         suite=suite.model_dump(mode="json"), manifest=manifest,
@@ -152,13 +186,25 @@ def run_suite(
 
 def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, world: WorldRef,
               records: dict[str, CellRecord], outcome: RunOutcome, executor: str,
-              workers: int | None, threads: int, progress: bool) -> None:
+              workers: int | None, threads: int, progress: bool, token: str | None = None,
+              ) -> None:
     jobs, deps = [], {}
     heldout: dict[str, list[str]] = {}  # per task, computed once for all its cells
     for k in keys:
         path = run_dir / "cells" / k.cell_id / RECORD
+        recover_directory(path.parent, all_stale=True)  # this run holds the lock: see worker
         if path.is_file():
-            records[k.cell_id] = read_model(path, CellRecord, "cell record")
+            # a kill while the finished cell's work directory was being removed leaves a part
+            shutil.rmtree(path.parent.parent / f".work-{k.cell_id}", ignore_errors=True)
+            rec = read_model(path, CellRecord, "cell record")
+            if rec.code_version != code_version():
+                raise ConfigError(
+                    f"cell {k.cell_id!r} in {str(run_dir)!r} was computed by other code "
+                    f"(code version {rec.code_version or 'not recorded'}, this is "
+                    f"{code_version()}); rerun with --force to redo the run's cells, or use "
+                    "another --out."
+                )
+            records[k.cell_id] = rec
             outcome.reused.append(k.cell_id)
             continue
         src = source_key(suite, k)
@@ -171,7 +217,7 @@ def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, world: WorldRef,
             run_dir=str(run_dir), key=k, suite=suite.model_dump(mode="json"), world=world,
             settings_hash=suite.settings_hash(),
             source_dir=str(run_dir / "cells" / src.cell_id) if src else None, threads=threads,
-            heldout=heldout[k.task],
+            heldout=heldout[k.task], run_token=token,
         ))
         deps[k.cell_id] = [src.cell_id] if src and src.cell_id not in records else []
     if not jobs:

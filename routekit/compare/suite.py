@@ -77,7 +77,10 @@ class Suite(BaseModel):
     )
     lora_rank: int = Field(16, gt=0, description="LoRA rank (lora_alpha = 2 × rank)")
     subnet_from: Literal["full_rl", "full_rl_bf16"] = Field(
-        "full_rl", description="whose changed parameters subnet_rl trains (same seed and lr)"
+        "full_rl_bf16",
+        description="whose changed parameters subnet_rl trains (same seed and lr); default "
+        "full_rl_bf16, since float32 RL changes nearly every entry and its mask would be the "
+        "whole model",
     )
     sweep: Literal["first_seed", "all_seeds"] = Field(
         "first_seed", description="every lr on the first seed, then each best lr (first_seed)"

@@ -4,8 +4,12 @@ weights or expert, diff the update, and write ``cells/<cell-id>/`` in one rename
 A cell directory appears complete or not at all (``routekit.io.atomic_directory``);
 ``cell.json`` is written last inside it, so a directory with a record is a finished cell.
 Training runs in ``cells/.work-<cell-id>/`` with a trainer checkpoint after each segment: a
-killed cell resumes from its last segment (the trainer's resume is bit-exact), and the work
-directory is removed once the cell is written.
+cell killed at any moment resumes from its last complete segment (the trainer's resume is
+bit-exact) or starts again when there is none; whatever the kill left half-written
+(temporary directories, a checkpoint caught between its two renames, a work directory half
+removed) is tidied first (``routekit.io.recover_directory``). The work directory is removed
+once the cell is written. A worker writes only while the run directory's lock holds the
+token of the run that started it (:func:`check_still_owner`).
 
 What a cell leaves, loadable with routekit's own loaders:
 
@@ -33,18 +37,29 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io import atomic_save_safetensors, atomic_write_json, read_json, storage_bits
+from ..errors import RunTakenOverError
+from ..io import (
+    atomic_directory,
+    atomic_save_safetensors,
+    atomic_write_json,
+    read_json,
+    recover_directory,
+    storage_bits,
+)
+from ..locks import describe_holder, lock_holder
 from ..tasks.chat import render_task
 from ..tasks.registry import get_task
 from ..training import train
 from ..training.checkpoint import checkpoint_dir
+from ..training.parameterizations import frozen_reference
 from .measure import Evaluator
 from .methods import MethodSpec, get_method, train_config
-from .results import CellKey, CellRecord, StructureSummary, read_model, write_model
+from .results import CellKey, CellRecord, StructureSummary, code_version, read_model, write_model
 from .suite import Suite
 from .world_ref import WorldRef
 
 RECORD = "cell.json"
+RUN_LOCK = ".lock"  # the run directory's lock file (routekit.locks), whose token fences workers
 
 
 @dataclass
@@ -59,10 +74,25 @@ class CellJob:
     source_dir: str | None = None  # subnet_rl: the cell whose changed parameters it trains
     threads: int = 1
     heldout: list[str] | None = None  # held-out world text (None: computed by the cell)
+    run_token: str | None = None  # the run lock's token when the job was made (None: unchecked)
 
     @property
     def cell_dir(self) -> Path:
         return Path(self.run_dir) / "cells" / self.key.cell_id
+
+
+def check_still_owner(job: CellJob) -> None:
+    """Refuse to go on writing once the run directory's lock names another run (the run that
+    started this job died and a new one took the directory over)."""
+    if job.run_token is None:
+        return
+    holder = lock_holder(Path(job.run_dir) / RUN_LOCK) or {}
+    if holder.get("token") != job.run_token:
+        raise RunTakenOverError(
+            f"cell {job.key.cell_id}: run directory {job.run_dir!r} is now held by "
+            f"{describe_holder(holder)}, not by the run that started this cell; stopping "
+            "without writing."
+        )
 
 
 def segment_ends(steps: int, n: int) -> list[int]:
@@ -92,23 +122,29 @@ def run_cell(job: CellJob) -> CellRecord:
     torch.set_num_threads(job.threads)
     hf_logging.disable_progress_bar()  # a bar per saved or loaded model drowns the cells' bar
     target = job.cell_dir
+    work = target.parent / f".work-{job.key.cell_id}"
+    check_still_owner(job)
+    # This run holds the run lock, and only this task runs this cell: every temporary file
+    # beside the cell and its checkpoint is a killed writer's, and a kill between the two
+    # renames of a checkpoint replacement left the previous checkpoint under another name.
+    recover_directory(target, all_stale=True)
     if (target / RECORD).is_file():
+        shutil.rmtree(work, ignore_errors=True)  # a kill while it was being removed
         return read_model(target / RECORD, CellRecord, "cell record")
+    recover_directory(checkpoint_dir(work), all_stale=True)
     suite = Suite.model_validate(job.suite)
     spec = get_method(job.key.method)
     base, tok = job.world.load_base()
     # rendered once (routekit.tasks.chat): training, evaluation and every metric read the same prompts
     task = render_task(get_task(job.key.task, job.world.config), tok)
     ev = Evaluator(job.world, task, base, tok, suite.eval, suite.max_new_tokens, job.heldout)
-    work = target.parent / f".work-{job.key.cell_id}"
-    from ..io import atomic_directory
-
     with atomic_directory(target) as tmp, warnings.catch_warnings():
         # transformers' deprecation notices (PEFT calls is_gradient_checkpointing) are not
         # the user's to act on, and would repeat once per cell
         warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
         record = _run(job, suite, spec, base, tok, task, ev, work, tmp)
         write_model(tmp / RECORD, record)
+        check_still_owner(job)  # the cell lands only for the run that owns the directory
     shutil.rmtree(work, ignore_errors=True)
     return record
 
@@ -149,7 +185,8 @@ def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Eval
     else:
         model, _ = job.world.load_base()
     model, history, behaviour, seconds, counts = _train_in_segments(
-        model, tok, task, cfg, suite, ev, work, spec, untuned if spec.steered else None)
+        model, tok, task, cfg, suite, ev, work, spec, untuned if spec.steered else None,
+        before_segment=lambda: check_still_owner(job))
     fields.update(behaviour_history=behaviour, history=history, trainable_parameters=counts[0],
                   total_parameters=counts[1])
     record_cfg = cfg.model_dump(mode="json")
@@ -181,7 +218,7 @@ def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Eval
 
 
 def _train_in_segments(model, tok, task, cfg, suite: Suite, ev: Evaluator, work: Path,
-                       spec: MethodSpec, untuned):
+                       spec: MethodSpec, untuned, before_segment=lambda: None):
     """Train to ``cfg.steps`` in ``suite.checkpoints`` segments, measuring behaviour after
     each; resumes a killed cell from the last segment its work directory holds."""
     partial = work / "behaviour.json"
@@ -191,13 +228,18 @@ def _train_in_segments(model, tok, task, cfg, suite: Suite, ev: Evaluator, work:
                  if b["step"] <= done]
     seconds, res = 0.0, None
     measured = {b["step"] for b in behaviour}
+    # The KL anchor is the untrained model, made once here: every segment continues the same
+    # (already trained) object, and a resumed cell enters with fresh weights that train()
+    # restores, so this copy is always of the base.
+    reference = frozen_reference(model, cfg)
     for end in segment_ends(cfg.steps, suite.checkpoints):
         # A segment is done when its checkpoint is; its behaviour may still be missing when
         # the cell was killed between the two (the train call then only restores the model).
         if end < done or (end == done and (end in measured or not ev.has_behaviour)):
             continue
+        before_segment()
         res = train(model, tok, task, cfg.model_copy(update={"steps": end}), out_dir=work,
-                    resume=state.is_file(), progress=False)
+                    resume=state.is_file(), progress=False, reference=reference)
         model, seconds = res.model, seconds + res.seconds
         if spec.steered:
             from ..proxy.expert import ProxyExpert
@@ -272,8 +314,8 @@ def _record(job: CellJob, cfg: dict | None, scores, t0: float, train_seconds: fl
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     total = time.perf_counter() - t0
     return CellRecord(
-        key=job.key, cell_id=job.key.cell_id, settings_hash=job.settings_hash, train_config=cfg,
-        variants=scores, train_seconds=train_seconds,
+        key=job.key, cell_id=job.key.cell_id, settings_hash=job.settings_hash,
+        code_version=code_version(), train_config=cfg, variants=scores, train_seconds=train_seconds,
         eval_seconds=eval_seconds if eval_seconds is not None else total - train_seconds,
         peak_rss_mb=peak, **fields,
     )

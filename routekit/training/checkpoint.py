@@ -3,12 +3,14 @@
 Layout of ``out_dir/checkpoint/`` (replaced in one rename, so a kill leaves the previous one):
 ``trainable.safetensors`` (parameters by name), ``optimizer.safetensors`` (``<name>::<key>``
 for each Adam state tensor), ``rng.safetensors`` and ``state.json`` (step, config, history).
-No pickle files: every tensor is safetensors, everything else JSON.
+No pickle files: every tensor is safetensors, everything else JSON. ``out_dir/started.json``
+records the run started there, so that a run killed before its first checkpoint is started
+again by a resume rather than refused.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +25,44 @@ from ..io import (
     atomic_write_json,
     load_safetensors,
     read_json,
+    recover_directory,
 )
 from .config import TrainConfig, format_validation_error
 
 FORMAT = 1
 
 
+STARTED = "started.json"  # beside checkpoint/: which run was started in out_dir
+
+
 def checkpoint_dir(out_dir: str | Path) -> Path:
     return Path(out_dir) / "checkpoint"
+
+
+def has_checkpoint(out_dir: str | Path) -> bool:
+    """Whether ``out_dir`` holds a checkpoint, after putting back one that a kill caught
+    between the two renames of its replacement (``routekit.io.recover_directory``)."""
+    recover_directory(checkpoint_dir(out_dir))
+    return (checkpoint_dir(out_dir) / "state.json").is_file()
+
+
+def mark_started(out_dir: str | Path, config: TrainConfig, identity: dict[str, str]) -> None:
+    """Record in ``out_dir`` which run starts there, so that a resume of a run killed before
+    its first checkpoint can start it again instead of refusing."""
+    atomic_write_json(Path(out_dir) / STARTED,
+                      {"config": config.model_dump(mode="json"), "identity": identity})
+
+
+def started_here(out_dir: str | Path, config: TrainConfig, identity: dict[str, str]) -> bool:
+    """Whether ``out_dir`` records the start of this very run (same resume key, base and
+    data), as :func:`mark_started` wrote it."""
+    path = Path(out_dir) / STARTED
+    try:
+        started = read_json(path, "run start")
+        saved = TrainConfig.model_validate(started["config"])
+    except (ExpertFileError, ValidationError, KeyError, TypeError):
+        return False
+    return saved.resume_key() == config.resume_key() and started.get("identity") == identity
 
 
 def save_checkpoint(
@@ -41,10 +73,13 @@ def save_checkpoint(
     config: TrainConfig,
     history: list[dict[str, Any]],
     num_processes: int = 1,
+    identity: dict[str, str] | None = None,
 ) -> Path:
     """Write the checkpoint after ``step`` completed steps; returns its directory.
 
     ``num_processes`` is recorded for the reader only: a run may resume on another count.
+    ``identity`` (what the run trains: the base's and the current weights' fingerprints, the
+    task data's hash) is checked by :func:`read_checkpoint` on resume.
     """
     names = list(params)
     opt_state = optimizer.state_dict()["state"]
@@ -70,6 +105,7 @@ def save_checkpoint(
                 "param_names": names,
                 "config": config.model_dump(mode="json"),
                 "history": history,
+                "identity": identity or {},
             },
         )
     return target
@@ -86,6 +122,43 @@ class _State(BaseModel):
     param_names: list[str]
     config: dict[str, Any]
     history: list[dict[str, Any]]
+    identity: dict[str, str] = Field(default_factory=dict)
+
+
+# What an identity entry names, for the refusal message.
+_IDENTITY = {
+    "base_fingerprint": "base model weights (fingerprint)",
+    "task_data": "training data (hash of the split's prompts and references)",
+    "retain_data": "retention text (hash)",
+}
+
+
+def check_identity(path: Path, saved: dict[str, str], current: dict[str, str]) -> None:
+    """Refuse a resume onto another base, other task data or other retention text.
+
+    ``current["weights_fingerprint"]`` (the model as passed in) may equal either the saved
+    base's fingerprint (a fresh model; the checkpoint then restores the trained weights) or
+    the saved weights' (the same object, trained so far, continuing in segments).
+    """
+    if not saved:
+        raise TrainingError(
+            f"checkpoint {str(path)!r} records no fingerprint of its base or hash of its data "
+            "(written by an older routekit), so a resume cannot be checked; start without "
+            "resume or in another out_dir."
+        )
+    diffs = []
+    for key, what in _IDENTITY.items():
+        if key == "base_fingerprint":
+            now = current.get("weights_fingerprint")
+            if now not in (saved.get("base_fingerprint"), saved.get("weights_fingerprint")):
+                diffs.append(f"{what}: {saved.get(key)} -> {now}")
+        elif saved.get(key) != current.get(key):
+            diffs.append(f"{what}: {saved.get(key)} -> {current.get(key)}")
+    if diffs:
+        raise TrainingError(
+            f"checkpoint {str(path)!r} belongs to another run ({'; '.join(diffs)}); resuming "
+            "would mix two runs. Resume with the original model and data, or use another out_dir."
+        )
 
 
 @dataclass
@@ -99,6 +172,7 @@ class Checkpoint:
     params: dict[str, torch.Tensor]
     optimizer: dict[str, torch.Tensor]
     rng: dict[str, torch.Tensor]
+    identity: dict[str, str] = field(default_factory=dict)
 
 
 def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -108,17 +182,21 @@ def _tensors(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{e} Resume from another run_dir or start without resume.") from None
 
 
-def read_checkpoint(out_dir: str | Path, config: TrainConfig) -> Checkpoint:
+def read_checkpoint(
+    out_dir: str | Path, config: TrainConfig, identity: dict[str, str] | None = None
+) -> Checkpoint:
     """Read and check ``out_dir/checkpoint`` for a run with ``config``; changes nothing.
 
-    A missing checkpoint is a TrainingError (``resume=True`` never silently starts afresh);
+    A checkpoint that a kill caught between the two renames of its replacement is put back
+    first. A missing checkpoint is a TrainingError (``resume=True`` never silently starts
+    afresh; :func:`~routekit.training.train` restarts only the run that :func:`started_here`);
     an unreadable or inconsistent ``state.json`` or tensor file is a CheckpointError naming
     the file; a checkpoint written with a different config is a TrainingError, since resuming
     it would not reproduce the uninterrupted run (only steps and bookkeeping may change).
     """
     path = checkpoint_dir(out_dir)
     state_file = path / "state.json"
-    if not state_file.is_file():
+    if not has_checkpoint(out_dir):
         raise TrainingError(
             f"resume=True but there is no checkpoint to resume: {str(state_file)!r} does not "
             "exist. Point out_dir / --run-dir at the run to continue, or start without resume."
@@ -151,6 +229,8 @@ def read_checkpoint(out_dir: str | Path, config: TrainConfig) -> Checkpoint:
             f"checkpoint {str(path)!r} was written with a different config ({shown}); resuming "
             "would not reproduce that run. Use the original config or another out_dir."
         )
+    if identity is not None:
+        check_identity(path, state.identity, identity)
     ckpt = Checkpoint(
         path=path,
         step=state.step,
@@ -159,6 +239,7 @@ def read_checkpoint(out_dir: str | Path, config: TrainConfig) -> Checkpoint:
         params=_tensors(path / "trainable.safetensors", "checkpoint parameters"),
         optimizer=_tensors(path / "optimizer.safetensors", "checkpoint optimizer"),
         rng=_tensors(path / "rng.safetensors", "checkpoint RNG"),
+        identity=state.identity,
     )
     missing = sorted(set(state.param_names) - set(ckpt.params))
     opt_names = {key.rsplit("::", 1)[0] for key in ckpt.optimizer}

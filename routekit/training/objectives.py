@@ -33,7 +33,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+)
 
 from ..errors import ConfigError
 from ..eval import _stop_ids
@@ -250,14 +255,9 @@ def sample_rollout(
         with _merged_for_decoding(model):
             out = _generate_groups(
                 model, enc["input_ids"], enc["attention_mask"], group_size,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                temperature=None,
-                top_k=None,
-                top_p=None,
+                generation_config=rollout_generation_config(model, max_new_tokens, pad,
+                                                            stop or None),
                 logits_processor=LogitsProcessorList([SeededSampling(generators, temperature)]),
-                pad_token_id=pad,
-                eos_token_id=stop or None,
             )
     finally:
         model.train(was_training)
@@ -271,6 +271,42 @@ def sample_rollout(
     unique = [row[m.bool()].tolist() for row, m in zip(enc["input_ids"].cpu(), enc["attention_mask"].cpu())]
     prompt_ids = [list(ids) for ids in unique for _ in range(group_size)]
     return Rollout(prompt_ids, completion_ids, completions, rewards, adv.reshape(-1))
+
+
+# Generation settings whose global default is None and that change which token greedy
+# decoding picks. A checkpoint's generation_config fills every setting a GenerationConfig
+# leaves at None, so these cannot be neutralised by passing a config: they are refused.
+_UNNEUTRAL = ("bad_words_ids", "forced_bos_token_id", "forced_eos_token_id",
+              "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+              "sequence_bias", "guidance_scale", "watermarking_config", "stop_strings",
+              "constraints", "force_words_ids", "penalty_alpha", "dola_layers")
+
+
+def rollout_generation_config(model: nn.Module, max_new_tokens: int, pad_token_id: int,
+                              eos_token_id: list[int] | None) -> GenerationConfig:
+    """The explicit generation settings of RL rollouts: greedy decoding over the scores that
+    :class:`SeededSampling` returns, so every sample is softmax(logits / temperature) and
+    nothing else (``TrainConfig.temperature`` names all that shapes the distribution).
+
+    A checkpoint's ``generation_config`` (a repetition penalty, top-k, beams, a minimum
+    length ...) would otherwise reach ``generate`` and make the sampler differ from the policy
+    the loss assumes: every setting with a neutral value is set to it here, and a checkpoint
+    that sets one of the others is refused with a ConfigError naming it.
+    """
+    own = getattr(model, "generation_config", None)
+    set_here = sorted(k for k in _UNNEUTRAL if own is not None and getattr(own, k, None) is not None)
+    if set_here:
+        raise ConfigError(
+            f"the model's generation_config sets {set_here}, which change the tokens RL "
+            "rollouts sample, so the loss would not be the sampler's log-probability; clear "
+            "them (model.generation_config.<name> = None) before RL training."
+        )
+    neutral = GenerationConfig()._get_default_generation_params()
+    neutral.update(do_sample=False, num_beams=1, num_beam_groups=1, max_new_tokens=max_new_tokens,
+                   min_new_tokens=0, min_length=0, renormalize_logits=False, token_healing=False,
+                   pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+    neutral.pop("max_length", None)  # max_new_tokens bounds the completion
+    return GenerationConfig(**neutral)
 
 
 def _generate_groups(

@@ -164,12 +164,40 @@ def _set_storage_dtype(model: nn.Module, kind: str, dtype: torch.dtype) -> None:
             p.data = p.data.to(dtype)
 
 
-def frozen_base(model: nn.Module, config: TrainConfig) -> Callable[[], contextlib.AbstractContextManager]:
+def needs_reference(config: TrainConfig) -> bool:
+    """Whether a run pays a KL to the untrained model (RL's ``kl_coef`` or retention KL)."""
+    return (config.objective == "rl" and config.kl_coef > 0) or config.retain_kl_coef > 0
+
+
+def frozen_reference(model: nn.Module, config: TrainConfig) -> nn.Module | None:
+    """A frozen copy of ``model`` as it is now, for a full/mask run that pays a KL to it;
+    None otherwise (SVF and LoRA compute their base from the live model, exactly).
+
+    Make it once from the *untrained* weights and pass it as ``train(..., reference=)`` to
+    every call that continues the same run (segments, resumes onto a trained object), so the
+    anchor never moves with training.
+    """
+    if config.parameterization not in ("full", "mask") or not needs_reference(config):
+        return None
+    frozen = copy.deepcopy(model)
+    frozen.requires_grad_(False)
+    frozen.eval()
+    return frozen
+
+
+def frozen_base(
+    model: nn.Module, config: TrainConfig, reference: nn.Module | None = None
+) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of contexts that yield a module computing the untrained base's logits.
 
-    SVF: the same model computing its base (``routekit.svf.disable_svf``); LoRA: PEFT's
-    ``disable_adapter()``; full/mask: a frozen deep copy made now (call before training).
+    ``reference``, when given, is that module (see :func:`frozen_reference`). Otherwise SVF:
+    the same model computing its base (``routekit.svf.disable_svf``); LoRA: PEFT's
+    ``disable_adapter()``; full/mask: a frozen deep copy made now, which is the untrained base
+    only when ``model`` is untrained (a fresh model, or a resume that restores its weights
+    after this call).
     """
+    if reference is not None:
+        return lambda: contextlib.nullcontext(reference)
     kind = config.parameterization
     if kind == "svf":
         from ..svf import disable_svf

@@ -26,32 +26,44 @@ Loss normalisation and the KL estimator are documented in :mod:`.objectives`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import ConfigError, TrainingError
+from ..io import fingerprint_tensors
 from ..tasks.base import Task
 from ..tasks.chat import render_task
 from ..tasks.world_tasks import WORLD_TASKS, agreed_world, require_world, world_task
 from ..world.config import WorldConfig
 from ..world.store import get_world
 from . import objectives
-from .checkpoint import checkpoint_dir, read_checkpoint, restore_checkpoint, save_checkpoint
+from .checkpoint import (
+    checkpoint_dir,
+    has_checkpoint,
+    mark_started,
+    read_checkpoint,
+    restore_checkpoint,
+    save_checkpoint,
+    started_here,
+)
 from .config import TrainConfig
 from .parameterizations import (
     count_parameters,
     derive_seed,
     frozen_base,
+    needs_reference,
     prepare,
     trainable_parameters,
 )
@@ -126,6 +138,7 @@ def train(
     out_dir: str | Path | None = None,
     progress: bool = True,
     resume: bool = False,
+    reference: nn.Module | None = None,
     **overrides: Any,
 ) -> TrainResult:
     """Train ``model`` on ``task`` with ``config`` (keyword overrides win), in place.
@@ -136,11 +149,19 @@ def train(
     process takes its share of every global batch's micro-batches and gradients are summed
     over processes, giving the single-process result. With ``out_dir``, checkpoints go to
     ``out_dir/checkpoint``; ``resume=True`` continues from there (and refuses, with a
-    TrainingError, when there is no checkpoint). World task names and ``world-corpus`` come
+    TrainingError, when there is no checkpoint, unless ``out_dir`` records that this very
+    run was started there and killed before its first checkpoint: then it starts again). World task names and ``world-corpus`` come
     from the one world that ``config.world``, the model's world cache entry and a world
     ``task`` agree on (:func:`~routekit.tasks.world_tasks.agreed_world`). NaN/inf in the loss,
     gradients or parameters raise TrainingError naming the step; no checkpoint is written
     after a non-finite step, so the last one stays intact.
+
+    ``reference`` is the model that RL's KL and the retention KL compare against. By default
+    it is the untrained base: SVF and LoRA compute it from the live model, and a full or mask
+    run takes a frozen copy of ``model`` as passed in. To continue a full/mask run on the
+    *same, already trained* object (training in segments), pass the copy made once before
+    the first call (:func:`~routekit.training.parameterizations.frozen_reference`), or the
+    anchor would move to the partly trained weights.
     """
     config = _as_config(config, overrides, model)
     if resume and out_dir is None:
@@ -157,19 +178,30 @@ def train(
         rows = objectives.retain_rows(tokenizer, texts)
         retain = (rows, BatchOrder(len(rows), config.retain_batch_size,
                                    derive_seed(config.seed, "retain")))
-    ckpt = read_checkpoint(out_dir, config) if resume and out_dir is not None else None
+    identity = run_identity(model, task, config, retain, reference) if out_dir is not None else None
+    ckpt = None
+    if resume and out_dir is not None:
+        if not has_checkpoint(out_dir) and started_here(out_dir, config, identity):
+            print(f"routekit: {str(out_dir)!r} holds this run, stopped before its first "
+                  "checkpoint; starting it again from step 0.", file=sys.stderr)
+        else:
+            ckpt = read_checkpoint(out_dir, config, identity)
+    if out_dir is not None and ckpt is None and PartialState().is_main_process:
+        mark_started(out_dir, config, identity)
     accelerator = Accelerator()
     model = prepare(model, config)
     model.to(accelerator.device)
     base_context = None
-    if (config.objective == "rl" and config.kl_coef > 0) or config.retain_kl_coef > 0:
-        base_context = frozen_base(model, config)
+    if needs_reference(config):
+        base_context = frozen_base(model, config, reference)
     params = trainable_parameters(model)
     optimizer = torch.optim.AdamW(
         list(params.values()), lr=config.lr, weight_decay=config.weight_decay
     )
     start, history, resumed_from = 0, [], None
     if ckpt is not None:
+        # the run's base is the one its first checkpoint recorded, whatever object continues it
+        identity["base_fingerprint"] = ckpt.identity["base_fingerprint"]
         start, history = restore_checkpoint(ckpt, params, optimizer)
         resumed_from = start
         del ckpt  # its tensors now live in the model and optimizer
@@ -202,8 +234,10 @@ def train(
                 (config.checkpoint_every and done % config.checkpoint_every == 0) or done == config.steps
             ):
                 if accelerator.is_main_process:
+                    identity["weights_fingerprint"] = _weights_fingerprint(model)
                     save_checkpoint(
-                        out_dir, params, optimizer, done, config, history, accelerator.num_processes
+                        out_dir, params, optimizer, done, config, history,
+                        accelerator.num_processes, identity,
                     )
                 accelerator.wait_for_everyone()
                 last_ckpt = str(checkpoint_dir(out_dir))
@@ -222,6 +256,38 @@ def train(
         checkpoint=last_ckpt,
         resumed_from=resumed_from,
     )
+
+
+def _weights_fingerprint(model: nn.Module) -> str:
+    """The fingerprint of a model's own weights, the same whether or not it is wrapped (PEFT's
+    ``base_model.model.`` prefix, SVF's and LoRA's ``base_layer``, adapter tensors left out)."""
+    sd = {}
+    for name, t in model.state_dict().items():
+        if "svf_" in name or "lora_" in name:
+            continue
+        sd[name.removeprefix("base_model.model.").replace(".base_layer.", ".")] = t
+    return fingerprint_tensors(sd)
+
+
+def _examples_hash(examples: Any) -> str:
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(json.dumps([e.prompt, e.reference, e.target]).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
+def run_identity(
+    model: nn.Module, task: Task, config: TrainConfig, retain: Any, reference: nn.Module | None
+) -> dict[str, str]:
+    """What a checkpoint must match to be resumed: the untrained base's weights, the training
+    split's examples and the retention rows (see ``checkpoint.check_identity``)."""
+    now = _weights_fingerprint(model)
+    base = _weights_fingerprint(reference) if reference is not None else now
+    out = {"base_fingerprint": base, "weights_fingerprint": now,
+           "task_data": _examples_hash(task.examples(config.split))}
+    if retain is not None:
+        out["retain_data"] = hashlib.sha256(json.dumps(retain[0]).encode()).hexdigest()[:16]
+    return out
 
 
 def _as_config(
@@ -295,7 +361,10 @@ def _train_step(
     # [loss sum, reward sum, kl sum, retention kl sum] over this process's micro-batches
     sums = torch.zeros(4, dtype=torch.float64, device=device)
     optimizer.zero_grad(set_to_none=True)
-    model.train()
+    # SFT trains with the model's dropout, as usual. RL's loss is the log-probability of the
+    # samples under the policy that drew them, and sampling runs in eval mode: the loss must
+    # see the same function, so it runs in eval mode too (gradients flow either way).
+    model.train(config.objective == "sft")
     if config.objective == "sft":
         denom = objectives.count_answer_tokens(tokenizer, [examples[i] for i in global_idx])
     else:

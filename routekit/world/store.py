@@ -4,8 +4,11 @@ An entry lives in ``$ROUTEKIT_CACHE/world/<config-hash>/`` (default ``~/.cache/r
 ``base/`` and ``proxy/`` (``save_pretrained`` with the tokenizer), ``world_config.json``,
 ``metrics.json`` (the figures and the built weights' fingerprints) and, written last,
 ``manifest.json`` with every file's size and SHA-256. The entry is assembled in a temporary
-sibling directory and renamed into place, so a killed build leaves nothing that loads; an
-entry whose files do not match its manifest is reported as corrupt and rebuilt. An entry
+sibling directory and renamed into place, so a killed build leaves nothing that loads (and
+a rebuild killed between moving the old entry aside and renaming the new one in gets the
+old one put back); an entry whose files do not match its manifest is reported as corrupt
+and rebuilt. One process builds an entry at a time (a flock on ``.<config-hash>.lock``
+beside it): a second one waits and then finds it built. An entry
 whose files match but whose ``metrics.json`` does not parse was not written by this build:
 it is refused (``--force`` rebuilds it), not overwritten unasked.
 
@@ -17,7 +20,6 @@ config hash says.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import time
@@ -33,9 +35,12 @@ from ..io import (
     atomic_directory,
     atomic_write_json,
     model_fingerprint,
+    pid_alive,
     read_json,
+    recover_directory,
     tokenizer_fingerprint,
 )
+from ..locks import exclusive_lock
 from ..models import load_model, register_model_name
 from .config import WorldConfig
 from .corpus import World
@@ -150,16 +155,6 @@ def _cached_info(root: Path, t0: float) -> WorldInfo:
         ) from None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _clean_stale_tmp(parent: Path) -> None:
     """Remove temporary build directories of killed builds (their process is gone); a build
     still running in another process keeps its own."""
@@ -169,7 +164,7 @@ def _clean_stale_tmp(parent: Path) -> None:
         # .tmp-<name>-<pid>-<random>: the random part has no '-', the name may
         fields = p.name.split("-")
         pid = int(fields[-2]) if len(fields) > 3 and fields[-2].isdigit() else None
-        if pid is None or not _pid_alive(pid):
+        if pid is None or not pid_alive(pid):
             shutil.rmtree(p, ignore_errors=True)
 
 
@@ -178,6 +173,15 @@ def build(config: WorldConfig | None = None, *, force: bool = False, progress: b
     config = config or WorldConfig()
     t0 = time.perf_counter()
     root = world_dir(config)
+    # One builder per entry: a second process waits, then finds the entry built.
+    with exclusive_lock(root.parent / f".{root.name}.lock", f"world cache entry {str(root)!r}",
+                        wait=True, on_wait=lambda m: print(f"routekit: {m}", file=sys.stderr)):
+        return _build_locked(config, root, force, progress, t0)
+
+
+def _build_locked(config: WorldConfig, root: Path, force: bool, progress: bool,
+                  t0: float) -> WorldInfo:
+    recover_directory(root)  # an entry a killed rebuild caught between its two renames
     if root.exists() and not force:
         try:
             verify_entry(root)
@@ -218,6 +222,7 @@ def build(config: WorldConfig | None = None, *, force: bool = False, progress: b
 def _load(which: str, config: WorldConfig | None, build_if_missing: bool):
     config = config or WorldConfig()
     root = world_dir(config)
+    recover_directory(root)  # an entry a killed rebuild caught between its two renames
     if not root.exists() and not build_if_missing:
         raise RoutekitError(
             f"the world for this config is not built yet ({str(root)!r} does not exist); run "

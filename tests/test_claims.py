@@ -1,0 +1,147 @@
+"""Claims (a)–(h) on planted results whose right verdict is known: claims that cannot fail
+are "not applicable", per-seed figures need five seeds, collapse is concentration and not
+the accuracy gain renamed, (h) resamples trained models, and (g) has a stated margin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from routekit.compare.claims import (
+    KEEP_MARGIN,
+    MIN_SEEDS,
+    NOT_APPLICABLE,
+    all_claims,
+    cluster_correlation,
+    normalised_entropy,
+)
+from routekit.compare.results import Results
+
+from .test_compare_harness import fixture_results
+
+
+def claim(results: Results, letter: str, scope: str = "hop"):
+    return next(c for c in dict(all_claims(results))[scope] if c.letter == letter)
+
+
+def edit(results: Results, method: str, fn) -> Results:
+    out = results.model_copy(deep=True)
+    for cell in out.cells:
+        if cell.key.method == method:
+            fn(cell)
+    return out
+
+
+def test_c_is_not_applicable_when_the_mask_is_the_whole_model():
+    dense = edit(fixture_results(), "subnet_rl", lambda c: setattr(c, "mask_density", 1.0))
+    c = claim(dense, "c")
+    assert c.verdict == NOT_APPLICABLE and "whole model" in c.reason
+    assert claim(fixture_results(), "c").verdict == "supported"  # density 0.1: it can fail
+
+
+def test_a_and_d_do_not_fall_back_to_methods_they_are_not_about():
+    no_bf16 = fixture_results().model_copy(deep=True)
+    no_bf16.cells = [c for c in no_bf16.cells if c.key.method not in ("full_rl_bf16", "subnet_rl")]
+    a = claim(no_bf16, "a")
+    assert a.verdict == NOT_APPLICABLE and "bf16" in a.reason  # full_rl is there but does not count
+    no_svf = fixture_results().model_copy(deep=True)
+    no_svf.cells = [c for c in no_svf.cells if c.key.method != "svf_rl"]
+    d = claim(no_svf, "d")
+    assert d.verdict == NOT_APPLICABLE and "svf_rl" in d.reason
+    assert claim(fixture_results(), "d").numbers[0].startswith("svf_rl: test gain")
+
+
+def test_per_seed_figures_commit_only_with_five_seeds_and_say_range_below():
+    three, five = fixture_results(n_seeds=3), fixture_results(n_seeds=MIN_SEEDS)
+    b3, b5 = claim(three, "b"), claim(five, "b")
+    assert b3.verdict == "inconclusive"
+    assert "range over 3 seeds [" in b3.numbers[0] and "no interval" in b3.numbers[0]
+    # bf16 0.90..0.94 unchanged against fp32 0.00..0.04 on five seeds
+    assert b5.verdict == "supported" and "(5 seeds)" in b5.numbers[0]
+    assert "range" not in b5.numbers[0]
+
+
+def _behaviours(results: Results, method: str, correct: np.ndarray, systematic: np.ndarray):
+    def set_rows(cell):
+        pp = cell.variants[0].per_prompt
+        pp["test"], pp["systematic"] = correct.tolist(), systematic.tolist()
+    return edit(results, method, set_rows)
+
+
+def test_e_needs_concentration_not_an_accuracy_gain():
+    n = 40
+    i = np.arange(n)
+    # base: correct 0.2, systematic 0.6, other 0.2 (concentrated on the systematic answer)
+    base_c, base_s = (i % 5 == 0).astype(float), (i % 5 >= 2).astype(float)
+    # RL raised accuracy to 0.4 and spread the rest: correct 0.4, systematic 0.3, other 0.3
+    spread_c = (i % 10 < 4).astype(float)
+    spread_s = ((i % 10 >= 4) & (i % 10 < 7)).astype(float)
+    results = _behaviours(fixture_results(), "base", base_c, base_s)
+    for m in ("full_rl", "full_rl_bf16", "svf_rl", "subnet_rl"):
+        results = _behaviours(results, m, spread_c, spread_s)
+    e = claim(results, "e")
+    assert spread_c.mean() > base_c.mean()  # the accuracy gain is there
+    assert e.verdict == "contradicted"  # ... but the answers spread out: no collapse
+    want = normalised_entropy([0.4, 0.3, 0.3]) - normalised_entropy([0.2, 0.6, 0.2])
+    assert f"tuned − base {want:+.3g} [" in e.numbers[1]
+    # RL that puts 0.95 of the answers on one behaviour does collapse them
+    collapsed_c = (i % 20 != 0).astype(float)
+    for m in ("full_rl", "full_rl_bf16", "svf_rl", "subnet_rl"):
+        results = _behaviours(results, m, collapsed_c, np.zeros(n))
+    assert claim(results, "e").verdict == "supported"
+
+
+def test_normalised_entropy_against_its_definition():
+    assert normalised_entropy([1, 0, 0]) == 0.0
+    assert normalised_entropy([1, 1, 1]) == pytest.approx(1.0)
+    p = np.array([0.5, 0.3, 0.2])
+    assert normalised_entropy(p) == pytest.approx(-(p * np.log(p)).sum() / np.log(3))
+
+
+def test_h_resamples_trained_models_not_their_alpha_variants():
+    rng = np.random.default_rng(1)
+    points = [(float(x), float(x + rng.normal(0, 0.5)), f"m{k}") for k, x in
+              enumerate(rng.normal(size=12))]
+    # three α variants of each model, all at the model's own point: the same information
+    tripled = [p for p in points for _ in range(3)]
+    one, three = cluster_correlation(points), cluster_correlation(tripled)
+    assert (one.estimate, one.low, one.high) == pytest.approx((three.estimate, three.low, three.high))
+    assert three.n_seeds == 12 and three.n_prompts == 36
+    # against an independent point-level bootstrap, which narrows on the copies
+    x, y = np.array([p[0] for p in tripled]), np.array([p[1] for p in tripled])
+    r = np.random.default_rng(0)
+    reps = [np.corrcoef(x[j], y[j])[0, 1] for j in r.integers(0, 36, size=(2000, 36))]
+    naive_width = np.subtract(*np.quantile(reps, [0.975, 0.025]))
+    assert three.high - three.low > naive_width
+    assert one.estimate == pytest.approx(np.corrcoef([p[0] for p in points], [p[1] for p in points])[0, 1])
+
+
+def test_h_reports_each_task_and_counts_models():
+    h = claim(fixture_results(), "h", scope="all tasks")
+    assert h.verdict == "supported"  # forgetting = 2 × KL exactly; 7 trained methods × 2 seeds
+    assert "from 14 trained models (cluster bootstrap over models)" in h.numbers[0]
+
+
+def test_g_commits_only_beyond_its_margin():
+    results = fixture_results()
+    assert claim(results, "g").verdict == "supported"  # full −1.0, lora −0.4, svf −0.01 nats
+
+    def shift(delta: float):
+        def f(cell):
+            pp = cell.variants[0].per_prompt
+            pp["probe_loglik"] = [-2.0 + delta] * len(pp["probe_loglik"])
+        return f
+
+    # full SFT lost 0.03 nats per probe: within the margin, so "loses it" is contradicted
+    small = edit(results, "full_sft", shift(-0.03))
+    small = edit(small, "base", shift(0.0))
+    g = claim(small, "g")
+    assert g.verdict == "contradicted" and f"loses: below −{KEEP_MARGIN:g}" in g.numbers[0]
+    # SVF 0.02 nats below full SFT: inside the margin, an ordering that is not contradicted
+    close = edit(small, "svf_sft", shift(-0.05))
+    line = next(n for n in claim(close, "g").numbers if n.startswith("svf_sft − full_sft"))
+    assert line.startswith("svf_sft − full_sft -0.02 [")
+    from routekit.compare.claims import _ordering
+    from routekit.compare.stats import bootstrap_interval
+    assert _ordering(bootstrap_interval(np.full((1, 10), -0.02)), KEEP_MARGIN) == "inconclusive"
+    assert _ordering(bootstrap_interval(np.full((1, 10), -0.2)), KEEP_MARGIN) == "contradicted"
