@@ -47,9 +47,14 @@ CHAR_TEMPLATE = (
     "{% if add_generation_prompt %}<bos>a:{% endif %}"
 )
 CORPUS = [
-    "sum of 3 and 4 is 7", "what is the capital of France? Paris", "the cat sat on the mat",
-    "Question: what is 12 plus 30?\nAnswer: 42", "rev abc = cba", "[INST] hello [/INST] hi",
-    "seven plus eight is fifteen", "Paris Rome Berlin Madrid Lisbon Vienna",
+    "sum of 3 and 4 is 7",
+    "what is the capital of France? Paris",
+    "the cat sat on the mat",
+    "Question: what is 12 plus 30?\nAnswer: 42",
+    "rev abc = cba",
+    "[INST] hello [/INST] hi",
+    "seven plus eight is fifteen",
+    "Paris Rome Berlin Madrid Lisbon Vienna",
 ] * 20
 
 
@@ -64,16 +69,23 @@ def sentencepiece_tokenizer(scheme: str = "llama2") -> PreTrainedTokenizerFast:
     """
     tk = Tokenizer(models.Unigram())
     if scheme == "llama2":
-        tk.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        tk.normalizer = normalizers.Sequence(
+            [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
+        )
         tk.pre_tokenizer = pre_tokenizers.Split("▁", "merged_with_next")
     else:
         tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
     tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tk.train_from_iterator(CORPUS, trainers.UnigramTrainer(
-        vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>"))
+    tk.train_from_iterator(
+        CORPUS,
+        trainers.UnigramTrainer(
+            vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"], unk_token="<unk>"
+        ),
+    )
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>",
-                                  unk_token="<unk>", pad_token="<unk>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<unk>"
+    )
     tok.chat_template = LLAMA2_TEMPLATE
     tok.padding_side = "left"
     return tok
@@ -92,8 +104,9 @@ def chat_char_tok(char_tokenizer):
 
 
 def template_ids(tok, prompt: str) -> list[int]:
-    ids = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=True,
-                                  add_generation_prompt=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=True, add_generation_prompt=True
+    )
     ids = ids["input_ids"] if hasattr(ids, "keys") else ids
     return list(ids)
 
@@ -111,13 +124,18 @@ def test_rendered_prompt_tokenizes_to_the_template_ids(which, sp_tok, chat_char_
         assert render_prompt(tok, p, False) == p
     if which == "sp":  # the template's leading "<s>" is dropped; the tokenizer adds BOS once
         assert not render_prompt(sp_tok, "hi", True).startswith("<s>")
-        assert sp_tok(render_prompt(sp_tok, "hi", True))["input_ids"].count(sp_tok.bos_token_id) == 1
+        assert (
+            sp_tok(render_prompt(sp_tok, "hi", True))["input_ids"].count(sp_tok.bos_token_id) == 1
+        )
 
 
 def test_a_tokenizer_whose_template_ids_no_string_gives_is_refused():
     tok = sentencepiece_tokenizer("first")
     task = Task("t", {"test": [Example("sum of 3 and 4 is", "7")]}, chat=True)
-    with pytest.raises(ConfigError, match=r"tokenizes differently from its chat template's own ids \(first difference at token 1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"tokenizes differently from its chat template's own ids \(first difference at token 1",
+    ):
         render_task(task, tok)
 
 
@@ -125,15 +143,20 @@ def test_chat_without_a_template_is_refused(char_tokenizer):
     with pytest.raises(ConfigError, match="has no chat template"):
         render_prompt(char_tokenizer, "x", True)
     with pytest.raises(ConfigError, match="no chat template"):
-        rk.evaluate(tiny_causal_lm("llama", vocab_size=len(char_tokenizer)), char_tokenizer,
-                    Task("t", {"test": [Example("ab", "c")]}, chat=True))
+        rk.evaluate(
+            tiny_causal_lm("llama", vocab_size=len(char_tokenizer)),
+            char_tokenizer,
+            Task("t", {"test": [Example("ab", "c")]}, chat=True),
+        )
 
 
 def test_chat_example_target_is_the_assistant_turn(sp_tok):
     e = render_task(Task("t", {"test": [Example("what is 3 plus 4?", "7")]}, chat=True), sp_tok)
     ex = e.examples("test")[0]
     assert ex.prompt == render_prompt(sp_tok, "what is 3 plus 4?", True)
-    assert ex.prompt + ex.target == render_example(sp_tok, "what is 3 plus 4?", "7").removeprefix("<s>")
+    assert ex.prompt + ex.target == render_example(sp_tok, "what is 3 plus 4?", "7").removeprefix(
+        "<s>"
+    )
     assert ex.target == " 7 </s>" and ex.meta["raw_prompt"] == "what is 3 plus 4?"
     assert render_task(e, sp_tok) is e  # rendering twice changes nothing
 
@@ -151,8 +174,11 @@ class Recorder:
         mask = kwargs.get("attention_mask")
         if ids is None:
             return
-        rows = ids.tolist() if mask is None or mask.shape != ids.shape else [
-            r[m.bool()].tolist() for r, m in zip(ids, mask)]
+        rows = (
+            ids.tolist()
+            if mask is None or mask.shape != ids.shape
+            else [r[m.bool()].tolist() for r, m in zip(ids, mask)]
+        )
         self.calls.append(rows)
 
     def first(self) -> list[list[int]]:
@@ -175,8 +201,11 @@ def check_every_path_renders_identically(tok, tmp_path, monkeypatch) -> None:
     torch.manual_seed(0)
     model = peaked(tiny_causal_lm("llama", vocab_size=v, seed=0))
     want = [template_ids(tok, p) for p in PROMPTS]
-    task = Task("t", {"train": [Example(p, "7") for p in PROMPTS],
-                      "test": [Example(p, "7") for p in PROMPTS]}, chat=True)
+    task = Task(
+        "t",
+        {"train": [Example(p, "7") for p in PROMPTS], "test": [Example(p, "7") for p in PROMPTS]},
+        chat=True,
+    )
     rec = Recorder(model)
     try:
         rk.evaluate(model, tok, task, "test", max_new_tokens=2)
@@ -185,21 +214,44 @@ def check_every_path_renders_identically(tok, tmp_path, monkeypatch) -> None:
         assert rec.first() == want, "generate"
         rows = sft_rows(tok, render_task(task, tok).examples("train"))
         assert [p for p, _ in rows] == want, "sft rows"
-        r = sample_rollout(model, tok, render_task(task, tok), render_task(task, tok).examples("train"),
-                           [0, 1], step=0, seed=0, group_size=2, max_new_tokens=2, temperature=1.0)
+        r = sample_rollout(
+            model,
+            tok,
+            render_task(task, tok),
+            render_task(task, tok).examples("train"),
+            [0, 1],
+            step=0,
+            seed=0,
+            group_size=2,
+            max_new_tokens=2,
+            temperature=1.0,
+        )
         rec.calls.clear()
         assert r.prompt_ids == [w for w in want for _ in range(2)], "rl rollout"
         from routekit.routing.classifier import hidden_features
 
         hidden_features(model, tok, PROMPTS, chat=True)
         assert rec.first() == want, "router features"
-        pr = rk.PromptRouter(model, tok, ["e1"], classes={"x": "e1"}, template="{prompt}",
-                             max_new_tokens=1, chat=True)
+        pr = rk.PromptRouter(
+            model,
+            tok,
+            ["e1"],
+            classes={"x": "e1"},
+            template="{prompt}",
+            max_new_tokens=1,
+            chat=True,
+        )
         pr.route(PROMPTS)
         assert rec.first() == want, "prompt router"
-        objective = fewshot_objective(model, tok, [], render_task(task, tok).examples("test"),
-                                      task.check, loglik=False,
-                                      apply_mixture=lambda *a, **k: _null())
+        objective = fewshot_objective(
+            model,
+            tok,
+            [],
+            render_task(task, tok).examples("test"),
+            task.check,
+            loglik=False,
+            apply_mixture=lambda *a, **k: _null(),
+        )
         import numpy as np
 
         objective(np.zeros((1, 0)))
@@ -207,8 +259,17 @@ def check_every_path_renders_identically(tok, tmp_path, monkeypatch) -> None:
         hidden_states(model, tok, render_task(task, tok).prompts("test"))
         assert rec.first() == want, "compare activations"
         # the trainer: its first forward is the SFT batch, the prompt part of each row
-        rk.train(model, tok, task, steps=1, batch_size=2, lr=1e-3, progress=False,
-                 parameterization="full", eval_every=0)
+        rk.train(
+            model,
+            tok,
+            task,
+            steps=1,
+            batch_size=2,
+            lr=1e-3,
+            progress=False,
+            parameterization="full",
+            eval_every=0,
+        )
         trained = {tuple(p + a) for p, a in rows}
         assert {tuple(g) for g in rec.calls[0]} == trained, "trainer"
     finally:
@@ -239,19 +300,27 @@ class _null:
 
 
 @pytest.mark.parametrize("which", ["sp", "char"])
-def test_every_path_renders_a_prompt_identically(which, sp_tok, chat_char_tok, tmp_path, monkeypatch):
-    check_every_path_renders_identically(sp_tok if which == "sp" else chat_char_tok, tmp_path,
-                                         monkeypatch)
+def test_every_path_renders_a_prompt_identically(
+    which, sp_tok, chat_char_tok, tmp_path, monkeypatch
+):
+    check_every_path_renders_identically(
+        sp_tok if which == "sp" else chat_char_tok, tmp_path, monkeypatch
+    )
 
 
 def test_adaptive_model_refuses_a_router_of_another_chat_setting(chat_char_tok):
     v = len(chat_char_tok)
     base = tiny_causal_lm("llama", vocab_size=v)
-    proxy = rk.ProxyExpert(tiny_causal_lm("llama", vocab_size=v, seed=2, hidden=16),
-                           tiny_causal_lm("llama", vocab_size=v, seed=1, hidden=16), "p1",
-                           tokenizer=chat_char_tok)
+    proxy = rk.ProxyExpert(
+        tiny_causal_lm("llama", vocab_size=v, seed=2, hidden=16),
+        tiny_causal_lm("llama", vocab_size=v, seed=1, hidden=16),
+        "p1",
+        tokenizer=chat_char_tok,
+    )
     router = rk.PromptRouter(base, chat_char_tok, [proxy], classes={"x": "p1"}, chat=False)
-    with pytest.raises(ConfigError, match="chat=True but the PromptRouter reads prompts with chat=False"):
+    with pytest.raises(
+        ConfigError, match="chat=True but the PromptRouter reads prompts with chat=False"
+    ):
         rk.AdaptiveModel(base, chat_char_tok, [proxy], router, chat=True)
 
 
@@ -270,14 +339,19 @@ def old_sft_rows(tok, examples):
 
 def test_world_char_rows_are_unchanged(char_tokenizer):
     from routekit.tasks.world_tasks import world_task
+
     for name in ("add", "rev", "hop", "facts"):
         examples = world_task(name).examples("train")[:40]
         assert sft_rows(char_tokenizer, examples) == old_sft_rows(char_tokenizer, examples), name
 
 
 def test_sentencepiece_rows_equal_the_generation_tokenisation(sp_tok):
-    examples = [Example("sum of 3 and 4 is ", "7"), Example("Answer:", "42", target="42"),
-                Example("the cat sat on", "the mat"), Example("what is 12 plus 30?", "42")]
+    examples = [
+        Example("sum of 3 and 4 is ", "7"),
+        Example("Answer:", "42", target="42"),
+        Example("the cat sat on", "the mat"),
+        Example("what is 12 plus 30?", "42"),
+    ]
     eos = sp_tok.eos_token_id
     differs = 0
     for e in examples:
@@ -305,14 +379,27 @@ def _write(path: Path, recs: list[dict]) -> Path:
 
 
 def test_task_spec_options_reach_the_task(tmp_path):
-    f = _write(tmp_path / "d.jsonl", [{"q": "2+2", "a": "4", "split": "test"},
-                                      {"q": "3+3", "a": "6", "split": "train"}])
-    task = get_task({"path": f"jsonl:{f}", "prompt_key": "q", "answer_key": "a",
-                     "template": "Q: {question} =", "checker": "exact", "chat": True, "name": "sums"})
+    f = _write(
+        tmp_path / "d.jsonl",
+        [{"q": "2+2", "a": "4", "split": "test"}, {"q": "3+3", "a": "6", "split": "train"}],
+    )
+    task = get_task(
+        {
+            "path": f"jsonl:{f}",
+            "prompt_key": "q",
+            "answer_key": "a",
+            "template": "Q: {question} =",
+            "checker": "exact",
+            "chat": True,
+            "name": "sums",
+        }
+    )
     assert task.name == "sums" and task.chat
     assert task.prompts("test") == ["Q: 2+2 ="] and task.references("train") == ["6"]
     assert task.check("4", "4") and not task.check("it is 4", "4")  # exact, not answer
-    assert get_task({"path": str(f), "prompt_key": "q", "answer_key": "a"}, chat=False).chat is False
+    assert (
+        get_task({"path": str(f), "prompt_key": "q", "answer_key": "a"}, chat=False).chat is False
+    )
     with pytest.raises(ConfigError, match="promptkey"):
         get_task({"path": str(f), "promptkey": "q"})
     with pytest.raises(ConfigError, match="unknown checker 'lenient'"):
@@ -333,16 +420,40 @@ def test_cli_task_flags_and_chat(tmp_path, capsys, monkeypatch):
     model.save_pretrained(tok_dir)
     tok.save_pretrained(tok_dir)
     f = _write(tmp_path / "d.jsonl", [{"q": "ab", "a": "c"}, {"q": "ba", "a": "d"}])
-    code = main(["eval", "--model", str(tok_dir), "--task", f"jsonl:{f}", "--prompt-key", "q",
-                 "--answer-key", "a", "--template", "{question}", "--checker", "exact",
-                 "--chat", "--json", "--max-new-tokens", "2"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            str(tok_dir),
+            "--task",
+            f"jsonl:{f}",
+            "--prompt-key",
+            "q",
+            "--answer-key",
+            "a",
+            "--template",
+            "{question}",
+            "--checker",
+            "exact",
+            "--chat",
+            "--json",
+            "--max-new-tokens",
+            "2",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["chat"] is True and out["n"] == 2
     assert out["model_fingerprint"] == rk.io.model_fingerprint(model)
     # the same through the library, as an independent reference
     m, t = rk.load_model(tok_dir)
-    ref = rk.evaluate(m, t, jsonl_task(f, prompt_key="q", answer_key="a", template="{question}",
-                                       checker="exact", chat=True), max_new_tokens=2)
+    ref = rk.evaluate(
+        m,
+        t,
+        jsonl_task(
+            f, prompt_key="q", answer_key="a", template="{question}", checker="exact", chat=True
+        ),
+        max_new_tokens=2,
+    )
     assert out["accuracy"] == ref.accuracy
     assert main(["eval", "--model", str(tok_dir), "--task", "add", "--prompt-key", "q"]) == 2
     assert "--prompt-key apply to jsonl:PATH and hf:PATH tasks only" in capsys.readouterr().err
@@ -353,8 +464,9 @@ def test_recipe_task_mapping_and_chat(tmp_path):
     from routekit.training.recipe import resolve_task
 
     f = _write(tmp_path / "d.jsonl", [{"question": "x", "answer": "y"}])
-    cfg = TrainConfig(model=str(tmp_path), task={"path": f"jsonl:{f}", "template": "{question}"},
-                      chat=True)
+    cfg = TrainConfig(
+        model=str(tmp_path), task={"path": f"jsonl:{f}", "template": "{question}"}, chat=True
+    )
     task = resolve_task(cfg)
     assert task.chat and task.prompts("test") == ["x"]
     assert TrainConfig.model_validate(cfg.model_dump(mode="json")).task == cfg.task
@@ -378,22 +490,46 @@ def test_real_tasks_by_name(tmp_path):
 
 # ----------------------------------------------------------------------------- MoE
 def test_svf_refuses_mixture_of_experts_layers(tmp_path):
-    mix = MixtralForCausalLM(MixtralConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2))
+    mix = MixtralForCausalLM(
+        MixtralConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+        )
+    )
     cfg = rk.SVFConfig(cache_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match=r"fused mixture-of-experts weights \(model\.layers\.0\.mlp\.experts\.gate_up_proj"):
+    with pytest.raises(
+        ConfigError,
+        match=r"fused mixture-of-experts weights \(model\.layers\.0\.mlp\.experts\.gate_up_proj",
+    ):
         rk.get_svf_model(mix, cfg)
-    qwen = Qwen2MoeForCausalLM(Qwen2MoeConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, moe_intermediate_size=16,
-        shared_expert_intermediate_size=32, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=2, num_experts=4, num_experts_per_tok=2))
+    qwen = Qwen2MoeForCausalLM(
+        Qwen2MoeConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            moe_intermediate_size=16,
+            shared_expert_intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+        )
+    )
     with pytest.raises(ConfigError, match="SVF does not support"):
         rk.get_svf_model(qwen, cfg)
     # dense layers named explicitly are fine: the shared expert sees every row
     from routekit.svf import svf_layers
 
-    rk.get_svf_model(qwen, rk.SVFConfig(target_modules=["shared_expert.up_proj"], cache_dir=str(tmp_path)))
+    rk.get_svf_model(
+        qwen, rk.SVFConfig(target_modules=["shared_expert.up_proj"], cache_dir=str(tmp_path))
+    )
     assert list(svf_layers(qwen)) == ["model.layers.0.mlp.shared_expert.up_proj"]
     # a per-expert linear (older layouts: experts.N.w1) is refused by path
     from routekit.svf.config import resolve_targets

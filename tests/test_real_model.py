@@ -30,13 +30,30 @@ pytestmark = pytest.mark.skipif(
 )
 
 CAPITALS = [
-    ("France", "Paris"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Germany", "Berlin"),
-    ("Portugal", "Lisbon"), ("Austria", "Vienna"), ("Greece", "Athens"), ("Poland", "Warsaw"),
-    ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Russia", "Moscow"), ("Norway", "Oslo"),
-    ("Sweden", "Stockholm"), ("Ireland", "Dublin"), ("Finland", "Helsinki"),
-    ("Hungary", "Budapest"), ("Denmark", "Copenhagen"), ("Belgium", "Brussels"),
-    ("Cuba", "Havana"), ("Kenya", "Nairobi"), ("Peru", "Lima"), ("Chile", "Santiago"),
-    ("Thailand", "Bangkok"), ("China", "Beijing"),
+    ("France", "Paris"),
+    ("Italy", "Rome"),
+    ("Spain", "Madrid"),
+    ("Germany", "Berlin"),
+    ("Portugal", "Lisbon"),
+    ("Austria", "Vienna"),
+    ("Greece", "Athens"),
+    ("Poland", "Warsaw"),
+    ("Japan", "Tokyo"),
+    ("Egypt", "Cairo"),
+    ("Russia", "Moscow"),
+    ("Norway", "Oslo"),
+    ("Sweden", "Stockholm"),
+    ("Ireland", "Dublin"),
+    ("Finland", "Helsinki"),
+    ("Hungary", "Budapest"),
+    ("Denmark", "Copenhagen"),
+    ("Belgium", "Brussels"),
+    ("Cuba", "Havana"),
+    ("Kenya", "Nairobi"),
+    ("Peru", "Lima"),
+    ("Chile", "Santiago"),
+    ("Thailand", "Bangkok"),
+    ("China", "Beijing"),
 ]
 # Measured on this model (float32, CPU): the z = 1 factored logits differ from the base's by
 # at most 9.6e-6 of the largest logit (3.9e-4 absolute on logits up to 40.8); 5e-5 leaves 5x.
@@ -128,8 +145,9 @@ def test_chat_rendering_is_identical_on_every_path(smollm2, tmp_path, monkeypatc
 def _greedy(model, tok, question: str, max_new_tokens: int) -> str:
     """An independent greedy decoder: the template's own ids, one token at a time with the
     key/value cache, stopping at the end-of-turn token."""
-    ids = tok.apply_chat_template([{"role": "user", "content": question}], tokenize=True,
-                                  add_generation_prompt=True)
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": question}], tokenize=True, add_generation_prompt=True
+    )
     ids = torch.tensor([list(ids["input_ids"] if hasattr(ids, "keys") else ids)])
     out: list[int] = []
     past = None
@@ -150,18 +168,23 @@ def test_short_svf_sft_moves_a_real_task(smollm2, smollm2_dir):
     capital of Sweden is Stockholm."), so 0/8 are exact; 4 SVF SFT steps on 12 other capitals
     teach the short format (measured: 7/8)."""
     examples = [Example(f"What is the capital of {c}?", a) for c, a in CAPITALS]
-    task = Task("capitals", {"train": examples[:12], "test": examples[12:20]}, exact_match, chat=True)
+    task = Task(
+        "capitals", {"train": examples[:12], "test": examples[12:20]}, exact_match, chat=True
+    )
     base, tok = smollm2
     before = rk.evaluate(base, tok, task, max_new_tokens=8)
     model, tok2 = _fresh(smollm2_dir)
     rk.get_svf_model(model, rk.SVFConfig(target_modules="mlp"))
-    result = rk.train(model, tok2, task, steps=4, batch_size=4, lr=5e-2, progress=False,
-                      eval_every=0)
+    result = rk.train(
+        model, tok2, task, steps=4, batch_size=4, lr=5e-2, progress=False, eval_every=0
+    )
     after = rk.evaluate(result.model, tok2, task, max_new_tokens=8)
     # the independent loop gives the same completions and accuracy, before and after
     for model_, res in ((base, before), (result.model, after)):
         mine = [_greedy(model_, tok, e.prompt, 8) for e in task.examples("test")]
-        assert [exact_match(c, e.reference) for c, e in zip(mine, task.examples("test"))] == res.correct
+        assert [
+            exact_match(c, e.reference) for c, e in zip(mine, task.examples("test"))
+        ] == res.correct
     print(f"capitals exact: base {before.accuracy:.3f}, after 4 SVF SFT steps {after.accuracy:.3f}")
     assert after.accuracy >= before.accuracy + 0.5, (before.accuracy, after.accuracy)
 
@@ -183,4 +206,6 @@ def test_bad_inputs_are_refused(smollm2_dir, tmp_path, monkeypatch):
     not_gguf.write_bytes((smollm2_dir / "model.safetensors").open("rb").read(4096))
     with pytest.raises(ModelLoadError, match="is not a GGUF file"):
         rk.load_model(not_gguf)
-    assert not (tmp_path / "cache" / "gguf").exists() or not list((tmp_path / "cache").glob("gguf/*/manifest.json"))
+    assert not (tmp_path / "cache" / "gguf").exists() or not list(
+        (tmp_path / "cache").glob("gguf/*/manifest.json")
+    )
