@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator, PartialState
+from accelerate import Accelerator
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
@@ -186,9 +186,11 @@ def train(
                   "checkpoint; starting it again from step 0.", file=sys.stderr)
         else:
             ckpt = read_checkpoint(out_dir, config, identity)
-    if out_dir is not None and ckpt is None and PartialState().is_main_process:
-        mark_started(out_dir, config, identity)
+    # The Accelerator is made before anything asks which process this is: a PartialState
+    # made first (before the launcher's distributed setup) took every process for the main one.
     accelerator = Accelerator()
+    if out_dir is not None and ckpt is None and accelerator.is_main_process:
+        mark_started(out_dir, config, identity)
     model = prepare(model, config)
     model.to(accelerator.device)
     base_context = None
