@@ -18,8 +18,9 @@ deterministic (greedy decoding), so its one cell pairs with every seed of a meth
     Not applicable when the mask covers more than ``MAX_MASK_DENSITY`` of the entries (the
     "subnetwork" is then the whole model and the claim cannot fail).
 (d) Small (SVF) RL updates teach *when*, not *how*: the gain over the base is smaller on
-    ood prompts than on test prompts (paired prompt by prompt for hop, whose ood prompt
-    asks about the same entity; otherwise the two sets are resampled independently).
+    ood prompts than on test prompts (paired prompt by prompt where the environment says
+    ood prompt i asks about test prompt i's item, as hop's does; otherwise the two sets are
+    resampled independently).
     Only ``svf_rl`` counts: a larger update does not stand in for a small one.
 (e) RL collapses pretraining's answer formats onto one (arXiv:2504.07912): the behaviour
     distribution of the test answers (correct / systematic / other) is more concentrated
@@ -55,13 +56,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .cells import best_lrs
+from .env.world import WORLD_PAIRED_OOD
 from .results import CellRecord, Results, Scores
 from .stats import Interval, bootstrap_interval, difference_interval, paired_difference, verdict
 from .suite import Suite
 
-# Tasks whose ood prompt i asks about the same item as test prompt i (hop: the same entity in
-# an unseen wording), so a test − ood difference can be paired prompt by prompt.
-PAIRED_OOD = frozenset({"hop"})
 RL_ANY = ("full_rl", "full_rl_bf16", "svf_rl", "lora_rl", "subnet_rl")
 NOT_APPLICABLE = "not applicable"
 MAX_MASK_DENSITY = 0.9  # (c): a mask denser than this is (nearly) the whole model
@@ -126,6 +125,17 @@ class View:
         self.suite = Suite.model_validate(results.suite)
         self.records = {c.cell_id: c for c in results.cells}
         self.best = best_lrs(self.suite, self.records)
+        # what the run's environment has (results written before it was recorded: the world's)
+        self.env = results.environment or {"kind": "world", "paired_ood": sorted(WORLD_PAIRED_OOD),
+                                           "behaviour": True, "proxy": True}
+
+    def paired_ood(self, task: str) -> bool:
+        """Whether the environment pairs ``task``'s ood prompt i with its test prompt i."""
+        return task in self.env.get("paired_ood", [])
+
+    def lacks_ood(self, task: str) -> bool:
+        """Whether the environment records that ``task`` has no ood split."""
+        return "ood" in self.env and task not in self.env["ood"]
 
     def cells(self, method: str, task: str) -> list[CellRecord]:
         """The method's cells at its best lr on ``task``, one per seed, in seed order."""
@@ -290,13 +300,16 @@ def claim_d(view: View, task: str) -> Claim:
         c.reason = ("the claim is about small (SVF) updates and needs svf_rl cells; full or "
                     "LoRA RL does not stand in for it")
         return c
+    if view.lacks_ood(task):
+        c.verdict, c.reason = NOT_APPLICABLE, f"the environment's task {task!r} has no ood split"
+        return c
     test = view.gain_rows(m, task, "test")
     ood = view.gain_rows(m, task, "ood")
     if test is None or ood is None:
         c.reason = "needs svf_rl's cells and the base with test and ood splits"
         return c
     g_test = bootstrap_interval(test)
-    if task in PAIRED_OOD and test.shape == ood.shape:
+    if view.paired_ood(task) and test.shape == ood.shape:
         d = paired_difference(test, ood)
     else:  # different prompts on the two sides: resample each side's own
         d = difference_interval(test, ood)
@@ -325,6 +338,10 @@ def _behaviour_codes(correct: np.ndarray, systematic: np.ndarray) -> np.ndarray:
 
 def claim_e(view: View, task: str) -> Claim:
     c = Claim("e", "RL collapses the pretraining answer formats onto one")
+    if not view.env.get("behaviour", True):
+        c.verdict = NOT_APPLICABLE
+        c.reason = "the environment has no behaviour labels (correct / systematic / other)"
+        return c
     m = _first(view, RL_ANY, task)
     if m is None:
         c.reason = "needs an RL method's cells"
@@ -369,6 +386,9 @@ def claim_f(view: View, task: str) -> Claim:
         o = view.rows(method, task, f"act_{metric}_ood")
         return None if t is None or o is None or t.shape[0] != o.shape[0] else (o, t)
 
+    if view.lacks_ood(task):
+        c.verdict, c.reason = NOT_APPLICABLE, f"the environment's task {task!r} has no ood split"
+        return c
     base = sides("base", "top_k_energy")
     if base is None:
         c.reason = ("needs per-prompt activation measurements of the base (a task with an ood "

@@ -2,13 +2,16 @@
 KL, behaviour shares and activation sparsity, through ``routekit.compare``'s metric functions.
 
 - accuracy: greedy ``routekit.evaluate`` on the task's test and ood splits;
-- retention: the world's held-out knowledge probes (``facts`` test: questions about
-  entities whose questions never appear in the corpus), accuracy and the mean
-  log-likelihood of their reference answers; statement recall accuracy on the ``facts``
-  ``statements`` split, as ``routekit.world.store.measure`` computes it for the base;
-- forgetting: cross-entropy on held-out world text (see :mod:`.world_ref`) after minus
-  before, and KL(base ‖ tuned) on that text and on the task's test prompts;
-- behaviour shares (correct / systematic wrong / other) on test prompts (world skills only);
+- retention: the environment's knowledge probes (on the world, ``facts`` test: questions
+  about entities whose questions never appear in the corpus), accuracy and the mean
+  log-likelihood of their reference answers; statement recall accuracy on the probes'
+  ``statements`` split where there is one (the world's, as ``routekit.world.store.measure``
+  computes it for the base);
+- forgetting: cross-entropy on the environment's held-out text (on the world, see
+  :mod:`.world_ref`) after minus before, and KL(base ‖ tuned) on that text and on the task's
+  test prompts;
+- behaviour shares (correct / systematic wrong / other) on test prompts, where the
+  environment labels behaviours (the world's skills);
 - activation sparsity per layer on test vs ood prompts (weight-space methods and the base).
 
 A proxy method's model is the base steered at α: accuracy through ``routekit.mixture``
@@ -26,14 +29,12 @@ from transformers import PreTrainedTokenizerBase
 
 from ..eval import evaluate
 from ..tasks.base import Task
-from ..tasks.world_tasks import world_task
-from ..world.corpus import SKILLS
 from .activations import hidden_states, layer_sparsity, prompt_sparsity
-from .behaviour import behaviour_shares, classify_behaviours
+from .behaviour import behaviour_shares
+from .env import Environment
 from .metrics import TextScores, answer_loglik, kl_divergence, text_cross_entropy
 from .results import Scores
 from .suite import EvalLimits
-from .world_ref import WorldRef
 
 
 def _head(xs: list, n: int | None) -> list:
@@ -44,20 +45,19 @@ class Evaluator:
     """Scores models of one task against one base, reusing what the base's side computes."""
 
     def __init__(
-        self, world: WorldRef, task: Task, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
+        self, env: Environment, task: Task, base: nn.Module, tokenizer: PreTrainedTokenizerBase,
         limits: EvalLimits, max_new_tokens: int, heldout: list[str] | None = None,
     ) -> None:
-        self.world, self.task, self.base, self.tok = world, task, base, tokenizer
+        self.env, self.task, self.base, self.tok = env, task, base, tokenizer
         self.limits, self.max_new_tokens = limits, max_new_tokens
-        self.facts = world_task("facts", world=world.world)
-        self.texts = heldout if heldout is not None else world.heldout_text(
-            limits.heldout_text, task.family)
+        self.facts = env.probes()
+        self.texts = heldout if heldout is not None else env.heldout_text(limits.heldout_text, task)
         self.kl_prompts = _head(task.prompts("test"), limits.kl_prompts)
         self._base_ce: TextScores | None = None
 
     @property
     def has_behaviour(self) -> bool:
-        return self.task.family in SKILLS and getattr(self.task, "world", None) is not None
+        return self.env.has_behaviour(self.task)
 
     def base_ce(self) -> TextScores:
         if self._base_ce is None:
@@ -96,14 +96,17 @@ class Evaluator:
             ood = self._eval(model, self.task, "ood", lim.ood, steer)
             out["ood_accuracy"] = ood.accuracy
             per_prompt["ood"] = [float(c) for c in ood.correct]
-        probes = self._eval(model, self.facts, "test", lim.probes, steer)
-        out["probe_accuracy"] = probes.accuracy
-        per_prompt["probes"] = [float(c) for c in probes.correct]
-        statements = self._eval(model, self.facts, "statements", lim.statements, steer)
-        out["statement_accuracy"] = statements.accuracy
-        ll = answer_loglik(likelihood_model, self.tok, _head(self.facts.examples("test"), lim.probes))
-        out["probe_loglik"] = ll.per_text()
-        per_prompt["probe_loglik"] = list(ll.sums)
+        if self.facts is not None:
+            probes = self._eval(model, self.facts, "test", lim.probes, steer)
+            out["probe_accuracy"] = probes.accuracy
+            per_prompt["probes"] = [float(c) for c in probes.correct]
+            if "statements" in self.facts.splits:
+                statements = self._eval(model, self.facts, "statements", lim.statements, steer)
+                out["statement_accuracy"] = statements.accuracy
+            ll = answer_loglik(likelihood_model, self.tok,
+                               _head(self.facts.examples("test"), lim.probes))
+            out["probe_loglik"] = ll.per_text()
+            per_prompt["probe_loglik"] = list(ll.sums)
         before = self.base_ce()
         if is_base:
             out.update(heldout_ce=before.per_token(), forgetting=0.0, kl_text=0.0, kl_prompts=0.0)
@@ -115,8 +118,8 @@ class Evaluator:
             out["kl_prompts"] = kl_divergence(
                 self.base, likelihood_model, self.tok, self.kl_prompts).per_token()
         if self.has_behaviour:
-            labels = classify_behaviours(self.task, _head(self.task.examples("test"), lim.test),
-                                         test.completions)
+            labels = self.env.behaviour_labels(
+                self.task, _head(self.task.examples("test"), lim.test), test.completions)
             out["behaviour"] = behaviour_shares(labels)
             per_prompt["systematic"] = [float(lab == "systematic") for lab in labels]
         return Scores(alpha=None if steer is None else steer[1], per_prompt=per_prompt, **out)
@@ -127,7 +130,7 @@ class Evaluator:
             return None
         res = self._eval(model, self.task, "test", self.limits.behaviour, steer)
         examples = _head(self.task.examples("test"), self.limits.behaviour)
-        return behaviour_shares(classify_behaviours(self.task, examples, res.completions))
+        return behaviour_shares(self.env.behaviour_labels(self.task, examples, res.completions))
 
     def activations(
         self, model: nn.Module

@@ -23,8 +23,10 @@ subnet_rl       rl        mask              base    only what the same seed's fu
 The defaults come from the world recipes (``recipes/configs/world/<task>_<method>.yaml``):
 RL samples 8 completions of at most 12 tokens per prompt at temperature 1, gradients are
 clipped at norm 1, no weight decay; full SFT keeps a Learning-without-Forgetting KL of 1.0 to
-the base on the world corpus and proxy SFT one of 3.0, as those recipes do. A suite's
-``train`` section overrides any of these per method.
+the base on the environment's retention text (the world's pretraining corpus, or a local
+model block's ``retain_text``) and proxy SFT one of 3.0, as those recipes do. A suite's
+``train`` section overrides any of these per method. The ``model`` and ``world`` fields of a
+cell's TrainConfig are the environment's (:mod:`routekit.compare.env`), not the method's.
 """
 
 from __future__ import annotations
@@ -80,10 +82,10 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in (
                default_lrs=(1e-3, 3e-3), defaults={**_COMMON, **_RL, **_SVF}),
     MethodSpec("svf_sft", "SVF expert vectors (MLP), SFT", "sft", "svf",
                default_lrs=(1e-3, 3e-3), defaults={**_COMMON, **_SVF}),
-    MethodSpec("proxy_sft", "proxy-tuning: the world proxy tuned by SFT steers the base",
+    MethodSpec("proxy_sft", "proxy-tuning: the proxy tuned by SFT steers the base",
                "sft", "full", model="proxy", default_lrs=(3e-4, 1e-3),
-               defaults={**_COMMON, "retain_kl_coef": 3.0, "retain_text": "world-corpus"}),
-    MethodSpec("proxy_rl", "proxy-tuning: the world proxy tuned by RL steers the base",
+               defaults={**_COMMON, "retain_kl_coef": 3.0}),
+    MethodSpec("proxy_rl", "proxy-tuning: the proxy tuned by RL steers the base",
                "rl", "full", model="proxy", default_lrs=(1e-4, 3e-4),
                defaults={**_COMMON, **_RL}),
     MethodSpec("lora_rl", "LoRA (PEFT, all linear layers), RL", "rl", "lora",
@@ -92,7 +94,7 @@ METHODS: dict[str, MethodSpec] = {m.name: m for m in (
                default_lrs=(1e-3, 3e-3), defaults=dict(_COMMON)),
     MethodSpec("full_sft", "every parameter, SFT (float32)", "sft", "full",
                default_lrs=(1e-4, 1e-3),
-               defaults={**_COMMON, "retain_kl_coef": 1.0, "retain_text": "world-corpus"}),
+               defaults={**_COMMON, "retain_kl_coef": 1.0}),
     MethodSpec("full_rl", "every parameter, RL, float32 master weights", "rl", "full",
                default_lrs=(1e-5, 3e-5), defaults={**_COMMON, **_RL}),
     MethodSpec("full_rl_bf16", "every parameter, RL, bfloat16 storage", "rl", "full",
@@ -117,22 +119,32 @@ def get_method(name: str) -> MethodSpec:
 
 def train_config(
     method: MethodSpec, *, task: str, lr: float, seed: int, steps: int, batch_size: int,
-    world: str, lora_rank: int, overrides: dict[str, Any] | None = None,
-    mask: str | None = None,
+    env: dict[str, Any], retain_text: str | None, lora_rank: int,
+    overrides: dict[str, Any] | None = None, mask: str | None = None,
 ) -> TrainConfig:
     """The TrainConfig of one cell: the method's recipe defaults, the suite's overrides for it,
-    then what the cell fixes (objective, parameterization, lr, seed, steps, batch)."""
+    then what the cell fixes (objective, parameterization, lr, seed, steps, batch) and what
+    the environment fixes (``env``: the ``model`` and ``world`` fields). A retention KL reads
+    the environment's ``retain_text`` unless the suite names its own."""
     if not method.trains:
         raise ConfigError(f"method {method.name!r} trains nothing; it has no train config.")
     data: dict[str, Any] = dict(method.defaults)
     data.update(overrides or {})
+    if data.get("retain_kl_coef", 0) > 0 and not data.get("retain_text"):
+        if not retain_text:
+            raise ConfigError(
+                f"method {method.name!r} keeps a retention KL (retain_kl_coef "
+                f"{data['retain_kl_coef']:g}) but the environment has no retention text; add "
+                f"retain_text to the suite's model block, or set train.{method.name}."
+                "retain_kl_coef: 0"
+            )
+        data["retain_text"] = retain_text
     if method.parameterization == "lora":
         data["lora"] = {**data.get("lora", {}), "r": lora_rank, "alpha": 2.0 * lora_rank}
     data.update(
         objective=method.objective, parameterization=method.parameterization, lr=lr, seed=seed,
         steps=steps, batch_size=batch_size, bf16_storage=method.bf16_storage, task=task,
-        world=world, model="world-proxy" if method.steered else "world",
-        checkpoint_every=0, eval_every=0,
+        world=env.get("world"), model=env["model"], checkpoint_every=0, eval_every=0,
     )
     if method.parameterization == "mask":
         data["mask"] = mask or "mask.safetensors"
@@ -151,6 +163,8 @@ def check_overrides(method: str, overrides: dict[str, Any]) -> None:
     if spec.trains:
         data = {**spec.defaults, **overrides, "objective": spec.objective,
                 "parameterization": spec.parameterization}
+        if data.get("retain_kl_coef", 0) > 0 and not data.get("retain_text"):
+            data["retain_text"] = "text:ENVIRONMENT"  # the environment's, filled in per cell
         if spec.parameterization == "mask":
             data["mask"] = 0.5
         TrainConfig.from_dict(data, source=f"suite key 'train.{method}'")

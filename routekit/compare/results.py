@@ -146,7 +146,9 @@ def rank_key(s: Scores) -> tuple[float, float]:
 
 
 class WorldStamp(_Strict):
-    """Which world's built weights a run used (the config hash alone does not say)."""
+    """Which environment's weights a run used (the config hash alone does not say): a world's
+    config hash, or for a local environment a hash of its model block and data files; the
+    base's, the proxy's ('' when there is none) and the tokenizer's fingerprints."""
 
     config_hash: str
     base_fingerprint: str
@@ -187,6 +189,11 @@ class Results(_Strict):
     schema_version: int = RESULTS_SCHEMA
     suite: dict[str, Any]
     manifest: RunManifest
+    environment: dict[str, Any] = Field(
+        default_factory=dict, description="the environment (routekit.compare.env): kind, "
+        "sources, data file hashes, which tasks' ood prompts pair with test prompts, whether "
+        "it has a proxy pair and behaviour labels ({} in runs made before it was kept: the world)",
+    )
     world_metrics: dict[str, Any] = Field(default_factory=dict)
     packages: dict[str, str]
     cells: list[CellRecord]

@@ -3,7 +3,7 @@
 Layout of a run directory::
 
     .lock              held (fcntl.flock) by the one run writing here; names its pid and host
-    run.json           the suite's settings hash, the world's fingerprints, routekit's version
+    run.json           the suite's settings hash, the environment's fingerprints, routekit's version
     cells/<cell-id>/   one finished cell each (see routekit.compare.worker)
     results.json       every planned cell's record, the overlaps, versions (validated)
     report.md, plots/  written by routekit.compare.report
@@ -16,7 +16,8 @@ lock whose holder died is taken over with a message. Local workers die with the 
 A run resumes: finished cells (their ``cell.json`` present) are read, not redone, and a
 cell killed at any moment resumes from its last complete training segment, or starts again
 when it has none; what a kill left half-written is tidied, never loaded. A run directory made
-with other suite settings, another world (weights, not only config), another routekit version
+with other suite settings, another environment (a world's or a local model's weights, not only
+its config; a local environment's data file hashes), another routekit version
 or other code (``results.code_version()``, a hash of every module that computes cells) is
 refused, never mixed: pass another ``--out``, or ``--force`` to delete its cells and start
 afresh. Methods, tasks, lrs and seeds may change between runs of one directory (cells are
@@ -37,6 +38,7 @@ from ..errors import ConfigError, TrainingError
 from ..io import recover_directory
 from ..locks import exclusive_lock
 from .cells import check_dependencies, first_phase, second_phase, source_key
+from .env import Environment, resolve_environment
 from .executors import execute
 from .methods import get_method
 from .results import (
@@ -52,7 +54,6 @@ from .results import (
 )
 from .suite import Suite
 from .worker import RECORD, RUN_LOCK, CellJob
-from .world_ref import WorldRef, resolve_world
 
 MANIFEST = "run.json"
 RESULTS = "results.json"
@@ -114,7 +115,7 @@ def _manifest_diffs(old: RunManifest, new: RunManifest) -> list[str]:
         out.append(f"suite {old.suite!r} with settings {old.settings_hash} (this run: suite "
                    f"{new.suite!r}, settings {new.settings_hash})")
     if old.world != new.world:
-        out.append(f"another world (config {old.world.config_hash}, base weights "
+        out.append(f"another environment (config {old.world.config_hash}, base weights "
                    f"{old.world.base_fingerprint}; this run: {new.world.config_hash}, "
                    f"{new.world.base_fingerprint})")
     if old.routekit_version != new.routekit_version:
@@ -128,25 +129,26 @@ def _manifest_diffs(old: RunManifest, new: RunManifest) -> list[str]:
 
 def run_suite(
     suite: Suite, out: str | Path, *, executor: str = "local", workers: int | None = None,
-    force: bool = False, progress: bool = True, world: WorldRef | None = None,
+    force: bool = False, progress: bool = True, env: Environment | None = None,
     threads: int = 1, report: bool = True,
 ) -> RunOutcome:
     """Run every cell of ``suite`` into ``out`` (resuming), then write results.json (and
-    report.md with plots unless ``report=False``)."""
+    report.md with plots unless ``report=False``). ``env`` defaults to the environment the
+    suite names (:func:`~.env.resolve_environment`)."""
     run_dir = Path(out)
-    world = world or resolve_world(suite.world, progress=progress)
+    env = env or resolve_environment(suite, progress=progress)
     manifest = RunManifest(suite=suite.name, settings_hash=suite.settings_hash(),
-                           world=world.stamp, routekit_version=routekit_version(),
+                           world=env.stamp, routekit_version=routekit_version(),
                            code_version=code_version())
     refuse_foreign_dir(run_dir, force)  # before the lock file is made in it
     with exclusive_lock(run_dir / RUN_LOCK, f"run directory {str(run_dir)!r}",
                         on_stale=lambda m: print(f"routekit: {m}", file=sys.stderr)) as holder:
         open_run_dir(run_dir, manifest, force)
-        return _run_locked(suite, run_dir, manifest, world, executor, workers, threads,
+        return _run_locked(suite, run_dir, manifest, env, executor, workers, threads,
                            progress, report, holder["token"])
 
 
-def _run_locked(suite: Suite, run_dir: Path, manifest: RunManifest, world: WorldRef,
+def _run_locked(suite: Suite, run_dir: Path, manifest: RunManifest, env: Environment,
                 executor: str, workers: int | None, threads: int, progress: bool,
                 report: bool, token: str) -> RunOutcome:
     outcome = RunOutcome(run_dir, results=None)  # type: ignore[arg-type]
@@ -157,12 +159,12 @@ def _run_locked(suite: Suite, run_dir: Path, manifest: RunManifest, world: World
                 if k.cell_id not in {p.cell_id for p in plan}]
         check_dependencies(suite, plan + keys)
         plan += keys
-        _run_keys(suite, keys, run_dir, world, records, outcome, executor, workers, threads,
+        _run_keys(suite, keys, run_dir, env, records, outcome, executor, workers, threads,
                   progress, token)
-    overlaps = seed_overlaps(suite, plan, records, run_dir, world)
+    overlaps = seed_overlaps(suite, plan, records, run_dir, env)
     results = Results(
-        suite=suite.model_dump(mode="json"), manifest=manifest,
-        world_metrics={k: v for k, v in world.metrics.items() if not isinstance(v, (dict, list))
+        suite=suite.model_dump(mode="json"), manifest=manifest, environment=env.describe(suite.tasks),
+        world_metrics={k: v for k, v in env.metrics.items() if not isinstance(v, (dict, list))
                        or k in ("task_accuracy", "ood_accuracy", "proxy_task_accuracy",
                                 "proxy_ood_accuracy")},
         packages=package_versions(),
@@ -184,7 +186,7 @@ def _run_locked(suite: Suite, run_dir: Path, manifest: RunManifest, world: World
     return outcome
 
 
-def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, world: WorldRef,
+def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, env: Environment,
               records: dict[str, CellRecord], outcome: RunOutcome, executor: str,
               workers: int | None, threads: int, progress: bool, token: str | None = None,
               ) -> None:
@@ -209,12 +211,9 @@ def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, world: WorldRef,
             continue
         src = source_key(suite, k)
         if k.task not in heldout:
-            from ..tasks.registry import get_task
-
-            family = get_task(k.task, world.config).family
-            heldout[k.task] = world.heldout_text(suite.eval.heldout_text, family)
+            heldout[k.task] = env.heldout_text(suite.eval.heldout_text, env.task(k.task))
         jobs.append(CellJob(
-            run_dir=str(run_dir), key=k, suite=suite.model_dump(mode="json"), world=world,
+            run_dir=str(run_dir), key=k, suite=suite.model_dump(mode="json"), env=env,
             settings_hash=suite.settings_hash(),
             source_dir=str(run_dir / "cells" / src.cell_id) if src else None, threads=threads,
             heldout=heldout[k.task], run_token=token,
@@ -229,7 +228,7 @@ def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, world: WorldRef,
 
 
 def seed_overlaps(suite: Suite, plan: list[CellKey], records: dict[str, CellRecord],
-                  run_dir: Path, world: WorldRef) -> list[Overlap]:
+                  run_dir: Path, env: Environment) -> list[Overlap]:
     """Bitwise overlap of the updated sets of every two seeds of a weight-space method at
     one task and lr, beside the expectation for random masks of the same densities."""
     from ..analysis import overlap_checkpoints
@@ -245,7 +244,7 @@ def seed_overlaps(suite: Suite, plan: list[CellKey], records: dict[str, CellReco
         if len(keys) < 2:
             continue
         if base is None:
-            base, _ = world.load_base()
+            base, _ = env.load_base()
         ref = base
         if get_method(method).bf16_storage:
             bf16 = bf16 if bf16 is not None else copy.deepcopy(base).to(torch.bfloat16)

@@ -48,15 +48,14 @@ from ..io import (
 )
 from ..locks import describe_holder, lock_holder
 from ..tasks.chat import render_task
-from ..tasks.registry import get_task
 from ..training import train
 from ..training.checkpoint import checkpoint_dir
 from ..training.parameterizations import frozen_reference
+from .env import Environment
 from .measure import Evaluator
 from .methods import MethodSpec, get_method, train_config
 from .results import CellKey, CellRecord, StructureSummary, code_version, read_model, write_model
 from .suite import Suite
-from .world_ref import WorldRef
 
 RECORD = "cell.json"
 RUN_LOCK = ".lock"  # the run directory's lock file (routekit.locks), whose token fences workers
@@ -69,11 +68,11 @@ class CellJob:
     run_dir: str
     key: CellKey
     suite: dict[str, Any]
-    world: WorldRef
+    env: Environment  # the world or a local model with its data (routekit.compare.env)
     settings_hash: str
     source_dir: str | None = None  # subnet_rl: the cell whose changed parameters it trains
     threads: int = 1
-    heldout: list[str] | None = None  # held-out world text (None: computed by the cell)
+    heldout: list[str] | None = None  # the environment's held-out text (None: computed by the cell)
     run_token: str | None = None  # the run lock's token when the job was made (None: unchecked)
 
     @property
@@ -134,10 +133,10 @@ def run_cell(job: CellJob) -> CellRecord:
     recover_directory(checkpoint_dir(work), all_stale=True)
     suite = Suite.model_validate(job.suite)
     spec = get_method(job.key.method)
-    base, tok = job.world.load_base()
+    base, tok = job.env.load_base()
     # rendered once (routekit.tasks.chat): training, evaluation and every metric read the same prompts
-    task = render_task(get_task(job.key.task, job.world.config), tok)
-    ev = Evaluator(job.world, task, base, tok, suite.eval, suite.max_new_tokens, job.heldout)
+    task = render_task(job.env.task(job.key.task), tok)
+    ev = Evaluator(job.env, task, base, tok, suite.eval, suite.max_new_tokens, job.heldout)
     with atomic_directory(target) as tmp, warnings.catch_warnings():
         # transformers' deprecation notices (PEFT calls is_gradient_checkpointing) are not
         # the user's to act on, and would repeat once per cell
@@ -177,13 +176,15 @@ def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Eval
         atomic_save_safetensors(masks, mask_path)
         fields["mask_density"] = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     cfg = train_config(spec, task=key.task, lr=key.lr, seed=key.seed, steps=suite.steps,
-                       batch_size=suite.batch_size, world=job.world.train_name, lora_rank=suite.lora_rank, overrides=suite.train.get(spec.name),
+                       batch_size=suite.batch_size, env=job.env.train_fields(spec.steered),
+                       retain_text=job.env.retain_text(), lora_rank=suite.lora_rank,
+                       overrides=suite.train.get(spec.name),
                        mask=str(mask_path) if mask_path else None)
     if spec.steered:
-        model, _ = job.world.load_proxy()
-        untuned, _ = job.world.load_proxy()
+        model, _ = job.env.load_proxy()
+        untuned, _ = job.env.load_proxy()
     else:
-        model, _ = job.world.load_base()
+        model, _ = job.env.load_base()
     model, history, behaviour, seconds, counts = _train_in_segments(
         model, tok, task, cfg, suite, ev, work, spec, untuned if spec.steered else None,
         before_segment=lambda: check_still_owner(job))
