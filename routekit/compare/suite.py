@@ -26,9 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..errors import ConfigError, UnknownTaskError
 from ..training.config import validate_mapping
+from .env.local import ModelBlock
 from .methods import METHODS, SUBNET_SOURCES, check_overrides, get_method
 
-BUILTIN_SUITES = ("default", "science")
+BUILTIN_SUITES = ("default", "science", "smollm2")
 
 
 class EvalLimits(BaseModel):
@@ -58,7 +59,14 @@ class Suite(BaseModel):
         description="'default', 'tiny', or a world cache entry directory (base/, proxy/, "
         "world_config.json, metrics.json)",
     )
-    tasks: list[str] = Field(min_length=1, description="task names (routekit.get_task)")
+    model: ModelBlock | None = Field(
+        None,
+        description="a local model with its own tasks, probes and texts instead of the world "
+        "(routekit.compare.env.local); the suite then names no world",
+    )
+    tasks: list[str] = Field(
+        min_length=1, description="task names (routekit.get_task, or the model block's tasks)"
+    )
     seeds: list[int] = Field(min_length=1, description="seeds; the first is the sweep seed")
     methods: list[str] = Field(min_length=1, description="method names (routekit compare --list)")
     lrs: dict[str, list[float]] = Field(
@@ -102,9 +110,7 @@ class Suite(BaseModel):
 
     @field_validator("tasks")
     @classmethod
-    def _known_tasks(cls, v: list[str]) -> list[str]:
-        for t in v:
-            check_task_name(t)
+    def _distinct_tasks(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"tasks are listed twice: {v}")
         return v
@@ -118,6 +124,21 @@ class Suite(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Suite:
+        if self.model is not None and self.world != "default":
+            raise ValueError(
+                "the suite names both a world and a model block; a comparison runs in one "
+                "environment, so keep one of the two"
+            )
+        for t in self.tasks:
+            self.model.check_task(t) if self.model is not None else check_task_name(t)
+        if self.model is not None and self.model.proxy is None:
+            steered = [m for m in self.methods if get_method(m).steered]
+            if steered:
+                raise ValueError(
+                    f"methods {steered} steer the base with a tuned/untuned proxy pair, and the "
+                    "model block has no proxy; add model.proxy (a small model sharing the "
+                    "base's vocabulary) or drop them"
+                )
         for m, rates in self.lrs.items():
             get_method(m)
             if not get_method(m).trains:
@@ -151,8 +172,9 @@ class Suite(BaseModel):
     def settings_hash(self) -> str:
         """What every cell of a run depends on (not which cells run): two suites with the
         same hash may share a run directory, whatever their methods, tasks, lrs and seeds."""
+        # the model block is the environment's: run.json keeps its stamp (weights and data)
         d = self.model_dump(mode="json", exclude={"name", "description", "tasks", "seeds",
-                                                  "methods", "lrs", "sweep"})
+                                                  "methods", "lrs", "sweep", "model"})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -171,12 +193,14 @@ def suite_from_dict(data: Any, source: str = "suite") -> Suite:
 
 
 def load_suite(spec: str | os.PathLike) -> Suite:
-    """A built-in suite by name (``default``, ``science``) or a suite YAML file."""
+    """A built-in suite by name (``default``, ``science``, ``smollm2``) or a suite YAML file.
+    A model block's relative paths are read from the suite file's directory."""
     import yaml
 
     if str(spec) in BUILTIN_SUITES:
-        text = resources.files("routekit.compare").joinpath(f"suites/{spec}.yaml").read_text()
-        source = f"built-in suite {str(spec)!r}"
+        file = resources.files("routekit.compare").joinpath(f"suites/{spec}.yaml")
+        text, source = file.read_text(), f"built-in suite {str(spec)!r}"
+        path = Path(str(file))
     else:
         path = Path(spec).expanduser()
         if not path.is_file():
@@ -189,6 +213,8 @@ def load_suite(spec: str | os.PathLike) -> Suite:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{source} is not valid YAML: {e}") from None
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data["model"].setdefault("root", str(path.resolve().parent))
     return suite_from_dict(data, source)
 
 
