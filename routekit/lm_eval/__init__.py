@@ -11,7 +11,7 @@ Importing this package registers :class:`RoutekitLM` with lm-eval as ``routekit`
 Needs the optional extra: ``pip install 'routekit[lmeval]'``.
 """
 
-from .data import export_jsonl, task_records, test_docs, world_dataset
+from .data import check_real, export_jsonl, task_records, test_docs, world_dataset
 from .model import RoutekitLM
 from .run import run_tasks, table
 

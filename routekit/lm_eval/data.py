@@ -16,6 +16,7 @@ from typing import Any
 
 import datasets
 
+from ..errors import ConfigError
 from ..io import atomic_write_bytes
 from ..tasks.base import Task
 from ..tasks.registry import get_task
@@ -52,3 +53,20 @@ def export_jsonl(task: Task | str, path: str | os.PathLike, split: str = "test")
     lines = [json.dumps(r, ensure_ascii=False) for r in task_records(task, split)]
     atomic_write_bytes(Path(path), ("\n".join(lines) + "\n").encode())
     return Path(path)
+
+
+def check_real(
+    doc: dict[str, Any], results: list[str], checker: str = "sentence"
+) -> dict[str, bool]:
+    """``process_results`` of a real task YAML: routekit's ``checker`` on the completion and
+    the record's ``answer`` (reduced to its final answer as routekit's JSONL tasks do)."""
+    from ..tasks.checkers import CHECKERS, extract_answer
+
+    if checker not in CHECKERS:
+        raise ConfigError(
+            f"routekit has no {checker!r} checker (known: {sorted(CHECKERS)}); the real task "
+            "files need the routekit version that ships the real tasks."
+        )
+    return {
+        f"{checker}_match": bool(CHECKERS[checker](results[0], extract_answer(str(doc["answer"]))))
+    }

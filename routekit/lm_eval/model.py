@@ -48,7 +48,11 @@ from ..tasks.base import Example
 try:
     from lm_eval.api.model import LM
     from lm_eval.api.registry import register_model
-    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+    from lm_eval.utils import (
+        get_rolling_token_windows,
+        make_disjoint_window,
+        simple_parse_args_string,
+    )
 except ImportError as e:  # an optional extra
     raise ImportError(
         "routekit.lm_eval needs lm-evaluation-harness: pip install 'routekit[lmeval]'."
@@ -69,6 +73,16 @@ MODEL_ARGS = (
 )
 LIST_SEP = ":"
 GEN_KWARGS = ("until", "max_gen_toks", "do_sample", "temperature")
+
+
+def parse_model_args(text: str) -> dict[str, Any]:
+    """lm-eval's ``key=value,...`` model_args string as a dict (``true``, numbers converted as
+    lm-eval converts them); a key given twice is refused."""
+    keys = [item.split("=", 1)[0] for item in text.split(",") if item]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ConfigError(f"model_args key(s) {twice} are given more than once in {text!r}.")
+    return simple_parse_args_string(text)
 
 
 def split_list(value: Any, what: str) -> list[Any]:

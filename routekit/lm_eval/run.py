@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UnknownTaskError
-from .model import RoutekitLM
+from .model import RoutekitLM, parse_model_args
 
 try:
     from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
-    from lm_eval.utils import make_table, simple_parse_args_string
+    from lm_eval.utils import make_table
 except ImportError as e:  # an optional extra
     raise ImportError(
         "routekit.lm_eval needs lm-evaluation-harness: pip install 'routekit[lmeval]'."
@@ -54,11 +54,7 @@ def run_tasks(
     if isinstance(model_args, RoutekitLM):
         lm = model_args
     else:
-        args = (
-            simple_parse_args_string(model_args)
-            if isinstance(model_args, str)
-            else dict(model_args)
-        )
+        args = parse_model_args(model_args) if isinstance(model_args, str) else dict(model_args)
         lm = RoutekitLM(**args)
     names = [t for t in tasks.split(",") if t] if isinstance(tasks, str) else list(tasks)
     paths = include_paths(include_path)
