@@ -19,6 +19,7 @@ __all__ = [
     "RoutekitLM",
     "run_tasks",
     "table",
+    "check_real",
     "export_jsonl",
     "task_records",
     "test_docs",

@@ -34,12 +34,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ..adaptive import AdaptiveModel
+from ..adaptive import AdaptiveModel, check_experts_fit
 from ..compare.metrics import answer_rows, score_rows
 from ..compare.steered import SteeredLM
 from ..errors import ConfigError
 from ..eval import generate
 from ..experts import Expert, load_expert, mixture
+from ..io import model_fingerprint
 from ..models import load_model, resolve_model
 from ..proxy import ProxyExpert
 from ..routing import FixedRouter, Mixture, Router, alpha_table, load_router
@@ -196,6 +197,8 @@ class RoutekitLM(LM):
             self.base, self.tokenizer = base, tok
             return
         names = [e.name for e in expert_list]
+        base_fp = getattr(base, "svf_base_fingerprint", None) or model_fingerprint(base)
+        check_experts_fit(base_fp, tok, expert_list)  # before a router names the base
         if router is None and mixture is None:
             raise ConfigError(
                 f"experts {names} need a router= directory or a fixed mixture= (e.g. "
@@ -214,6 +217,27 @@ class RoutekitLM(LM):
         self.adaptive = AdaptiveModel(base, tok, expert_list, router_obj)
         self.base, self.tokenizer = self.adaptive.base, tok
 
+    @classmethod
+    def create_from_arg_string(
+        cls, arg_string: str, additional_config: dict | None = None
+    ) -> RoutekitLM:
+        """lm-eval's constructor from ``--model_args``; a key given there (``batch_size``,
+        ``device``) wins over lm-eval's own option of that name, whose default it always sends."""
+        return cls.create_from_arg_obj(parse_model_args(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(
+        cls, arg_dict: dict[str, Any], additional_config: dict | None = None
+    ) -> RoutekitLM:
+        extra = {
+            k: v
+            for k, v in (additional_config or {}).items()
+            if v is not None and k not in arg_dict
+        }
+        if str(extra.get("device", "")).startswith("cuda") and not torch.cuda.is_available():
+            del extra["device"]  # lm-eval's CLI default; without a GPU the model stays on CPU
+        return cls(**arg_dict, **extra)
+
     # ----- setup -------------------------------------------------------------------------------
     @staticmethod
     def _batch_size(batch_size: int | str, max_batch_size: int | None) -> int:
@@ -230,6 +254,8 @@ class RoutekitLM(LM):
 
     @staticmethod
     def _load_base(model: Any, tokenizer: Any, dtype: str | None, device: str | None) -> Any:
+        if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} is not available here (no CUDA); use device=cpu.")
         if dtype is not None and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
             raise ConfigError(f"dtype {dtype!r} is not a torch dtype (float32, bfloat16, ...).")
         if isinstance(model, str) and tokenizer is None and not Path(model).expanduser().exists():

@@ -42,7 +42,7 @@ def run_tasks(
     model_args: str | dict[str, Any] | RoutekitLM,
     *,
     include_path: Sequence[str | os.PathLike] | None = None,
-    include_defaults: bool = True,
+    include_defaults: bool | None = None,
     limit: int | float | None = None,
     log_samples: bool = False,
     **simple_evaluate_kwargs: Any,
@@ -50,6 +50,8 @@ def run_tasks(
     """lm-eval's ``simple_evaluate`` of ``tasks`` (names, comma-separated or a list) on a
     RoutekitLM built from ``model_args`` (lm-eval's ``key=value,...`` string or a dict).
 
+    ``include_defaults``: whether lm-eval's own task library is searched too (indexing it
+    takes seconds); None searches it only for names the include paths lack.
     Returns lm-eval's results dict. A task name found nowhere is an UnknownTaskError."""
     if isinstance(model_args, RoutekitLM):
         lm = model_args
@@ -58,10 +60,15 @@ def run_tasks(
         lm = RoutekitLM(**args)
     names = [t for t in tasks.split(",") if t] if isinstance(tasks, str) else list(tasks)
     paths = include_paths(include_path)
-    manager = TaskManager(
-        include_path=[str(p) for p in paths] or None, include_defaults=include_defaults
-    )
+
+    def manager_for(defaults: bool) -> TaskManager:
+        return TaskManager(include_path=[str(p) for p in paths] or None, include_defaults=defaults)
+
+    manager = manager_for(bool(include_defaults))
     missing = [t for t in names if not manager.match_tasks([t])]
+    if missing and include_defaults is None:
+        manager = manager_for(True)
+        missing = [t for t in names if not manager.match_tasks([t])]
     if missing:
         where = ", ".join(str(p) for p in paths) or "no include path"
         raise UnknownTaskError(
