@@ -391,3 +391,62 @@ def test_python_m_routekit_lm_eval_runs_lm_evals_own_cli_offline(saved_tiny, tmp
     assert main() == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("routekit: error: unknown model_args key(s) ['colour']")
+
+
+# ----- the world's tiny model ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_world_model(tmp_path_factory):
+    """The CI-sized world, built once for this module (two minutes or more on one core)."""
+    from routekit import world
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROUTEKIT_CACHE", str(tmp_path_factory.mktemp("tiny-cache")))
+        world.build(WorldConfig.tiny(), progress=False)
+        yield world.load(WorldConfig.tiny(), build_if_missing=False)
+
+
+@pytest.mark.slow
+def test_world_tiny_model_lm_eval_equals_routekit(tiny_world_model, tmp_path):
+    """On the trained tiny world, with the world's own references: lm-eval's exact_match
+    equals routekit.evaluate per prompt on every skill, and the probes' log-likelihoods equal
+    answer_loglik."""
+    model, tok = tiny_world_model
+    lm = RoutekitLM(model=model, tokenizer=tok, batch_size=16)
+    accuracies = {}
+    for skill, template in (("rev", "_routekit_text.yaml"), ("hop", "_routekit_text.yaml"),
+                            ("add", "_routekit_number.yaml")):
+        task = world_task(skill, WorldConfig.tiny())
+        ours = rk.evaluate(model, tok, task, max_new_tokens=16)
+        _local_task(tmp_path, f"w_{skill}", template, task.examples("test"))
+        results = run_tasks([f"w_{skill}"], lm, include_path=[tmp_path], include_defaults=False,
+                            log_samples=True)
+        samples = _samples(results, f"w_{skill}")
+        assert [bool(s["exact_match"]) for s in samples] == ours.correct, skill
+        accuracies[skill] = ours.accuracy
+    assert any(0 < a < 1 for a in accuracies.values()), accuracies
+    facts = world_task("facts", WorldConfig.tiny()).examples("test")
+    got = lm.loglikelihood([_Request(e.prompt, e.continuation) for e in facts])
+    ref = answer_loglik(model, tok, facts)
+    assert [ll for ll, _ in got] == pytest.approx(list(ref.sums), abs=1e-5)
+
+
+def test_chat_renders_every_context_through_the_template(tiny):
+    """chat=true: a context is scored and completed as one user turn of the chat template,
+    exactly as routekit scores and generates the rendered prompt; no template is refused."""
+    import copy
+
+    model, tok = tiny
+    with pytest.raises(ConfigError, match="no chat template"):
+        RoutekitLM(model=model, tokenizer=tok, chat=True).generate_until(
+            [_Request("abc", {"until": []})])
+    chat_tok = copy.deepcopy(tok)
+    chat_tok.chat_template = ("{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}"
+                              "{% if add_generation_prompt %}assistant:{% endif %}")
+    lm = RoutekitLM(model=model, tokenizer=chat_tok, chat=True)
+    context = "backwards abc:"
+    rendered = "user: backwards abc:\nassistant:"
+    ref = answer_loglik(model, chat_tok, [Example(rendered, "cba", target=" cba")])
+    assert lm.loglikelihood([_Request(context, " cba")])[0][0] == pytest.approx(ref.sums[0],
+                                                                             abs=1e-5)
+    want = rk.generate(model, chat_tok, [rendered], max_new_tokens=8)
+    assert lm.generate_until([_Request(context, {"until": [], "max_gen_toks": 8})]) == want
