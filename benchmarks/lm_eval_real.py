@@ -31,11 +31,16 @@ def run_once(lm: Any, task: str, limit: int | None) -> dict[str, Any]:
     start = time.perf_counter()
     results = run_tasks([task], lm, limit=limit, log_samples=True)
     seconds = time.perf_counter() - start
-    scores = {k: float(v) for k, v in results["results"][task].items()
-              if "," in k and "stderr" not in k}  # "metric,filter" entries
+    scores = {
+        k: float(v) for k, v in results["results"][task].items() if "," in k and "stderr" not in k
+    }  # "metric,filter" entries
     n = len(results["samples"][task])
-    return {"scores": scores, "n": n, "seconds": round(seconds, 2),
-            "seconds_per_prompt": round(seconds / max(n, 1), 4)}
+    return {
+        "scores": scores,
+        "n": n,
+        "seconds": round(seconds, 2),
+        "seconds_per_prompt": round(seconds / max(n, 1), 4),
+    }
 
 
 def main() -> int:
@@ -54,22 +59,35 @@ def main() -> int:
 
     from routekit.lm_eval import RoutekitLM
 
-    common = {"model": args.model, "chat": args.chat == "true", "batch_size": args.batch_size,
-              "device": args.device}
+    common = {
+        "model": args.model,
+        "chat": args.chat == "true",
+        "batch_size": args.batch_size,
+        "device": args.device,
+    }
     t0 = time.perf_counter()
     base_lm = RoutekitLM(**common)
     load_s = time.perf_counter() - t0
     out: dict[str, Any] = {
-        "task": args.task, "model": args.model, "chat": common["chat"],
-        "batch_size": args.batch_size, "model_fingerprint": model_fingerprint(base_lm.base),
-        "load_seconds": round(load_s, 2), "runs": {"base": run_once(base_lm, args.task, args.limit)},
+        "task": args.task,
+        "model": args.model,
+        "chat": common["chat"],
+        "batch_size": args.batch_size,
+        "model_fingerprint": model_fingerprint(base_lm.base),
+        "load_seconds": round(load_s, 2),
+        "runs": {"base": run_once(base_lm, args.task, args.limit)},
     }
     if args.expert:
         routing = {"router": args.router} if args.router else {"mixture": args.alpha}
         # The expert run reuses the loaded base: RoutekitLM wraps it for SVF in place.
-        expert_lm = RoutekitLM(model=base_lm.base, tokenizer=base_lm.tokenizer,
-                               experts=[args.expert], chat=common["chat"],
-                               batch_size=args.batch_size, **routing)
+        expert_lm = RoutekitLM(
+            model=base_lm.base,
+            tokenizer=base_lm.tokenizer,
+            experts=[args.expert],
+            chat=common["chat"],
+            batch_size=args.batch_size,
+            **routing,
+        )
         run = run_once(expert_lm, args.task, args.limit)
         out["runs"]["expert"] = {"expert": args.expert, **routing, **run}
     if args.json:

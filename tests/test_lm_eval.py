@@ -54,8 +54,9 @@ class _Request:
 
 @pytest.fixture(scope="module")
 def tiny(char_tokenizer):
-    return load_model(peaked(tiny_causal_lm("llama", vocab_size=len(char_tokenizer))),
-                      char_tokenizer)
+    return load_model(
+        peaked(tiny_causal_lm("llama", vocab_size=len(char_tokenizer))), char_tokenizer
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +73,8 @@ def _local_task(tmp_path, name, template, examples):
     export_jsonl(Task(name, {"test": examples}), tmp_path / f"{name}.jsonl")
     (tmp_path / f"{name}.yaml").write_text(
         f"include: {RECIPES / template}\ntask: {name}\ndataset_path: json\n"
-        f"dataset_kwargs:\n  data_files: {tmp_path / f'{name}.jsonl'}\ntest_split: train\n")
+        f"dataset_kwargs:\n  data_files: {tmp_path / f'{name}.jsonl'}\ntest_split: train\n"
+    )
 
 
 # ----- generate_until: exact_match equals routekit.evaluate ---------------------------------
@@ -81,8 +83,9 @@ def _last_number(text):
     return nums[-1] if nums else None
 
 
-@pytest.mark.parametrize("skill,template", [("rev", "_routekit_text.yaml"),
-                                            ("add", "_routekit_number.yaml")])
+@pytest.mark.parametrize(
+    "skill,template", [("rev", "_routekit_text.yaml"), ("add", "_routekit_number.yaml")]
+)
 def test_exact_match_equals_routekit_evaluate_per_prompt(tiny, tmp_path, skill, template):
     """On a tiny random Llama, references are half the model's own answers (so some prompts
     are right) and half the world's: lm-eval's exact_match agrees with routekit's answer
@@ -100,8 +103,9 @@ def test_exact_match_equals_routekit_evaluate_per_prompt(tiny, tmp_path, skill, 
     assert 0 < sum(ours.correct) < len(ours.correct)  # a comparison with both outcomes
     _local_task(tmp_path, f"t_{skill}", template, examples)
     lm = RoutekitLM(model=model, tokenizer=tok, batch_size=7)  # ragged batches
-    results = run_tasks([f"t_{skill}"], lm, include_path=[tmp_path], include_defaults=False,
-                        log_samples=True)
+    results = run_tasks(
+        [f"t_{skill}"], lm, include_path=[tmp_path], include_defaults=False, log_samples=True
+    )
     samples = _samples(results, f"t_{skill}")
     assert [s["resps"][0][0] for s in samples] == ours.completions
     assert [bool(s["exact_match"]) for s in samples] == ours.correct
@@ -116,39 +120,50 @@ def _shipped_check(template, completion, reference):
     cfg = yaml.safe_load((RECIPES / template).read_text())
     regex = cfg["filter_list"][0]["filter"][0]
     filtered = RegexFilter(regex["regex_pattern"], fallback=regex["fallback"]).apply(
-        [[completion]], [{}])[0][0]
-    options = {k: v for k, v in cfg["metric_list"][0].items()
-               if k not in ("metric", "aggregation", "higher_is_better")}
+        [[completion]], [{}]
+    )[0][0]
+    options = {
+        k: v
+        for k, v in cfg["metric_list"][0].items()
+        if k not in ("metric", "aggregation", "higher_is_better")
+    }
     return bool(exact_match_hf_evaluate([filtered], [reference], **options)["exact_match"])
 
 
-@pytest.mark.parametrize("template,completion,reference", [
-    ("_routekit_text.yaml", "= Pako.\nmore", "pako"),
-    ("_routekit_text.yaml", "  \nthe answer is Ruto", "ruto"),
-    ("_routekit_text.yaml", "A: new  york", "new york"),
-    ("_routekit_text.yaml", "=\nruto", "ruto"),  # the first line is empty after '='
-    ("_routekit_text.yaml", "ruto lasa", "ruto"),
-    ("_routekit_number.yaml", "= 15", "15"),
-    ("_routekit_number.yaml", "so it is 55 apples\n12", "55"),
-    ("_routekit_number.yaml", "055", "55"),
-    ("_routekit_number.yaml", "1,000", "1000"),
-    ("_routekit_number.yaml", "no number here", "3"),
-    ("_routekit_number.yaml", "-7", "7"),
-])
+@pytest.mark.parametrize(
+    "template,completion,reference",
+    [
+        ("_routekit_text.yaml", "= Pako.\nmore", "pako"),
+        ("_routekit_text.yaml", "  \nthe answer is Ruto", "ruto"),
+        ("_routekit_text.yaml", "A: new  york", "new york"),
+        ("_routekit_text.yaml", "=\nruto", "ruto"),  # the first line is empty after '='
+        ("_routekit_text.yaml", "ruto lasa", "ruto"),
+        ("_routekit_number.yaml", "= 15", "15"),
+        ("_routekit_number.yaml", "so it is 55 apples\n12", "55"),
+        ("_routekit_number.yaml", "055", "55"),
+        ("_routekit_number.yaml", "1,000", "1000"),
+        ("_routekit_number.yaml", "no number here", "3"),
+        ("_routekit_number.yaml", "-7", "7"),
+    ],
+)
 def test_shipped_extraction_agrees_with_routekit_answer_checker(template, completion, reference):
     assert _shipped_check(template, completion, reference) == answer_match(completion, reference)
 
 
-@pytest.mark.parametrize("template,completion,reference,lm_eval_says,routekit_says", [
-    # lm-eval ignores every punctuation mark; routekit keeps '-' and '.' inside answers
-    ("_routekit_text.yaml", "a-b", "ab", True, False),
-    # routekit compares numbers by value, lm-eval as text
-    ("_routekit_number.yaml", "15.0", "15", False, True),
-    # routekit answers GSM8K-style text with what follows the last '####'
-    ("_routekit_text.yaml", "so\n#### ruto", "ruto", False, True),
-])
-def test_extraction_differences_are_the_documented_ones(template, completion, reference,
-                                                        lm_eval_says, routekit_says):
+@pytest.mark.parametrize(
+    "template,completion,reference,lm_eval_says,routekit_says",
+    [
+        # lm-eval ignores every punctuation mark; routekit keeps '-' and '.' inside answers
+        ("_routekit_text.yaml", "a-b", "ab", True, False),
+        # routekit compares numbers by value, lm-eval as text
+        ("_routekit_number.yaml", "15.0", "15", False, True),
+        # routekit answers GSM8K-style text with what follows the last '####'
+        ("_routekit_text.yaml", "so\n#### ruto", "ruto", False, True),
+    ],
+)
+def test_extraction_differences_are_the_documented_ones(
+    template, completion, reference, lm_eval_says, routekit_says
+):
     assert _shipped_check(template, completion, reference) is lm_eval_says
     assert answer_match(completion, reference) is routekit_says
 
@@ -171,8 +186,9 @@ def test_loglikelihood_task_equals_answer_loglik(tiny):
     model, tok = tiny
     facts = world_task("facts", WorldConfig()).examples("test")
     lm = RoutekitLM(model=model, tokenizer=tok, batch_size=5)
-    results = run_tasks(["routekit_world_facts_loglik"], lm, include_defaults=False,
-                        log_samples=True)
+    results = run_tasks(
+        ["routekit_world_facts_loglik"], lm, include_defaults=False, log_samples=True
+    )
     samples = _samples(results, "routekit_world_facts_loglik")
     ref = answer_loglik(model, tok, facts, batch_size=64)
     assert len(samples) == len(facts)
@@ -203,8 +219,10 @@ def test_loglikelihood_under_svf_and_proxy_experts(kinds):
         ids = torch.tensor([tok(c)["input_ids"] + tok(x, add_special_tokens=False)["input_ids"]])
         n = len(tok(c)["input_ids"])
         with torch.no_grad():
-            lp = [torch.log_softmax(m(input_ids=ids).logits.float(), -1)
-                  for m in (base, p1.tuned, p1.untuned)]
+            lp = [
+                torch.log_softmax(m(input_ids=ids).logits.float(), -1)
+                for m in (base, p1.tuned, p1.untuned)
+            ]
         steered = torch.log_softmax(lp[0] + 0.5 * (lp[1] - lp[2]), -1)[0, n - 1 : -1]
         want = float(steered.gather(-1, ids[0, n:, None]).sum())
         assert ll == pytest.approx(want, abs=1e-5)
@@ -222,8 +240,9 @@ def test_loglikelihood_rolling_equals_text_scoring(tiny):
     ids = [tok.bos_token_id] + tok(short, add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         lp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits.float(), -1)[0, :-1]
-    assert got_short == pytest.approx(float(lp.gather(-1, torch.tensor(ids[1:])[:, None]).sum()),
-                                      abs=1e-4)
+    assert got_short == pytest.approx(
+        float(lp.gather(-1, torch.tensor(ids[1:])[:, None]).sum()), abs=1e-4
+    )
     n = len(tok(long, add_special_tokens=False)["input_ids"])
     assert n > 128 and got_long < 0 and torch.isfinite(torch.tensor(got_long))
 
@@ -239,20 +258,33 @@ class _ByPrefix(Router):
         self.first, self.second = first, second
 
     def route(self, prompts):
-        return [Mixture(weights={self.first if p.startswith("backwards") else self.second: 1.0})
-                for p in prompts]
+        return [
+            Mixture(weights={self.first if p.startswith("backwards") else self.second: 1.0})
+            for p in prompts
+        ]
 
 
 @pytest.mark.parametrize("pair", [("s1", "s2"), ("s1", "p1")], ids=["svf+svf", "svf+proxy"])
 def test_mixed_batch_gives_each_request_what_it_gives_alone(kinds, pair, monkeypatch):
     tok, base = kinds["tok"], kinds["base"]
     experts = [kinds[n] for n in pair]
-    prompts = ["backwards abc:", "sum of 3 and 4 is", "backwards xyz:", "country of pako?",
-               "backwards lno:", "q: where does pako live? a:"]
+    prompts = [
+        "backwards abc:",
+        "sum of 3 and 4 is",
+        "backwards xyz:",
+        "country of pako?",
+        "backwards lno:",
+        "q: where does pako live? a:",
+    ]
     gen = [_Request(p, {"until": ["\n"], "max_gen_toks": 8}) for p in prompts]
     ll = [_Request(p, " ab") for p in prompts]
-    mixed = RoutekitLM(model=base, tokenizer=tok, experts=experts,
-                       router=_ByPrefix(experts, *pair), batch_size=len(prompts))
+    mixed = RoutekitLM(
+        model=base,
+        tokenizer=tok,
+        experts=experts,
+        router=_ByPrefix(experts, *pair),
+        batch_size=len(prompts),
+    )
     calls = {"generate": 0, "forward": 0}
     real_generate = lm_model.generate
 
@@ -272,9 +304,13 @@ def test_mixed_batch_gives_each_request_what_it_gives_alone(kinds, pair, monkeyp
     alone = []
     alone_ll = []
     for p, g, q in zip(prompts, gen, ll):
-        solo = RoutekitLM(model=base, tokenizer=tok, experts=experts,
-                          mixture={_ByPrefix(experts, *pair).route([p])[0].names[0]: 1.0},
-                          batch_size=1)
+        solo = RoutekitLM(
+            model=base,
+            tokenizer=tok,
+            experts=experts,
+            mixture={_ByPrefix(experts, *pair).route([p])[0].names[0]: 1.0},
+            batch_size=1,
+        )
         alone += solo.generate_until([g])
         alone_ll += solo.loglikelihood([q])
     assert together == alone
@@ -297,8 +333,9 @@ def test_bad_arguments_are_refused(tiny, kinds):
     with pytest.raises(ConfigError, match="need a router= directory or a fixed mixture="):
         RoutekitLM(model=kinds["base"], tokenizer=kinds["tok"], experts=[kinds["s1"]])
     with pytest.raises(ConfigError, match="NAME=WEIGHT"):
-        RoutekitLM(model=kinds["base"], tokenizer=kinds["tok"], experts=[kinds["s1"]],
-                   mixture="s1:0.5")
+        RoutekitLM(
+            model=kinds["base"], tokenizer=kinds["tok"], experts=[kinds["s1"]], mixture="s1:0.5"
+        )
     lm = RoutekitLM(model=model, tokenizer=tok)
     with pytest.raises(ConfigError, match="top_k"):
         lm.generate_until([_Request("abc", {"until": [], "top_k": 5})])
@@ -316,8 +353,9 @@ def test_router_made_for_other_experts_is_refused(kinds, tmp_path):
     FixedRouter([kinds["s1"], kinds["s2"]], {"s1": 1.0}).save_pretrained(tmp_path / "router")
     kinds["s1"].save_pretrained(tmp_path / "s1")
     with pytest.raises(FingerprintMismatchError, match=r"\['s1', 's2'\]"):
-        RoutekitLM(model=base, tokenizer=tok, experts=str(tmp_path / "s1"),
-                   router=str(tmp_path / "router"))
+        RoutekitLM(
+            model=base, tokenizer=tok, experts=str(tmp_path / "s1"), router=str(tmp_path / "router")
+        )
 
 
 def test_expert_directories_and_mixture_string_round_trip(kinds, tmp_path):
@@ -326,17 +364,34 @@ def test_expert_directories_and_mixture_string_round_trip(kinds, tmp_path):
     tok, base = kinds["tok"], kinds["base"]
     kinds["s1"].save_pretrained(tmp_path / "s1")
     kinds["p1"].save_pretrained(tmp_path / "p1", base_tokenizer=tok)
-    from_dirs = RoutekitLM(model=base, tokenizer=tok, experts=f"{tmp_path / 's1'}:{tmp_path / 'p1'}",
-                           mixture="s1=1.0:p1=0.5")
-    loaded = RoutekitLM(model=base, tokenizer=tok, experts=[kinds["s1"], kinds["p1"]],
-                        mixture={"s1": 1.0, "p1": 0.5})
+    from_dirs = RoutekitLM(
+        model=base,
+        tokenizer=tok,
+        experts=f"{tmp_path / 's1'}:{tmp_path / 'p1'}",
+        mixture="s1=1.0:p1=0.5",
+    )
+    loaded = RoutekitLM(
+        model=base,
+        tokenizer=tok,
+        experts=[kinds["s1"], kinds["p1"]],
+        mixture={"s1": 1.0, "p1": 0.5},
+    )
     reqs = [_Request("backwards abc:", {"until": [], "max_gen_toks": 8})]
     assert from_dirs.generate_until(reqs) == loaded.generate_until(reqs)
 
 
 def test_cli_refuses_with_one_line(capsys):
-    code = cli.main(["eval", "--model", "world", "--lm-eval", "routekit_world_rev",
-                     "--model-args", "colour=red"])
+    code = cli.main(
+        [
+            "eval",
+            "--model",
+            "world",
+            "--lm-eval",
+            "routekit_world_rev",
+            "--model-args",
+            "colour=red",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "colour" in err and err.startswith("routekit: error:")
 
@@ -352,16 +407,32 @@ def saved_tiny(tiny, tmp_path_factory):
 
 
 def _offline_env():
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+    }
 
 
 def test_routekit_eval_lm_eval_prints_the_table_routekit_computes(tiny, saved_tiny, capsys):
     """``routekit eval --lm-eval`` on a saved checkpoint prints lm-eval's table, whose
     exact_match equals routekit.evaluate on the same prompts (the world rev test split)."""
     model, tok = tiny
-    code = cli.main(["eval", "--model", str(saved_tiny), "--lm-eval", "routekit_world_rev",
-                     "--json", "--batch-size", "16"])
+    code = cli.main(
+        [
+            "eval",
+            "--model",
+            str(saved_tiny),
+            "--lm-eval",
+            "routekit_world_rev",
+            "--json",
+            "--batch-size",
+            "16",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     ours = rk.evaluate(model, tok, world_task("rev", WorldConfig()), max_new_tokens=16)
@@ -370,17 +441,36 @@ def test_routekit_eval_lm_eval_prints_the_table_routekit_computes(tiny, saved_ti
 
 
 @pytest.mark.slow
-def test_python_m_routekit_lm_eval_runs_lm_evals_own_cli_offline(saved_tiny, tmp_path, monkeypatch,
-                                                                 capsys):
+def test_python_m_routekit_lm_eval_runs_lm_evals_own_cli_offline(
+    saved_tiny, tmp_path, monkeypatch, capsys
+):
     """lm-eval 0.4 has no plugin entry point for models: ``python -m routekit.lm_eval``
     registers --model routekit and runs lm-eval's own command line, with no hub access, and
     a bad model_arg ends it with routekit's one-line error. (Slow: lm-eval's CLI indexes its
     14,000 task files, about 20 s here.)"""
-    args = ["run", "--model", "routekit", "--model_args", f"model={saved_tiny},batch_size=8",
-            "--tasks", "routekit_world_facts_loglik", "--include_path", str(RECIPES),
-            "--limit", "6", "--output_path", str(tmp_path / "out")]
-    done = subprocess.run([sys.executable, "-m", "routekit.lm_eval", *args], capture_output=True,
-                          text=True, env=_offline_env(), cwd=tmp_path, timeout=600)
+    args = [
+        "run",
+        "--model",
+        "routekit",
+        "--model_args",
+        f"model={saved_tiny},batch_size=8",
+        "--tasks",
+        "routekit_world_facts_loglik",
+        "--include_path",
+        str(RECIPES),
+        "--limit",
+        "6",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "routekit.lm_eval", *args],
+        capture_output=True,
+        text=True,
+        env=_offline_env(),
+        cwd=tmp_path,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert re.search(r"routekit_world_facts_loglik\s*\|.*\|acc\s*\|", done.stdout), done.stdout
 
@@ -413,13 +503,17 @@ def test_world_tiny_model_lm_eval_equals_routekit(tiny_world_model, tmp_path):
     model, tok = tiny_world_model
     lm = RoutekitLM(model=model, tokenizer=tok, batch_size=16)
     accuracies = {}
-    for skill, template in (("rev", "_routekit_text.yaml"), ("hop", "_routekit_text.yaml"),
-                            ("add", "_routekit_number.yaml")):
+    for skill, template in (
+        ("rev", "_routekit_text.yaml"),
+        ("hop", "_routekit_text.yaml"),
+        ("add", "_routekit_number.yaml"),
+    ):
         task = world_task(skill, WorldConfig.tiny())
         ours = rk.evaluate(model, tok, task, max_new_tokens=16)
         _local_task(tmp_path, f"w_{skill}", template, task.examples("test"))
-        results = run_tasks([f"w_{skill}"], lm, include_path=[tmp_path], include_defaults=False,
-                            log_samples=True)
+        results = run_tasks(
+            [f"w_{skill}"], lm, include_path=[tmp_path], include_defaults=False, log_samples=True
+        )
         samples = _samples(results, f"w_{skill}")
         assert [bool(s["exact_match"]) for s in samples] == ours.correct, skill
         accuracies[skill] = ours.accuracy
@@ -438,15 +532,19 @@ def test_chat_renders_every_context_through_the_template(tiny):
     model, tok = tiny
     with pytest.raises(ConfigError, match="no chat template"):
         RoutekitLM(model=model, tokenizer=tok, chat=True).generate_until(
-            [_Request("abc", {"until": []})])
+            [_Request("abc", {"until": []})]
+        )
     chat_tok = copy.deepcopy(tok)
-    chat_tok.chat_template = ("{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}"
-                              "{% if add_generation_prompt %}assistant:{% endif %}")
+    chat_tok.chat_template = (
+        "{% for m in messages %}user: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
     lm = RoutekitLM(model=model, tokenizer=chat_tok, chat=True)
     context = "backwards abc:"
     rendered = "user: backwards abc:\nassistant:"
     ref = answer_loglik(model, chat_tok, [Example(rendered, "cba", target=" cba")])
-    assert lm.loglikelihood([_Request(context, " cba")])[0][0] == pytest.approx(ref.sums[0],
-                                                                             abs=1e-5)
+    assert lm.loglikelihood([_Request(context, " cba")])[0][0] == pytest.approx(
+        ref.sums[0], abs=1e-5
+    )
     want = rk.generate(model, chat_tok, [rendered], max_new_tokens=8)
     assert lm.generate_until([_Request(context, {"until": [], "max_gen_toks": 8})]) == want

@@ -189,21 +189,21 @@ class RoutekitLM(LM):
             e if isinstance(e, Expert) else load_expert(Path(e).expanduser())
             for e in split_list(experts, "experts")
         ]
-        base, tok = self._load_base(model, tokenizer, dtype, device)
-        if not expert_list:
-            if router is not None or mixture is not None:
-                raise ConfigError("router= and mixture= need experts= (expert directories).")
-            self.adaptive: AdaptiveModel | None = None
-            self.base, self.tokenizer = base, tok
-            return
         names = [e.name for e in expert_list]
-        base_fp = getattr(base, "svf_base_fingerprint", None) or model_fingerprint(base)
-        check_experts_fit(base_fp, tok, expert_list)  # before a router names the base
-        if router is None and mixture is None:
+        if not expert_list and (router is not None or mixture is not None):
+            raise ConfigError("router= and mixture= need experts= (expert directories).")
+        if expert_list and router is None and mixture is None:
             raise ConfigError(
                 f"experts {names} need a router= directory or a fixed mixture= (e.g. "
                 f"mixture={names[0]}=1.0)."
             )
+        base, tok = self._load_base(model, tokenizer, dtype, device)
+        if not expert_list:
+            self.adaptive: AdaptiveModel | None = None
+            self.base, self.tokenizer = base, tok
+            return
+        base_fp = getattr(base, "svf_base_fingerprint", None) or model_fingerprint(base)
+        check_experts_fit(base_fp, tok, expert_list)  # before a router names the base
         if router is None:
             router_obj: Router = FixedRouter(expert_list, parse_mixture(mixture, names))
         elif isinstance(router, Router):
