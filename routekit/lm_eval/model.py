@@ -392,7 +392,9 @@ class RoutekitLM(LM):
             until = kw.pop("until")
             max_new = int(kw.pop("max_gen_toks", self.max_gen_toks))
             do_sample = bool(kw.pop("do_sample", False))
-            temperature = float(kw.pop("temperature", 1.0) or 1.0) if do_sample else 1.0
+            temperature = float(kw.pop("temperature", 1.0))
+            do_sample = do_sample and temperature > 0  # temperature 0 is greedy, as in lm-eval
+            temperature = temperature if do_sample else 1.0
             for chunk in self._chunks(idx, "generate_until"):
                 contexts = [requests[i].args[0] for i in chunk]
                 applied, _ = self._applied(contexts)
