@@ -100,28 +100,55 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _target_logprobs(model: nn.Module, batch: _Batch) -> torch.Tensor:
-    """log p(ids[:, j+1] | ids[:, :j+1]), B×(L-1), zero where not scored."""
-    logp = _next_token_logprobs(model, batch).gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
-    return logp.masked_fill(~batch.scored, 0.0)
-
-
 def _collect(n: int, sums: dict[int, float], counts: dict[int, int]) -> TextScores:
     return TextScores(tuple(sums[i] for i in range(n)), tuple(counts[i] for i in range(n)))
+
+
+def score_rows(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[tuple[list[int], int]],
+    *, batch_size: int = 64,
+) -> tuple[TextScores, list[bool]]:
+    """Σ log p(ids[t] | ids[:t]) over t >= start of each ``(ids, start)`` row (the first token
+    is never scored), and whether every scored token is the model's argmax (lm-eval's
+    ``is_greedy``). Rows run in order, ``batch_size`` per forward, left-padded."""
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    greedy: dict[int, bool] = {}
+    for batch in _batches(list(rows), pad_token_id(tokenizer), batch_size, _device(model)):
+        logp = _next_token_logprobs(model, batch)
+        target = batch.ids[:, 1:]
+        lp = logp.gather(-1, target[..., None]).squeeze(-1).masked_fill(~batch.scored, 0.0)
+        top = (logp.argmax(-1) == target) | ~batch.scored
+        for i, s, c, g in zip(batch.index, lp.double().sum(-1).tolist(),
+                              batch.scored.sum(-1).tolist(), top.all(-1).tolist()):
+            sums[i], counts[i], greedy[i] = s, int(c), bool(g)
+    return _collect(len(rows), sums, counts), [greedy[i] for i in range(len(rows))]
 
 
 def _sum_target_logprobs(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[list[int], int]],
     batch_size: int,
 ) -> TextScores:
-    sums: dict[int, float] = {}
-    counts: dict[int, int] = {}
-    for batch in _batches(rows, pad_token_id(tokenizer), batch_size, _device(model)):
-        lp = _target_logprobs(model, batch).double().sum(-1).tolist()
-        n = batch.scored.sum(-1).tolist()
-        for i, s, c in zip(batch.index, lp, n):
-            sums[i], counts[i] = s, int(c)
-    return _collect(len(rows), sums, counts)
+    return score_rows(model, tokenizer, rows, batch_size=batch_size)[0]
+
+
+def answer_rows(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]
+) -> list[tuple[list[int], int]]:
+    """``(ids, start)`` rows scoring each example's reference answer (``continuation``) after
+    its prompt: the joined tokenisation SFT trains on (``sft_row``), without the stop token,
+    so the scored tokens are the answer's own (a chat example's: its assistant turn's). The one
+    row builder of :func:`answer_loglik` and of lm-eval's ``loglikelihood``."""
+    rows = []
+    eos = tokenizer.eos_token_id
+    for e in examples:
+        prompt, answer = sft_row(tokenizer, e)
+        if answer and answer[-1] == eos:
+            answer = answer[:-1]
+        if not answer:
+            raise ConfigError(f"example with prompt {e.prompt!r} has an empty reference answer.")
+        rows.append((prompt + answer, len(prompt)))
+    return rows
 
 
 def _document_rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[tuple[list[int], int]]:
@@ -136,19 +163,9 @@ def answer_loglik(
     *, batch_size: int = 64,
 ) -> TextScores:
     """log p(answer | prompt) of each example's reference answer (``continuation``, tokenised
-    joined to the prompt as SFT does), summed over the answer's tokens; ``.per_text()`` is the mean log-likelihood of the answers."""
-    rows = []
-    eos = tokenizer.eos_token_id
-    for e in examples:
-        # the joined tokenisation SFT trains on (sft_row), without the stop token: the
-        # answer's own tokens (a chat example's are those of its assistant turn)
-        prompt, answer = sft_row(tokenizer, e)
-        if answer and answer[-1] == eos:
-            answer = answer[:-1]
-        if not answer:
-            raise ConfigError(f"example with prompt {e.prompt!r} has an empty reference answer.")
-        rows.append((prompt + answer, len(prompt)))
-    return _sum_target_logprobs(model, tokenizer, rows, batch_size)
+    joined to the prompt as SFT does), summed over the answer's tokens; ``.per_text()`` is the
+    mean log-likelihood of the answers."""
+    return _sum_target_logprobs(model, tokenizer, answer_rows(tokenizer, examples), batch_size)
 
 
 def text_cross_entropy(
