@@ -84,8 +84,9 @@ _SENTENCE_NUM = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?")
 def _ends_sentence(text: str, end: re.Match[str]) -> bool:
     """Whether the terminator ``end`` in ``text`` really ends a sentence.
 
-    A period does not when it closes an abbreviation ("Dr.", "e.g."), an initial or a dotted
-    acronym ("J. K. Rowling", "U.S."), or when a lowercase word follows ("approx. 7 days").
+    A period does not when it closes an abbreviation ("Dr.", "e.g.") or an initial ("J. K.
+    Rowling"), or when a lowercase word follows ("approx. 7 days", "the U.S. capital"). A
+    dotted acronym before a capitalised word ends one ("... in Washington, D.C. It was").
     """
     if end.group()[0] != "." or end.group().startswith(".."):
         return True
@@ -94,8 +95,8 @@ def _ends_sentence(text: str, end: re.Match[str]) -> bool:
     rest = text[end.end() :].lstrip()
     if token.replace(".", "") in _ABBREVIATIONS or (token == "no" and rest[:1].isdigit()):
         return False
-    if re.fullmatch(r"(?:[a-z]\.)*[a-z]", token) and word and word.group(1)[:1].isupper():
-        return False  # an initial or a dotted acronym: "J.", "U.S."
+    if len(token) == 1 and token.isalpha() and word and word.group(1).isupper():
+        return False  # an initial: "J. K. Rowling"
     return not rest[:1].islower()
 
 
@@ -104,7 +105,8 @@ def first_sentence(completion: str) -> str:
     first line break, whichever comes first.
 
     A decimal point ("3.5") never ends a sentence (no space follows it), nor do the periods of
-    abbreviations, initials and dotted acronyms ("Dr.", "J. K.", "U.S."). A line that ends in
+    abbreviations and initials ("Dr.", "J. K."), nor any period before a lowercase word ("the
+    U.S. capital"). A line that ends in
     a colon continues on the next line ("The answer is:\\n42").
     """
     lines = [ln.strip() for ln in completion.strip().splitlines() if ln.strip()]
