@@ -87,6 +87,21 @@ def _batch_key(kwargs: dict[str, Any]) -> Any:
     return tuple(items)
 
 
+def check_experts_fit(
+    base_fingerprint: str, tokenizer: PreTrainedTokenizerBase, experts: Sequence[Expert]
+) -> None:
+    """Refuse an expert made for another base: an SVF expert by the base's fingerprint, a
+    proxy expert by the tokenizer's vocabulary (naming the expert and both identities)."""
+    for e in experts:
+        if isinstance(e, ProxyExpert):
+            e.check_base(tokenizer)
+        elif e.base_fingerprint != base_fingerprint:
+            raise FingerprintMismatchError(
+                f"expert {e.name!r} was trained on base {e.base_fingerprint} but this base is "
+                f"{base_fingerprint}; load the base it was trained on."
+            )
+
+
 class AdaptiveModel:
     """Route, then generate: ``AdaptiveModel(base, tokenizer, experts, router)``.
 
@@ -134,14 +149,7 @@ class AdaptiveModel:
             raise FingerprintMismatchError(
                 f"the router was made on base {router.base_fingerprint} but this base is {base_fp}."
             )
-        for e in experts:  # refuses another base / vocabulary before anything runs
-            if isinstance(e, ProxyExpert):
-                e.check_base(tokenizer)
-            elif e.base_fingerprint != base_fp:
-                raise FingerprintMismatchError(
-                    f"expert {e.name!r} was trained on base {e.base_fingerprint} but this base is "
-                    f"{base_fp}; load the base it was trained on."
-                )
+        check_experts_fit(base_fp, tokenizer, experts)
         self.base, self.tokenizer, self.experts, self.router = base, tokenizer, experts, router
         self.expert_names = names
         self.base_fingerprint = base_fp

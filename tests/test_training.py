@@ -937,3 +937,66 @@ def test_rl_loss_runs_in_eval_mode_like_the_sampler(monkeypatch):
           parameterization="full", steps=1, batch_size=2, group_size=2, max_new_tokens=2,
           progress=False)
     assert modes and not any(modes)
+
+
+# --------------------------------------------------------------------------- chunked log-probs
+@pytest.mark.parametrize("chunk", [1 << 22, 7 * 50])  # one chunk per row; 7 positions a chunk
+def test_chunked_logprobs_and_kl_equal_the_full_log_softmax(chunk, monkeypatch):
+    """gather_logprobs and full_kl (values and gradients) equal today's full-vocabulary
+    float32 log_softmax within 1e-6, whatever the chunking (logits of a sliced, non-contiguous
+    view as the objectives pass them)."""
+    from routekit import logprobs
+
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", chunk)
+    g = torch.Generator().manual_seed(0)
+    raw = (4 * torch.randn(3, 21, 50, generator=g)).requires_grad_(True)
+    ref_raw = 4 * torch.randn(3, 21, 50, generator=g)
+    targets = torch.randint(0, 50, (3, 20), generator=g)
+    weights = torch.randn(3, 20, generator=g)
+
+    got = logprobs.gather_logprobs(raw[:, :-1], targets, temperature=2.0)
+    want = torch.log_softmax(raw[:, :-1].float() / 2.0, -1).gather(-1, targets[..., None])[..., 0]
+    assert (got - want).abs().max() <= 1e-6
+    (g_got,) = torch.autograd.grad((got * weights).sum(), raw)
+    (g_want,) = torch.autograd.grad((want * weights).sum(), raw)
+    assert (g_got - g_want).abs().max() <= 1e-6
+
+    kl = logprobs.full_kl(ref_raw[:, :-1], raw[:, :-1])
+    ref_lp = torch.log_softmax(ref_raw[:, :-1], -1)
+    kl_want = (ref_lp.exp() * (ref_lp - torch.log_softmax(raw[:, :-1], -1))).sum(-1)
+    assert (kl - kl_want).abs().max() <= 1e-6
+    (g_got,) = torch.autograd.grad((kl * weights).sum(), raw)
+    (g_want,) = torch.autograd.grad((kl_want * weights).sum(), raw)
+    assert (g_got - g_want).abs().max() <= 1e-6
+    with torch.no_grad():  # no autograd: no checkpointing, the same numbers
+        assert torch.equal(logprobs.gather_logprobs(raw[:, :-1], targets, 2.0), got.detach())
+
+
+def test_chunked_logprobs_refuse_mismatched_shapes():
+    from routekit import logprobs
+
+    with pytest.raises(ConfigError, match="disagree"):
+        logprobs.gather_logprobs(torch.zeros(2, 5, 9), torch.zeros(2, 4, dtype=torch.long))
+    with pytest.raises(ConfigError, match="disagree"):
+        logprobs.full_kl(torch.zeros(2, 5, 9), torch.zeros(2, 5, 8))
+
+
+def test_sft_loss_equals_full_cross_entropy_within_1e6(monkeypatch):
+    """The chunked SFT loss and gradient equal F.cross_entropy over the full logits."""
+    from routekit import logprobs
+
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 3 * 64)
+    tok, model = char_tokenizer(), tiny_llama()
+    examples = rev_task().examples("train")[:5]
+    loss, stats = objectives.sft_loss(model, tok, examples, 40, torch.device("cpu"))
+    ids, attn, comp = objectives.right_padded(
+        objectives.sft_rows(tok, examples), tok.pad_token_id, torch.device("cpu")
+    )
+    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
+    labels = ids.masked_fill(~comp, -100)[:, 1:]
+    ref = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+    assert abs(stats["loss_sum"] - float(ref)) <= 1e-6 * max(1.0, abs(float(ref)))
+    w = model.model.layers[0].mlp.up_proj.weight
+    (g,) = torch.autograd.grad(loss, w)
+    (g_ref,) = torch.autograd.grad(ref / 40, w)
+    assert (g - g_ref).abs().max() <= 1e-6

