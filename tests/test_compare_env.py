@@ -303,3 +303,39 @@ def test_a_suite_file_reads_its_model_block_paths_from_its_directory(local_data)
         "the sky at hour 1 is grey",
     ]
     assert [e.prompt for e in env.task("sums").examples("ood")][:1] == ["8 plus 9="]
+
+
+def test_the_smollm2_suite_reads_routekits_real_data():
+    from routekit.real.tasks import DATA_DIR
+    from routekit.tasks import get_task
+
+    suite = load_suite("smollm2")
+    assert suite.model.path == "smollm2" and suite.model.proxy is None
+    assert suite.methods == [
+        "base",
+        "svf_rl",
+        "svf_sft",
+        "lora_rl",
+        "lora_sft",
+        "full_sft",
+        "full_rl",
+        "full_rl_bf16",
+        "subnet_rl",
+    ]
+    assert all(len(suite.method_lrs(m)) == 2 for m in suite.methods if m != "base")
+    stamp = WorldStamp(
+        config_hash="", base_fingerprint="", proxy_fingerprint="", tokenizer_fingerprint=""
+    )
+    env = LocalEnvironment(suite.model, stamp, {})  # the data only: no model is loaded
+    ours, shipped = env.task("real:add"), get_task("real:add")
+    assert ours.chat and ours.checker is shipped.checker and env.paired_ood("real:add")
+    for split in shipped.splits:
+        assert [(e.prompt, e.reference) for e in ours.examples(split)] == [
+            (e.prompt, e.reference) for e in shipped.examples(split)
+        ]
+    questions = [
+        json.loads(x)["question"]
+        for x in (DATA_DIR / "heldout_prompts.jsonl").read_text().splitlines()
+    ]
+    assert env.heldout_text(1000, ours) == questions
+    assert len(env.probes().examples("test")) == 453 and env.retain_text() == "real:multiply"
