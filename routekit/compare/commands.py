@@ -2,7 +2,7 @@
 
 With no arguments it runs the ``default`` suite on the embedded world (building the world
 into its cache first if needed), shows progress, prints the headline table and where the
-report is. ``--suite default|science|FILE`` picks another suite; ``--methods``, ``--tasks``,
+report is. ``--suite default|science|smollm2|FILE`` picks another suite; ``--methods``, ``--tasks``,
 ``--seeds`` and ``--lrs`` narrow or widen it; ``--list`` prints the known methods.
 Ctrl-C stops the workers at once, prints the command that resumes and exits with 130.
 """
@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--suite", default="default",
                    help="'default' (every method on hop, one seed), 'science' (hop and rev, "
-                   "3 seeds) or a suite YAML file (default: default)")
+                   "3 seeds), 'smollm2' (SmolLM2-135M-Instruct on real:add) or a suite YAML "
+                   "file, with a world or a model block (default: default)")
     p.add_argument("--methods", type=_csv, default=None, help="comma-separated methods to run")
     p.add_argument("--tasks", type=_csv, default=None, help="comma-separated tasks to run")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=None,

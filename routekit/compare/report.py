@@ -131,14 +131,23 @@ def _cells_section(results: Results) -> str:
                       "eval s", "peak MB"], rows) + "\n"
 
 
+def _environment_line(results: Results) -> str:
+    """'World' or 'Local model <path>' (results before the environment was kept: a world)."""
+    env = results.environment
+    if env.get("kind", "world") == "world":
+        return "World"
+    return f"Local model `{env.get('model')}`, data"
+
+
 def render(results: Results, plots: list[str] | None = None) -> str:
     """The report as markdown; ``plots`` are relative paths of PNGs to embed."""
     m = results.manifest
     lines = [
         f"# routekit compare: suite `{m.suite}`",
         "",
-        f"World `{m.world.config_hash}` (base weights `{m.world.base_fingerprint}`, proxy "
-        f"`{m.world.proxy_fingerprint}`), routekit {m.routekit_version}, "
+        f"{_environment_line(results)} `{m.world.config_hash}` (base weights "
+        f"`{m.world.base_fingerprint}`, proxy `{m.world.proxy_fingerprint or 'none'}`), "
+        f"routekit {m.routekit_version}, "
         f"torch {results.packages.get('torch', '?')}, {len(results.cells)} cells. Methods are "
         "compared at their own best learning rate (test accuracy, then probe answer "
         "log-likelihood, on the first seed); proxy methods at their best α, with the tuned "
