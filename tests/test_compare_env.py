@@ -339,3 +339,13 @@ def test_the_smollm2_suite_reads_routekits_real_data():
     ]
     assert env.heldout_text(1000, ours) == questions
     assert len(env.probes().examples("test")) == 453 and env.retain_text() == "real:multiply"
+
+
+def test_worker_processes_get_the_local_environment_whole(local_run, tmp_path):
+    suite, run = local_run
+    spawned = run_suite(suite, tmp_path / "spawned", workers=2, progress=False, report=False)
+
+    def figures(results):
+        return [(c.cell_id, [v.model_dump(mode="json") for v in c.variants]) for c in results.cells]
+
+    assert figures(spawned.results) == figures(run.results)
