@@ -160,6 +160,14 @@ def test_results_record_the_environment_and_claims_it_cannot_support(local_run, 
     assert run.results.manifest.world.proxy_fingerprint == ""
     claims = {c.letter: c for _, cs in all_claims(run.results) for c in cs}
     assert claims["e"].verdict == NOT_APPLICABLE and "behaviour labels" in claims["e"].reason
+    assert claims["d"].verdict == NOT_APPLICABLE  # no svf_rl cells in this run
+    # the same results from an environment without ood splits or probes
+    bare = run.results.model_copy(deep=True)
+    bare.environment.update(ood=[], probes=False)
+    claims = {c.letter: c for _, cs in all_claims(bare) for c in cs}
+    assert claims["f"].verdict == NOT_APPLICABLE and "no ood split" in claims["f"].reason
+    assert claims["g"].verdict == NOT_APPLICABLE and "no knowledge probes" in claims["g"].reason
+    assert claims["a"].verdict == NOT_APPLICABLE  # no full_rl_bf16 cells
 
 
 @dataclass

@@ -430,6 +430,9 @@ def _ordering(d: Interval, margin: float) -> str:
 
 def claim_g(view: View, task: str) -> Claim:
     c = Claim("g", "routing-only methods keep knowledge, full fine-tuning loses it, LoRA in between")
+    if not view.env.get("probes", True):
+        c.verdict, c.reason = NOT_APPLICABLE, "the environment has no knowledge probes"
+        return c
     rows = {m: view.gain_rows(m, task, "probe_loglik")
             for m in ("full_sft", "svf_sft", "proxy_sft", "lora_sft")}
     full = rows["full_sft"]
