@@ -101,3 +101,16 @@ def test_heldout_prompts_are_distinct_open_prompts():
     recs = _records("heldout_prompts")
     assert 100 <= len(recs) <= 200 and all(set(r) == {"question", "kind"} for r in recs)
     assert len({r["question"] for r in recs}) == len(recs)
+
+
+def test_real_tasks_are_the_shipped_files_but_the_heldout_prompts():
+    from routekit.errors import UnknownTaskError
+    from routekit.real.tasks import real_task_names
+    from routekit.tasks import get_task
+
+    assert real_task_names() == ["add", "knowledge", "multiply", "past_tense", "successor"]
+    for name in real_task_names():
+        task = get_task(f"real:{name}")
+        assert task.chat and "test" in task.splits
+    with pytest.raises(UnknownTaskError, match="prompts without answers"):
+        get_task("real:heldout_prompts")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -209,3 +210,22 @@ def test_bad_inputs_are_refused(smollm2_dir, tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "gguf").exists() or not list(
         (tmp_path / "cache").glob("gguf/*/manifest.json")
     )
+
+
+def test_lm_eval_on_smollm2_equals_routekit_evaluate(smollm2):
+    """The shipped lm-eval task file of real:successor, run by lm-eval on smollm2 with its chat
+    template, gives routekit.evaluate's completions and verdicts prompt by prompt."""
+    from routekit.lm_eval import RoutekitLM, run_tasks
+    from routekit.tasks import get_task
+
+    model, tok = smollm2
+    n = 8
+    ours = rk.evaluate(model, tok, get_task("real:successor"), "test", limit=n, max_new_tokens=32)
+    lm = RoutekitLM(model=model, tokenizer=tok, chat=True, batch_size=n)
+    recipes = Path(__file__).resolve().parent.parent / "recipes" / "lm_eval"
+    results = run_tasks(["routekit_real_successor"], lm, include_path=[recipes],
+                        include_defaults=False, limit=n, log_samples=True)
+    samples = sorted(results["samples"]["routekit_real_successor"], key=lambda s: s["doc_id"])
+    assert [s["resps"][0][0] for s in samples] == ours.completions
+    assert [bool(s["sentence_match"]) for s in samples] == ours.correct
+    assert 0 < sum(ours.correct)  # the model does some of them

@@ -22,9 +22,14 @@ REAL_TEMPLATE = "{question}"
 REAL_CHECKER = "sentence"
 
 
+# Prompts without answers (held-out text for forgetting), not a task.
+HELDOUT_PROMPTS = "heldout_prompts"
+
+
 def real_task_names(data_dir: str | os.PathLike = DATA_DIR) -> list[str]:
-    """The names of the shipped real tasks (the ``*.jsonl`` files of ``data_dir``)."""
-    return sorted(p.stem for p in Path(data_dir).glob("*.jsonl"))
+    """The names of the shipped real tasks (the ``*.jsonl`` files of ``data_dir`` but the
+    held-out prompts, which have no answers)."""
+    return sorted(p.stem for p in Path(data_dir).glob("*.jsonl") if p.stem != HELDOUT_PROMPTS)
 
 
 def real_task(
@@ -32,9 +37,10 @@ def real_task(
 ) -> Task:
     """The real task ``name`` from ``data_dir/<name>.jsonl`` (chat on, template ``{question}``)."""
     path = Path(data_dir) / f"{name}.jsonl"
-    if not path.is_file():
+    if name == HELDOUT_PROMPTS or not path.is_file():
         known = ", ".join(f"real:{n}" for n in real_task_names(data_dir)) or "none are installed"
-        raise UnknownTaskError(f"unknown real task {name!r} (no {str(path)!r}); known: {known}.")
+        why = "prompts without answers, for forgetting" if name == HELDOUT_PROMPTS else f"no {str(path)!r}"
+        raise UnknownTaskError(f"unknown real task {name!r} ({why}); known: {known}.")
     return jsonl_task(path, name=name, template=REAL_TEMPLATE, checker=checker, chat=True)
 
 
