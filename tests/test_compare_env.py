@@ -259,6 +259,15 @@ def test_bad_model_blocks_are_refused(local_data, tmp_path):
         suite_from_dict(local_suite(local_data, ["base"], tasks=["hop"]))
     with pytest.raises(ConfigError, match=r"\['proxy_sft'\] steer .* add model.proxy"):
         suite_from_dict(local_suite(local_data, ["base", "proxy_sft"]))
+    with pytest.raises(ConfigError, match=r"full_sft keeps a retention KL .* model.retain_text"):
+        suite_from_dict(local_suite(local_data, ["base", "full_sft"], model={"retain_text": None}))
+    kept = local_suite(
+        local_data,
+        ["base", "full_sft"],
+        model={"retain_text": None},
+        train={"full_sft": {"retain_kl_coef": 0.0}},
+    )
+    assert suite_from_dict(kept).model.retain_text is None
     with pytest.raises(ConfigError, match="unknown key 'model.colour'"):
         suite_from_dict(local_suite(local_data, ["base"], model={"colour": 1}))
     with pytest.raises(ConfigError, match="embedded world's model"):

@@ -139,6 +139,15 @@ class Suite(BaseModel):
                     "model block has no proxy; add model.proxy (a small model sharing the "
                     "base's vocabulary) or drop them"
                 )
+        if self.model is not None and self.model.retain_text is None:
+            for m in self.methods:
+                over = {**get_method(m).defaults, **self.train.get(m, {})}
+                if over.get("retain_kl_coef", 0) > 0 and not over.get("retain_text"):
+                    raise ValueError(
+                        f"method {m} keeps a retention KL (retain_kl_coef "
+                        f"{over['retain_kl_coef']:g}) and the model block names no "
+                        f"retain_text; add model.retain_text, or set train.{m}.retain_kl_coef: 0"
+                    )
         for m, rates in self.lrs.items():
             get_method(m)
             if not get_method(m).trains:
