@@ -465,13 +465,15 @@ def test_sigkilled_compare_leaves_no_process_and_resumes_to_the_same_results(
     cmd = chaos.compare_command(suite_file, out, workers=2)
     proc = chaos.start(cmd, tmp_path / "log.txt")
     # the chosen moment: the first training checkpoint of a cell, with two workers busy
-    deadline = time.time() + 60
+    # generous bounds: a loaded CI machine is slow to get there, the checks are what matter
+    deadline = time.time() + 300
     while time.time() < deadline and not list((out / "cells").glob(".work-*/checkpoint")):
         assert proc.poll() is None, (tmp_path / "log.txt").read_text()[-2000:]
         time.sleep(0.02)
-    killed = chaos.kill_parent_and_watch(proc, grace=3.0)
+    assert list((out / "cells").glob(".work-*/checkpoint")), "no cell reached a checkpoint"
+    killed = chaos.kill_parent_and_watch(proc, grace=10.0)
     assert killed["children_before_kill"] >= 2  # workers (and the resource tracker) were there
-    assert killed["survivors_after_grace"] == [] and killed["seconds_to_clear"] < 2.0
+    assert killed["survivors_after_grace"] == [] and killed["seconds_to_clear"] < 10.0
     # the resume, in this process (no worker spawns: the kill was the point above)
     resumed = run_suite(_suite(world_dir), out, workers=0, progress=False).results
     assert f"taking over the lock of run directory {str(out)!r}" in capsys.readouterr().err
@@ -484,15 +486,16 @@ def test_ctrl_c_on_the_terminal_stops_every_process_and_exits_130(world_dir, tmp
     suite_file.write_text(json.dumps(tiny_suite(world_dir, METHODS, steps=3, checkpoints=3)))
     out, log = tmp_path / "run", tmp_path / "log.txt"
     proc = chaos.start(chaos.compare_command(suite_file, out, workers=2), log)
-    deadline = time.time() + 60
+    deadline = time.time() + 300
     while time.time() < deadline and not list((out / "cells").glob(".work-*/checkpoint")):
         assert proc.poll() is None, log.read_text()[-2000:]
         time.sleep(0.02)
+    assert list((out / "cells").glob(".work-*/checkpoint")), "no cell reached a checkpoint"
     assert len(chaos.process_group(proc.pid)) >= 3  # routekit, its workers, the tracker
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
-    assert proc.wait(timeout=30) == 130
+    assert proc.wait(timeout=120) == 130
     assert "Resume with: routekit compare --suite" in log.read_text()
-    deadline = time.time() + 3
+    deadline = time.time() + 10
     while chaos.process_group(proc.pid) and time.time() < deadline:
         time.sleep(0.05)
     assert chaos.process_group(proc.pid) == []
