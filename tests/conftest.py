@@ -109,3 +109,17 @@ def world_dir(tmp_path_factory) -> Path:
         tok.save_pretrained(root / which)
     atomic_write_json(root / "world_config.json", WorldConfig.tiny().model_dump(mode="json"))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_world_built(tmp_path_factory):
+    """The CI-sized world, trained once per session (about two minutes on one core) into its
+    own cache: ``(cache directory, build info)``. Modules that need it set ROUTEKIT_CACHE to
+    that directory while they use it (see ``test_world.tiny_world``)."""
+    from routekit import world as world_mod
+
+    cache = tmp_path_factory.mktemp("tiny-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ROUTEKIT_CACHE", str(cache))
+        info = world_mod.build(WorldConfig.tiny(), progress=False)
+    return cache, info

@@ -485,13 +485,13 @@ def test_python_m_routekit_lm_eval_runs_lm_evals_own_cli_offline(
 
 # ----- the world's tiny model ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_world_model(tmp_path_factory):
-    """The CI-sized world, built once for this module (two minutes or more on one core)."""
+def tiny_world_model(tiny_world_built):
+    """The CI-sized world, built once per session (conftest.tiny_world_built)."""
     from routekit import world
 
+    cache, _ = tiny_world_built
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROUTEKIT_CACHE", str(tmp_path_factory.mktemp("tiny-cache")))
-        world.build(WorldConfig.tiny(), progress=False)
+        mp.setenv("ROUTEKIT_CACHE", str(cache))
         yield world.load(WorldConfig.tiny(), build_if_missing=False)
 
 

@@ -262,11 +262,12 @@ def test_world_config_rejects_unknown_keys():
 
 
 @pytest.fixture(scope="module")
-def tiny_world(tmp_path_factory):
-    """The CI-sized world, built once for this module (about two minutes on one core)."""
+def tiny_world(tiny_world_built):
+    """The CI-sized world, built once per session (conftest.tiny_world_built)."""
+    cache, info = tiny_world_built
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ROUTEKIT_CACHE", str(tmp_path_factory.mktemp("tiny-cache")))
-        yield world.build(WorldConfig.tiny(), progress=False)
+        mp.setenv("ROUTEKIT_CACHE", str(cache))
+        yield info
 
 
 @pytest.mark.slow
