@@ -46,7 +46,8 @@ import torch
 from routekit import world
 from routekit.adaptive import AdaptiveModel
 from routekit.eval import generate
-from routekit.experts import load_expert, mixture
+from routekit.experts import load_expert
+from routekit.experts.mixture import mixture
 from routekit.io import atomic_write_json, model_fingerprint
 from routekit.routing import (
     ClassifierRouter,

@@ -4,7 +4,8 @@ from . import errors, io, real, routing, training, world
 from .adaptive import AdaptiveModel
 from .errors import RoutekitError
 from .eval import EvalResult, evaluate, generate
-from .experts import Expert, load_expert, mixture
+from .experts import Expert, disable_experts, load_expert
+from .experts.mixture import mixture
 from .models import load_model, resolve_model
 from .proxy import FusionRule, ProxyExpert, ProxyLogitsProcessor, proxy_generate
 from .routing import (
@@ -53,6 +54,7 @@ __all__ = [
     "Expert",
     "load_expert",
     "mixture",
+    "disable_experts",
     # SVF experts (weight space)
     "SVFConfig",
     "SVFExpert",

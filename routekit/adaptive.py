@@ -28,7 +28,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import ConfigError, ExpertFileError, FingerprintMismatchError
 from .eval import generate as generate_texts
-from .experts import Expert, check_experts, check_same_base, load_expert, mixture
+from .experts import Expert, check_experts, check_same_base, load_expert
+from .experts.mixture import mixture
 from .io import (
     atomic_directory,
     atomic_write_json,

@@ -11,11 +11,11 @@ from .errors import ConfigError
 
 def _adaptive(args: argparse.Namespace):
     from .adaptive import AdaptiveModel
-    from .models import resolve_model
+    from .models import load_model
     from .routing.commands import load_experts, resolve_router, svf_ready
 
     experts = load_experts(args.experts)
-    model, tok = resolve_model(args.model)
+    model, tok = load_model(args.model)
     model = svf_ready(model, experts)
     router = resolve_router(args.router, model, tok, experts, args)
     return AdaptiveModel(model, tok, experts, router)
@@ -40,7 +40,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from .adaptive import AdaptiveModel
-    from .models import resolve_model
+    from .models import load_model
     from .routing import FixedRouter
     from .routing.commands import _parse_weights, load_experts, svf_ready
 
@@ -48,7 +48,7 @@ def _export(args: argparse.Namespace) -> int:
     weights = _parse_weights(args.mixture)
     if not weights:
         raise ConfigError("give the mixture to merge with --mixture NAME=WEIGHT ...")
-    model, tok = resolve_model(args.model)
+    model, tok = load_model(args.model)
     model = svf_ready(model, experts)
     am = AdaptiveModel(model, tok, experts, FixedRouter(experts, weights))
     path = am.export_merged(weights, args.out)

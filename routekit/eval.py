@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from contextvars import ContextVar
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -12,15 +11,10 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .experts.mixture import ROW_WINDOW
 from .models import left_pad, pad_token_id
 from .tasks.base import Task
 from .tasks.chat import render_prompts, render_task
-
-# Set by ``routekit.mixture`` while a per-prompt mixture is active: called with
-# (chunk start, chunk stop, number of prompts), it returns a context that applies that chunk's
-# rows. A hook rather than an import, because experts sit above this module.
-ROW_WINDOW: ContextVar[Callable[[int, int, int], contextlib.AbstractContextManager] | None] = (
-    ContextVar("routekit_row_window", default=None))
 
 
 class EvalResult(BaseModel):
@@ -67,7 +61,8 @@ def generate(
     Inside ``routekit.mixture(...)`` with one alpha row per prompt, each batch of
     ``batch_size`` prompts runs with its own rows. The tokenizer is not modified. ``chat``:
     each prompt is first put through the tokenizer's chat template
-    (:func:`routekit.tasks.chat.render_prompt`).
+    (:func:`routekit.tasks.chat.render_prompt`). Texts in, texts out: it routes nothing (the
+    ``routekit generate`` command routes each prompt first, as ``AdaptiveModel.generate``).
     """
     prompts = render_prompts(tokenizer, list(prompts), chat)
     device = next(model.parameters()).device

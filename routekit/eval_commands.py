@@ -9,7 +9,7 @@ import json
 from .errors import ConfigError
 from .eval import evaluate
 from .io import model_fingerprint
-from .models import resolve_model
+from .models import load_model
 from .tasks.registry import add_task_arguments, get_task, task_options, with_options
 
 
@@ -18,7 +18,7 @@ def _eval(args: argparse.Namespace) -> int:
         return _lm_eval(args)
     if args.task is None:
         raise ConfigError("give --task NAME (routekit's evaluation) or --lm-eval TASKS (lm-eval's).")
-    model, tok = resolve_model(args.model)
+    model, tok = load_model(args.model)
     task = get_task(with_options(args.task, **task_options(args)), chat=args.chat)
     result = evaluate(model, tok, task, args.split, max_new_tokens=args.max_new_tokens,
                       batch_size=args.batch_size, limit=args.limit, progress=not args.json)

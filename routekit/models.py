@@ -1,15 +1,17 @@
-"""Loading causal LMs and tokenizers from a local path (or taking loaded ones), with checks.
+"""Loading causal LMs and tokenizers (a name, a local path or loaded ones), with checks.
 
-Every entry point of routekit accepts either a local checkpoint directory or a loaded
-``PreTrainedModel`` plus tokenizer; this module turns both into the same pair. It never
-downloads: paths must exist locally, and weights are read from safetensors only (a pickle
-checkpoint is refused, never unpickled). Named models (``world``, ``world-proxy``, ``smollm2``) are
+Every entry point of routekit accepts a registered name, a local checkpoint directory or
+``.gguf`` file, or a loaded ``PreTrainedModel`` plus tokenizer; :func:`load_model` turns each
+into the same pair (``resolve_model`` is its deprecated old name). It never downloads: paths
+must exist locally, and weights are read from safetensors only (a pickle checkpoint is
+refused, never unpickled). Named models (``world``, ``world-proxy``, ``smollm2``) are
 registered here by the package that provides them, so this module imports none of them.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,15 +72,22 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Return ``(model, tokenizer)`` from a registered name, a local path or loaded objects.
 
-    A path must be a local directory holding a causal LM config, or a local ``.gguf`` file
-    (converted once into the cache by :func:`routekit.gguf.convert_gguf`); the tokenizer
-    defaults to the one saved beside it. Left padding is set for batched generation, and a missing pad
-    token falls back to EOS.
+    * A registered name (``world``, ``world-proxy``, ``smollm2``: see
+      :func:`register_model_name`) gives that model and its own tokenizer; a local path of
+      the same name, when one exists, is loaded instead.
+    * A path must be a local directory holding a causal LM config, or a local ``.gguf`` file
+      (converted once into the cache by :func:`routekit.gguf.convert_gguf`); the tokenizer
+      defaults to the one saved beside it.
+    * A loaded ``PreTrainedModel`` needs its ``tokenizer`` (a loaded one or a path).
+
+    ``dtype`` / ``device`` apply to each. Left padding is set for batched generation, and a
+    missing pad token falls back to EOS.
     """
-    if isinstance(model, str) and model in _NAMED_MODELS and not Path(model).exists():
+    if (isinstance(model, (str, os.PathLike)) and str(model) in _NAMED_MODELS
+            and not Path(model).exists()):
         if tokenizer is not None:
             raise ModelLoadError(f"the named model {model!r} brings its own tokenizer; pass none.")
-        lm, tok = _NAMED_MODELS[model]()
+        lm, tok = _NAMED_MODELS[str(model)]()
         if dtype is not None:
             lm.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
         if device is not None:
@@ -162,7 +171,7 @@ _NAMED_MODELS: dict[str, ModelLoader] = {}
 
 
 def register_model_name(name: str, loader: ModelLoader) -> None:
-    """Make ``resolve_model(name)`` return ``loader()``.
+    """Make ``load_model(name)`` return ``loader()``.
 
     ``routekit.world`` registers ``world`` and ``world-proxy`` when it is imported (``import
     routekit`` imports it), so the world depends on this module and not the reverse.
@@ -171,11 +180,12 @@ def register_model_name(name: str, loader: ModelLoader) -> None:
 
 
 def resolve_model(spec: str | os.PathLike) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A registered name (``world`` / ``world-proxy``: the embedded world's models, built if
-    needed) or a local path."""
-    loader = _NAMED_MODELS.get(str(spec))
-    if loader is not None:
-        return loader()
+    """Deprecated: use :func:`load_model`, which takes everything this took (a registered
+    name or a local path) and loaded models too."""
+    warnings.warn(
+        "routekit.resolve_model is deprecated; use routekit.load_model, which takes the same "
+        "names and paths.", DeprecationWarning, stacklevel=2,
+    )
     return load_model(spec)
 
 

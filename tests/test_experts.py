@@ -12,7 +12,8 @@ import torch
 
 import routekit as rk
 from routekit.errors import ConfigError, ExpertFileError, FingerprintMismatchError
-from routekit.experts import load_expert, mixture
+from routekit.experts import load_expert
+from routekit.experts.mixture import mixture
 from routekit.svf import SVFConfig, SVFExpert, get_svf_model, svf_layers
 from routekit.svf.model import _set_expert
 
@@ -241,7 +242,7 @@ def test_threads_with_different_mixtures_get_their_single_threaded_outputs(setup
         assert got[k] == [want[k]] * 4, k
 
 
-def test_disable_svf_is_per_thread(setup):
+def test_disable_adapter_is_per_thread(setup):
     s = setup
     x = torch.tensor([[1, 5, 6, 7, 8]])
     with mixture(s["base"], [s["s1"]], 1.0):
@@ -258,7 +259,7 @@ def test_disable_svf_is_per_thread(setup):
 
     t = threading.Thread(target=other)
     t.start()
-    with rk.disable_svf(s["base"]), mixture(s["base"], [s["s1"]], 0.0):
+    with s["base"].disable_adapter(), mixture(s["base"], [s["s1"]], 0.0):
         inside.set()
         done.wait()
         seen["here"] = s["base"](x).logits

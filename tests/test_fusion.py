@@ -260,7 +260,7 @@ def test_cli_fits_a_logit_fusion_router(setup, monkeypatch, tmp_path, capsys):
     from routekit.routing import commands
 
     s = setup
-    monkeypatch.setattr(routekit.models, "resolve_model", lambda spec: (s["base"], s["tok"]))
+    monkeypatch.setattr(routekit.models, "load_model", lambda spec: (s["base"], s["tok"]))
     monkeypatch.setattr(commands, "load_experts", lambda paths: [s[p] for p in paths])
     parser = argparse.ArgumentParser()
     commands.register(parser.add_subparsers(dest="command"))

@@ -6,7 +6,6 @@ import contextlib
 import json
 import math
 import random
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -453,7 +452,7 @@ def test_cli_fits_saves_and_routes(char_tokenizer, monkeypatch, tmp_path, capsys
     from routekit.routing import commands
 
     model = tiny_causal_lm("llama", vocab_size=len(char_tokenizer))
-    monkeypatch.setattr(routekit.models, "resolve_model", lambda spec: (model, char_tokenizer))
+    monkeypatch.setattr(routekit.models, "load_model", lambda spec: (model, char_tokenizer))
     monkeypatch.setattr(commands, "load_experts", lambda paths: fake_experts(paths))
     data = tmp_path / "routing.jsonl"
     planted = _planted(0, 40)
@@ -498,14 +497,9 @@ def test_default_routing_data_is_each_experts_training_split():
 
 
 # ----------------------------------------------------------------------------- real experts
-# These use the one mixture context (routekit.experts.mixture); they are skipped on a tree
-# that does not have it yet.
+# These use the one mixture context (routekit.experts.mixture).
 def _svf_setup(char_tokenizer, tmp_path):
-    import routekit
-
-    if not (Path(routekit.__file__).parent / "experts.py").is_file():
-        pytest.skip("routekit.experts (the one mixture context) is not in this tree yet")
-    import routekit.experts as experts_mod
+    import routekit.experts.mixture as experts_mod
     from routekit.svf import SVFConfig, SVFExpert, get_svf_model, svf_layers
 
     model = get_svf_model(tiny_causal_lm("llama", vocab_size=len(char_tokenizer)),

@@ -9,7 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 import routekit.svf.factors as factors_mod
 from routekit.errors import ConfigError, ExpertFileError, FingerprintMismatchError, RoutekitWarning
-from routekit.experts import mixture
+from routekit.experts.mixture import mixture
 from routekit.io import model_fingerprint
 from routekit.svf import (
     SVFConfig,
@@ -375,8 +375,8 @@ def test_fused_siblings_equal_separate_layers_in_values_and_gradients(cfg):
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_disable_svf_computes_the_base_merged_or_not(arch, cfg):
-    from routekit.svf import disable_svf
+def test_disable_adapter_computes_the_base_merged_or_not(arch, cfg):
+    from routekit.svf import disable_adapter
 
     model = tiny(arch)
     x = ids()
@@ -384,9 +384,9 @@ def test_disable_svf_computes_the_base_merged_or_not(arch, cfg):
     get_svf_model(model, cfg(target_modules="all-linear"))
     set_expert(model, random_expert(model, "e", 9))
     adapted = logits(model, x)
-    with disable_svf(model):
+    with disable_adapter(model):
         torch.testing.assert_close(logits(model, x), ref, atol=1e-5, rtol=0)
     merge(model)
-    with disable_svf(model):
+    with disable_adapter(model):
         torch.testing.assert_close(logits(model, x), ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(logits(model, x), adapted, atol=1e-5, rtol=0)

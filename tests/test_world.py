@@ -234,8 +234,8 @@ def test_malformed_manifest_is_corruption(cache, manifest):
         world.verify_entry(root)
 
 
-def test_resolve_model_world_names_load_the_default_world(cache):
-    """``resolve_model("world")`` reaches the world through its registration; models.py itself
+def test_load_model_world_names_load_the_default_world(cache):
+    """``load_model("world")`` reaches the world through its registration; models.py itself
     imports nothing from the world (the dependency runs world -> models only)."""
     import ast
     import shutil
@@ -246,8 +246,8 @@ def test_resolve_model_world_names_load_the_default_world(cache):
     info = world.build(MICRO, progress=False)
     # Stand the micro entry in for the default world's (its manifest holds relative paths).
     shutil.copytree(info.path, world.world_dir(WorldConfig()))
-    base, _ = routekit.resolve_model("world")
-    proxy, _ = models.resolve_model("world-proxy")
+    base, _ = routekit.load_model("world")
+    proxy, _ = models.load_model("world-proxy")
     assert model_fingerprint(base) == info.base_fingerprint
     assert model_fingerprint(proxy) == info.proxy_fingerprint
     tree = ast.parse(open(models.__file__).read())

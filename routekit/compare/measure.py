@@ -67,7 +67,7 @@ class Evaluator:
     def _steering(self, steer: tuple[Any, float] | None) -> contextlib.AbstractContextManager:
         if steer is None:
             return contextlib.nullcontext()
-        from ..experts import mixture
+        from ..experts.mixture import mixture
 
         expert, alpha = steer
         return mixture(self.base, [expert], [alpha], tokenizer=self.tok)

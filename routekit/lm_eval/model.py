@@ -11,7 +11,7 @@ distribution, renormalised), so all three request types see one model.
 ``model_args`` (``--model_args`` or a dict; lm-eval splits the string on ``,``):
 
 - ``model``: ``world`` (default), ``smollm2``, a local checkpoint directory or a ``.gguf``
-  file (anything :func:`routekit.load_model` / :func:`routekit.resolve_model` accepts), or a
+  file (anything :func:`routekit.load_model` accepts), or a
   loaded ``PreTrainedModel`` with ``tokenizer=`` (dict form only).
 - ``experts``: expert directories of either kind, separated by ``:`` (a list in dict form).
 - ``router``: a router directory saved for these experts, or ``mixture``: one fixed mixture,
@@ -39,9 +39,10 @@ from ..compare.metrics import answer_rows, score_rows
 from ..compare.steered import SteeredLM
 from ..errors import ConfigError
 from ..eval import generate
-from ..experts import Expert, load_expert, mixture
+from ..experts import Expert, load_expert
+from ..experts.mixture import mixture
 from ..io import model_fingerprint
-from ..models import load_model, resolve_model
+from ..models import load_model
 from ..proxy import ProxyExpert
 from ..routing import FixedRouter, Mixture, Router, alpha_table, load_router
 from ..tasks.base import Example
@@ -240,14 +241,7 @@ class RoutekitLM(LM):
             raise ConfigError(f"device {device!r} is not available here (no CUDA); use device=cpu.")
         if dtype is not None and not isinstance(getattr(torch, str(dtype), None), torch.dtype):
             raise ConfigError(f"dtype {dtype!r} is not a torch dtype (float32, bfloat16, ...).")
-        if isinstance(model, str) and tokenizer is None and not Path(model).expanduser().exists():
-            base, tok = resolve_model(model)  # a registered name, else load_model's own error
-            if dtype is not None:
-                base.to(getattr(torch, str(dtype)))
-            if device is not None:
-                base.to(device)
-            return base, tok
-        return load_model(model, tokenizer, dtype=dtype, device=device)
+        return load_model(model, tokenizer, dtype=dtype, device=device)  # names, paths, objects
 
     # ----- one batch ---------------------------------------------------------------------------
     @property

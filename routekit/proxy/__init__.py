@@ -7,13 +7,17 @@ next-token scores become ``log_softmax(base) + sum_k alpha_k * offset_k``. The b
 weights are never touched. ``expert`` holds the pair and its files, ``processor`` the
 ``LogitsProcessor``, ``steering`` the per-call hook that ``routekit.mixture`` uses,
 ``fusion`` the per-step weighting rule (dynamic logit fusion), and ``generate`` the one-call
-helper.
+helper. Importing the package registers the kind ``"proxy"`` with ``routekit.experts.registry``.
 """
 
+from ..experts import ExpertKind, register_kind
 from .expert import ProxyExpert, ProxyExpertConfig, check_vocab_compatible
 from .fusion import FusionRule
 from .generate import proxy_generate
 from .processor import ProxyLogitsProcessor
+from .steering import steering_disabled
+
+register_kind(ExpertKind("proxy", ProxyExpert, disabled=steering_disabled))
 
 __all__ = [
     "FusionRule",

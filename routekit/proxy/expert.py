@@ -166,21 +166,33 @@ class ProxyExpert(Expert):
             )
 
     def save_pretrained(
-        self, directory: str | os.PathLike, base_tokenizer: PreTrainedTokenizerBase | None = None
+        self,
+        save_directory: str | os.PathLike,
+        base_tokenizer: PreTrainedTokenizerBase | None = None,
     ) -> Path:
         """Write ``tuned/`` and ``untuned/`` (safetensors + tokenizer) and ``expert_config.json``.
 
-        The directory appears in one rename, so a killed save leaves no half-written expert.
-        ``base_tokenizer`` (checked for compatibility) is the one whose fingerprint is recorded;
-        by default the expert's own tokenizer, which is the base's when they share it.
+        ``save_pretrained(directory)``, as every expert kind. The directory appears in one
+        rename, so a killed save leaves no half-written expert. The fingerprint recorded is the
+        base tokenizer's: ``base_tokenizer`` when given (checked for compatibility), else the
+        expert's own tokenizer (the base's when they share it). An expert built without a
+        tokenizer saves ``base_tokenizer`` as its own (a proxy gives every base token the
+        base's id); with neither it is refused.
         """
-        tok = self.tokenizer
+        directory = save_directory
+        tok = self.tokenizer if self.tokenizer is not None else base_tokenizer
         if tok is None:
             raise ConfigError(
                 f"proxy expert {self.name!r} has no tokenizer, so a saved copy could not be "
-                "checked against a base. Build it with ProxyExpert(..., tokenizer=tok)."
+                "checked against a base. Build it with ProxyExpert(..., tokenizer=tok), or pass "
+                "save_pretrained(directory, base_tokenizer=tok)."
             )
-        if base_tokenizer is not None:
+        if self.tokenizer is None and len(tok) > logits_width(self.tuned):
+            raise ConfigError(
+                f"proxy expert {self.name!r} scores {logits_width(self.tuned)} tokens but the "
+                f"given base tokenizer has {len(tok)}; it is not this expert's vocabulary."
+            )
+        if base_tokenizer is not None and base_tokenizer is not tok:
             check_vocab_compatible(base_tokenizer, tok)
         base_fp = tokenizer_fingerprint(base_tokenizer if base_tokenizer is not None else tok)
         refuse_foreign_directory(Path(directory), (EXPERT_CONFIG, "tuned", "untuned"))

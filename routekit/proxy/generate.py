@@ -8,8 +8,7 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError
-from ..eval import generate
-from ..experts import AlphaLike, mixture, normalize_alpha
+from ..experts import AlphaLike, normalize_alpha
 from ..tasks.chat import render_prompts
 from .expert import ProxyExpert
 from .steering import check_context
@@ -37,6 +36,10 @@ def proxy_generate(
     ``chat``: each prompt is rendered through the chat template once, before generation, so
     the base and every proxy model read the same rendered ids.
     """
+    # At call time: both sit above this package (issue 21 moves this helper up into eval/).
+    from ..eval import generate
+    from ..experts.mixture import mixture
+
     prompts = render_prompts(tokenizer, list(prompts), chat)
     experts = [experts] if isinstance(experts, ProxyExpert) else list(experts)
     for e in experts:

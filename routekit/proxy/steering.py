@@ -8,7 +8,8 @@ steering is active in the calling thread or task, puts a fresh
 ``model.generate(...)`` and ``routekit.generate(...)`` both steer, two threads steer one
 model with different experts at once, and a call outside any steering is untouched. A
 steering may carry a ``fusion`` rule (``routekit.proxy.fusion``), which the processor then
-uses to choose the experts' weights at every step.
+uses to choose the experts' weights at every step. Inside :func:`steering_disabled` (part of
+``routekit.experts.disable_experts``) every call of this context runs unsteered.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class _Steering:
 
 
 _ACTIVE: ContextVar[dict[int, _Steering] | None] = ContextVar("routekit_proxy_steering", default=None)
+_OFF: ContextVar[bool] = ContextVar("routekit_proxy_steering_off", default=False)
 _HOOK_LOCK = threading.Lock()
 
 
@@ -65,7 +67,7 @@ def _steered(model: PreTrainedModel) -> Any:
     @functools.wraps(type(model).generate)
     def generate(*args: Any, **kwargs: Any) -> Any:
         active = (_ACTIVE.get() or {}).get(id(model))
-        if active is None:
+        if active is None or _OFF.get():
             return original(*args, **kwargs)
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
@@ -116,3 +118,14 @@ def steering(
         yield
     finally:
         _ACTIVE.reset(token)
+
+
+@contextlib.contextmanager
+def steering_disabled() -> Iterator[None]:
+    """Inside the block, this context's ``generate`` calls run unsteered, even within a
+    ``steering`` / ``routekit.mixture`` block (other threads keep theirs)."""
+    token = _OFF.set(True)
+    try:
+        yield
+    finally:
+        _OFF.reset(token)

@@ -107,11 +107,11 @@ def fit_router(kind: str, model: Any, tokenizer: Any, experts: list[Any],
 
 
 def _fit(args: argparse.Namespace) -> int:
-    from ..models import resolve_model
+    from ..models import load_model
 
     _none_task(args)
     experts = load_experts(args.experts)
-    model, tok = resolve_model(args.model)
+    model, tok = load_model(args.model)
     router = fit_router(args.kind, model, tok, experts, args)
     router.save_pretrained(args.out)
     info = {"out": str(args.out), "kind": router.kind, "experts": router.expert_names}
@@ -136,12 +136,12 @@ def resolve_router(spec: str, model: Any, tokenizer: Any, experts: list[Any],
 
 
 def _route(args: argparse.Namespace) -> int:
-    from ..models import resolve_model
+    from ..models import load_model
 
     _none_task(args)
     prompts = _read_prompts(args)
     experts = load_experts(args.experts)
-    model, tok = resolve_model(args.model)
+    model, tok = load_model(args.model)
     router = resolve_router(args.router, model, tok, experts, args)
     mixtures = router.route(prompts)
     rule = router.fusion_rule  # per-step weights: the mixture is only the prior over experts

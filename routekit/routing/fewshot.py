@@ -37,7 +37,7 @@ ApplyMixture = Callable[..., AbstractContextManager]
 
 
 def _default_apply_mixture() -> ApplyMixture:
-    from ..experts import mixture  # the one mixture context for both expert kinds
+    from ..experts.mixture import mixture  # the one mixture context for both expert kinds
 
     return mixture
 

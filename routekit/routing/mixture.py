@@ -50,6 +50,9 @@ class Mixture(BaseModel):
     that search signed weights). Names are checked against a model's experts by
     :meth:`check`, since a mixture is made before it meets a model. An empty mixture, or one
     whose weights are all zero, routes to the base alone (:attr:`is_base`).
+
+    Data only: ``routekit.mixture`` (lower case) is the context that applies experts, and
+    ``routekit.mix_experts`` makes one SVF expert from fixed weights.
     """
 
     model_config = ConfigDict(frozen=True)

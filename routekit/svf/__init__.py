@@ -4,14 +4,17 @@ For each targeted linear layer W = U diag(S) Vh an expert is a vector z and the 
 layer is U diag(S ⊙ z) Vh. ``config`` says which layers, ``factors`` computes and caches
 the SVD, ``layer`` holds the factored and merged forwards and the per-call state, ``fusion``
 shares one projection between siblings, ``model`` wraps a model and merges experts into it,
-``expert`` saves, loads and mixes experts, ``delta`` gives the exact update ΔW.
+``expert`` saves, loads and mixes experts, ``delta`` gives the exact update ΔW. Importing
+the package registers the kind ``"svf"`` with ``routekit.experts.registry``.
 """
 
+from ..experts import ExpertKind, register_kind
 from .config import SVFConfig
 from .delta import save_adapted_checkpoint, svf_delta
-from .expert import SVFExpert, mix_experts
-from .layer import SVFLinear
+from .expert import FORMAT, SVFExpert, mix_experts
+from .layer import SVFLinear, svf_disabled
 from .model import (
+    disable_adapter,
     disable_svf,
     export_expert,
     get_svf_model,
@@ -20,6 +23,8 @@ from .model import (
     unmerge,
     unwrap_svf_model,
 )
+
+register_kind(ExpertKind("svf", SVFExpert, formats=(FORMAT,), disabled=svf_disabled))
 
 __all__ = [
     "SVFConfig",
@@ -32,6 +37,7 @@ __all__ = [
     "export_expert",
     "merge",
     "unmerge",
+    "disable_adapter",
     "disable_svf",
     "svf_delta",
     "save_adapted_checkpoint",

@@ -40,20 +40,6 @@ def _expert_z(
     return {n: expert.z[n] for n in layers}
 
 
-@torch.no_grad()
-def _layer_delta(layer: SVFLinear, z: torch.Tensor) -> torch.Tensor:
-    """U diag(S ⊙ (z − 1)) Vh in float32, in the base layer's orientation; exact zeros where
-    z = 1 (only the singular directions with z ≠ 1 enter the product)."""
-    u, s, vh = layer.svf_U, layer.svf_S, layer.svf_Vh
-    scale = s.float() * (z.to(s.device, torch.float32) - 1.0)
-    keep = scale.nonzero().squeeze(1)
-    if keep.numel() == 0:
-        delta = torch.zeros(u.shape[0], vh.shape[1], dtype=torch.float32, device=u.device)
-    else:
-        delta = (u[:, keep].float() * scale[keep]) @ vh[keep].float()
-    return delta.t().contiguous() if layer.is_conv1d else delta
-
-
 def _require_layers(model: nn.Module) -> dict[str, SVFLinear]:
     layers = svf_layers(model)
     if not layers:
@@ -74,13 +60,7 @@ def svf_delta(model: nn.Module, expert: SVFExpert | None = None) -> dict[str, to
     """
     layers = _require_layers(model)
     z = _expert_z(model, layers, expert)
-    return {n: _layer_delta(layer, z[n]) for n, layer in layers.items()}
-
-
-def _original_weight(layer: SVFLinear) -> torch.Tensor:
-    """The base weight as loaded (while merged, the base layer holds W' and keeps W aside)."""
-    kept = getattr(layer, "_kept_weight", None)
-    return (kept if kept is not None else layer.base_layer.weight).detach()
+    return {n: layer.delta_weight(z[n]) for n, layer in layers.items()}
 
 
 def adapted_state_dict(
@@ -95,8 +75,8 @@ def adapted_state_dict(
     z = _expert_z(model, layers, expert)
     new_weights = {}
     for n, layer in layers.items():  # one float32 ΔW at a time
-        w = _original_weight(layer)
-        d = _layer_delta(layer, z[n])
+        w = layer.original_weight
+        d = layer.delta_weight(z[n])
         new_weights[f"{n}.base_layer.weight"] = (
             w if not d.any() else (w.float() + d.to(w.device)).to(w.dtype)
         )
@@ -132,13 +112,14 @@ def save_adapted_checkpoint(
             f"{str(target)!r} exists and is not empty; choose a new directory, or pass "
             "overwrite=True to replace it as a whole."
         )
-    if not hasattr(model, "save_pretrained"):
+    if not hasattr(type(model), "save_pretrained"):
         raise ConfigError(
             f"{type(model).__name__} has no save_pretrained; give a wrapped HF PreTrainedModel."
         )
     state_dict = adapted_state_dict(model, expert)
     with atomic_directory(target) as tmp:
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        # The class's save_pretrained (the full model): an SVF model's own saves its expert.
+        type(model).save_pretrained(model, tmp, state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
     return target

@@ -72,7 +72,9 @@ def check_z(layer: str, z: torch.Tensor, rank: int | None = None, what: str = "e
 class SVFExpert(Expert):
     """z vectors per layer (in model order) plus name, target modules, base fingerprint,
     training config and metrics. The z vectors are the expert's own copies: changing the
-    tensors it was built from (a model's ``svf_z`` that keeps training) never changes it."""
+    tensors it was built from (a model's ``svf_z`` that keeps training) never changes it.
+    They are float32 on the CPU unless ``dtype`` / ``device`` say otherwise (applying an
+    expert computes in float32 whatever its dtype; files always hold float32)."""
 
     kind = "svf"
 
@@ -85,12 +87,16 @@ class SVFExpert(Expert):
         base_fingerprint: str,
         training_config: dict[str, Any] | None = None,
         metrics: dict[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
     ) -> None:
         if not z:
             raise ExpertFileError(f"expert {name!r} has no layers.")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ConfigError(f"expert {name!r}: dtype {dtype!r} is not a floating torch dtype.")
         # clone(): .to()/.contiguous() return the same storage for a CPU float32 tensor, so
         # without it an expert exported from a live model would follow the model's training.
-        self.z = {k: v.detach().to("cpu", torch.float32).clone() for k, v in z.items()}
+        self.z = {k: v.detach().to(device, dtype).clone() for k, v in z.items()}
         for layer, vec in self.z.items():
             check_z(layer, vec, what=f"expert {name!r}")
         self.name = name
@@ -134,7 +140,8 @@ class SVFExpert(Expert):
         refuse_foreign_directory(target, (CONFIG_NAME, WEIGHTS_NAME))
         with atomic_directory(target) as tmp:
             atomic_save_safetensors(
-                {k + _Z_SUFFIX: v for k, v in self.z.items()}, tmp / WEIGHTS_NAME,
+                {k + _Z_SUFFIX: v.to("cpu", torch.float32) for k, v in self.z.items()},
+                tmp / WEIGHTS_NAME,
                 metadata={"format": FORMAT, "name": self.name},
             )
             atomic_write_json(tmp / CONFIG_NAME, self._file_config())
@@ -142,13 +149,15 @@ class SVFExpert(Expert):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | os.PathLike, *, base_model: torch.nn.Module | None = None
+        cls, directory: str | os.PathLike, *, base_model: torch.nn.Module | None = None,
+        dtype: torch.dtype | None = None, device: str | torch.device | None = None,
     ) -> SVFExpert:
         """Load and check an expert directory (shapes, layer set, finite values).
 
         With ``base_model`` (plain or SVF-wrapped) an expert trained on another base is refused
         here, naming both fingerprints; without it the same check runs when the expert is
-        applied (``routekit.mixture``, ``merge``).
+        applied (``routekit.mixture``, ``merge``). ``dtype`` / ``device``: where the z vectors
+        are kept (default float32 on the CPU), as ``ProxyExpert.from_pretrained`` takes them.
         """
         directory = Path(directory)
         check_expert_kind(directory, cls)
@@ -180,7 +189,7 @@ class SVFExpert(Expert):
         return cls(
             z, name=cfg.name, target_modules=cfg.target_modules,
             base_fingerprint=cfg.base_fingerprint, training_config=cfg.training_config,
-            metrics=cfg.metrics,
+            metrics=cfg.metrics, dtype=dtype or torch.float32, device=device or "cpu",
         )
 
 
@@ -217,7 +226,8 @@ def mix_experts(
 
     ``alpha``: (K,) one weight per expert, or one row (1, K) / (1, K, L) as in
     ``routekit.mixture``. Use it to merge a mixture (``merge(model, mix_experts(...))``) or to
-    export one (``save_adapted_checkpoint``).
+    export one (``save_adapted_checkpoint``). Not ``routekit.mixture`` (the context that
+    applies experts per call) nor ``routekit.Mixture`` (a router's weights for one prompt).
     """
     check_compatible(experts)
     layers = experts[0].layer_names
@@ -231,7 +241,7 @@ def mix_experts(
         a = a[0]
     z = {}
     for i, layer in enumerate(layers):
-        delta = torch.stack([e.z[layer] for e in experts]) - 1.0  # (K, r)
+        delta = torch.stack([e.z[layer].to("cpu", torch.float32) for e in experts]) - 1.0  # (K, r)
         z[layer] = 1.0 + (a[:, i] if a.ndim == 2 else a) @ delta
     first = experts[0]
     return SVFExpert(

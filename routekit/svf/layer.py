@@ -59,6 +59,12 @@ def call_state(state: SVFCallState) -> Iterator[SVFCallState]:
         _CALL.reset(token)
 
 
+def svf_disabled() -> contextlib.AbstractContextManager[SVFCallState]:
+    """A context in which this thread's SVF layers compute their base (merged or not), even
+    inside a ``routekit.mixture`` block (the kind's part of ``disable_experts``)."""
+    return call_state(SVFCallState(disabled=True))
+
+
 class SVFLinear(nn.Module):
     """Wraps an ``nn.Linear`` or GPT-2 ``Conv1D`` (kept as ``base_layer``) with SVF factors."""
 
@@ -159,6 +165,27 @@ class SVFLinear(nn.Module):
         z = self.svf_z if z is None else z
         w = (self.svf_U.float() * (self.svf_S * z.float())) @ self.svf_Vh.float()
         return w.t() if self.is_conv1d else w
+
+    @torch.no_grad()
+    def delta_weight(self, z: torch.Tensor | None = None) -> torch.Tensor:
+        """ΔW = U diag(S ⊙ (z − 1)) Vh in float32, in the base layer's orientation (z default
+        ``svf_z``); exact zeros where z = 1 (only the singular directions with z ≠ 1 enter the
+        product), so W + ΔW leaves out the SVD reconstruction error (``routekit.svf.delta``)."""
+        z = self.svf_z if z is None else z
+        u, s, vh = self.svf_U, self.svf_S, self.svf_Vh
+        scale = s.float() * (z.detach().to(s.device, torch.float32) - 1.0)
+        keep = scale.nonzero().squeeze(1)
+        if keep.numel() == 0:
+            delta = torch.zeros(u.shape[0], vh.shape[1], dtype=torch.float32, device=u.device)
+        else:
+            delta = (u[:, keep].float() * scale[keep]) @ vh[keep].float()
+        return delta.t().contiguous() if self.is_conv1d else delta
+
+    @property
+    def original_weight(self) -> torch.Tensor:
+        """The base weight as loaded (while merged, the base layer holds W' and keeps W aside)."""
+        kept = self._kept_weight
+        return (kept if kept is not None else self.base_layer.weight).detach()
 
     @torch.no_grad()
     def merge(self) -> None:

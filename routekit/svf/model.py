@@ -1,29 +1,37 @@
 """Turning a causal LM into an SVF model and back, and merging an expert into its weights.
 
-``get_svf_model`` wraps the targeted layers in place (PEFT-style, ``base_layer`` kept) and
-freezes all but ``svf_z``. An expert is applied per call with ``routekit.mixture`` (factored
+``get_svf_model`` wraps the targeted layers in place (PEFT-style, ``base_layer`` kept),
+freezes all but ``svf_z`` and gives the model PEFT's methods (see :data:`PEFT_METHODS`):
+``print_trainable_parameters()``, ``merge_and_unload()``, ``unload()``,
+``disable_adapter()``, ``save_pretrained()`` (the expert, as PEFT saves the adapter) and
+``export_expert()``. An expert is applied per call with ``routekit.mixture`` (factored
 path, one mixture per batch row, safe under threads), or written into the weights with
 ``merge`` (base speed, for every caller; ``unmerge`` restores them bit-exactly).
-``disable_svf`` makes the calls of one block compute the base.
+``disable_adapter`` makes the calls of one block compute the base (``disable_svf`` is its
+deprecated old name).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
+import os
+import types
+import warnings
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError, FingerprintMismatchError
+from ..experts import disable_experts
 from ..io import model_fingerprint
 from .config import SVFConfig, resolve_targets
 from .expert import SVFExpert, check_z
 from .factors import load_or_compute_factors
 from .fusion import install_fusion, remove_fusion
-from .layer import SVFCallState, SVFLinear, call_state, current_state
+from .layer import SVFLinear, current_state
 
 
 def svf_layers(model: nn.Module) -> dict[str, SVFLinear]:
@@ -52,6 +60,12 @@ def get_svf_model(model: nn.Module, config: SVFConfig | None = None) -> nn.Modul
     Every other parameter is frozen; only the ``svf_z`` vectors train. With the default
     ``z_init=1.0`` the wrapped model computes what the base computes, up to the float32
     rounding of the SVD reconstruction (see ``routekit.svf.factors`` for the measured bound).
+
+    The returned object is ``model`` itself (still its own class, so everything that takes a
+    ``PreTrainedModel`` takes it), with PEFT's methods bound on it: ``print_trainable_parameters()``,
+    ``get_nb_trainable_parameters()``, ``merge_and_unload()``, ``unload()``,
+    ``disable_adapter()``, ``save_pretrained(directory)`` (writes the expert; the full
+    adapted model is ``save_adapted_checkpoint``) and ``export_expert(name)``.
     """
     config = config or SVFConfig()
     if svf_layers(model):
@@ -68,7 +82,8 @@ def get_svf_model(model: nn.Module, config: SVFConfig | None = None) -> nn.Modul
     model.svf_config = config
     model.svf_base_fingerprint = fingerprint
     model._svf_requires_grad = requires_grad
-    model.export_expert = functools.partial(export_expert, model)
+    for name in PEFT_METHODS:  # instance attributes: the class and other models are untouched
+        model.__dict__[name] = types.MethodType(globals()[name], model)
     install_fusion(model)
     return model
 
@@ -82,7 +97,7 @@ def unwrap_svf_model(model: nn.Module) -> nn.Module:
         _replace(model, name, layer.base_layer)
     for n, p in model.named_parameters():
         p.requires_grad_(model._svf_requires_grad.get(n, p.requires_grad))
-    for attr in ("svf_config", "svf_base_fingerprint", "_svf_requires_grad", "export_expert"):
+    for attr in ("svf_config", "svf_base_fingerprint", "_svf_requires_grad", *PEFT_METHODS):
         model.__dict__.pop(attr, None)
     return model
 
@@ -185,10 +200,87 @@ def unmerge(model: nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def disable_svf(model: nn.Module) -> Iterator[nn.Module]:
-    """``with disable_svf(model):`` this thread's calls compute the base (merged or not), as
-    PEFT's ``disable_adapter()``; used for reference passes such as an RL KL penalty. Other
-    threads keep their own behaviour."""
+def disable_adapter(model: nn.Module) -> Iterator[nn.Module]:
+    """``with model.disable_adapter():`` this thread's calls compute the base, as PEFT's
+    ``disable_adapter()``: SVF layers (merged or not) and proxy steering are off, inside
+    ``routekit.mixture`` blocks too (``routekit.experts.disable_experts``); used for
+    reference passes such as an RL KL penalty. Other threads keep their own behaviour."""
     _require_svf(model)
-    with call_state(SVFCallState(disabled=True)):
+    with disable_experts():
         yield model
+
+
+def disable_svf(model: nn.Module) -> contextlib.AbstractContextManager[nn.Module]:
+    """Deprecated: use ``model.disable_adapter()`` (``routekit.svf.disable_adapter(model)``),
+    which also turns proxy steering off."""
+    warnings.warn(
+        "routekit.disable_svf is deprecated; use model.disable_adapter() "
+        "(routekit.svf.disable_adapter(model)), which also turns proxy steering off.",
+        DeprecationWarning, stacklevel=2,
+    )
+    return disable_adapter(model)
+
+
+# ----- PEFT's methods on an SVF model --------------------------------------------------------
+
+
+def get_nb_trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable parameters, all parameters) of the model, as PEFT counts them."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def print_trainable_parameters(model: nn.Module) -> None:
+    """Print PEFT's line: ``trainable params: N || all params: M || trainable%: P``."""
+    trainable, total = get_nb_trainable_parameters(model)
+    print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
+          f"trainable%: {100 * trainable / max(total, 1):.4f}")
+
+
+@torch.no_grad()
+def merge_and_unload(model: nn.Module, expert: SVFExpert | None = None) -> nn.Module:
+    """Write the expert into the base weights and remove the SVF wrappers; returns the plain
+    base model (the same object, its own class, no SVF module left), as PEFT's.
+
+    Every targeted weight becomes W + ΔW in its own dtype (ΔW = U diag(S ⊙ (z − 1)) Vh, from
+    ``expert`` or else ``svf_z``): what ``save_adapted_checkpoint`` writes, and a layer with
+    z = 1 keeps its weight bit for bit. ``requires_grad`` is restored as ``unload`` does.
+    """
+    layers = _require_svf(model)
+    _refuse_while_mixing("merge_and_unload")
+    if expert is not None:
+        check_expert_fits(model, layers, expert)
+    for n, layer in layers.items():
+        delta = layer.delta_weight(expert.z[n] if expert is not None else None)
+        layer.unmerge()  # the base layer holds W again
+        if delta.any():
+            w = layer.base_layer.weight
+            w.copy_((w.float() + delta.to(w.device)).to(w.dtype))
+        del delta
+    return unwrap_svf_model(model)
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Remove the SVF wrappers without merging (PEFT's ``unload``): the base model with its
+    weights bit-exactly as loaded; same as :func:`unwrap_svf_model`."""
+    return unwrap_svf_model(model)
+
+
+def save_pretrained(
+    model: nn.Module, save_directory: str | os.PathLike, name: str | None = None, *,
+    training_config: Mapping[str, Any] | None = None, metrics: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save the model's expert (its ``svf_z``) as an expert directory, as PEFT saves the
+    adapter; ``name`` defaults to the directory's name. Load it with ``routekit.load_expert``.
+    The whole adapted model as a plain checkpoint is ``save_adapted_checkpoint``."""
+    target = Path(save_directory)
+    expert = export_expert(model, name or target.name, training_config=training_config,
+                           metrics=metrics)
+    return expert.save_pretrained(target)
+
+
+#: The methods ``get_svf_model`` binds on the model it wraps (PEFT's names).
+PEFT_METHODS = (
+    "export_expert", "print_trainable_parameters", "get_nb_trainable_parameters",
+    "merge_and_unload", "unload", "disable_adapter", "save_pretrained",
+)

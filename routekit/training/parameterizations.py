@@ -190,27 +190,23 @@ def frozen_base(
 ) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of contexts that yield a module computing the untrained base's logits.
 
-    ``reference``, when given, is that module (see :func:`frozen_reference`). Otherwise SVF:
-    the same model computing its base (``routekit.svf.disable_svf``); LoRA: PEFT's
-    ``disable_adapter()``; full/mask: a frozen deep copy made now, which is the untrained base
+    ``reference``, when given, is that module (see :func:`frozen_reference`). Otherwise SVF
+    and LoRA: the same model computing its base (``model.disable_adapter()``, PEFT's and
+    routekit's SVF models'); full/mask: a frozen deep copy made now, which is the untrained base
     only when ``model`` is untrained (a fresh model, or a resume that restores its weights
     after this call).
     """
     if reference is not None:
         return lambda: contextlib.nullcontext(reference)
     kind = config.parameterization
-    if kind == "svf":
-        from ..svf import disable_svf
-
-        return lambda: disable_svf(model)
-    if kind == "lora":
+    if kind in ("svf", "lora"):  # both PEFT-shaped: disable_adapter() computes the base
 
         @contextlib.contextmanager
-        def _peft_disabled() -> Iterator[nn.Module]:
+        def _adapter_disabled() -> Iterator[nn.Module]:
             with model.disable_adapter():
                 yield model
 
-        return _peft_disabled
+        return _adapter_disabled
     frozen = copy.deepcopy(model)
     frozen.requires_grad_(False)
     frozen.eval()

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..errors import ConfigError
 from ..experts import refuse_foreign_directory
 from ..io import atomic_directory, atomic_write_json
-from ..models import resolve_model
+from ..models import load_model
 from ..tasks.base import Task
 from ..tasks.world_tasks import WORLD_TASKS, agreed_world, named_world, require_world, world_task
 from .config import TrainConfig
@@ -47,7 +47,7 @@ def load_config_model(config: TrainConfig) -> tuple[PreTrainedModel, PreTrainedT
 
         chosen = named_world(config.world) if config.world is not None else None
         return world.load(chosen) if config.model == "world" else world.load_proxy(chosen)
-    return resolve_model(config.model)
+    return load_model(config.model)
 
 
 def resolve_task(config: TrainConfig, model: Any = None) -> Task:

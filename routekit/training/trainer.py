@@ -13,7 +13,7 @@ resume bit-exactly; data order and sampling are pure functions of (seed, step), 
 checkpoint holds parameters and Adam state, so resume equals the uninterrupted run. TRL
 also serves only RL (SFT would need a second trainer with other semantics), and with
 ``beta > 0`` it rebuilds its reference model from ``config._name_or_path``, which a wrapped
-SVF model lacks (here the reference is ``disable_svf`` / PEFT ``disable_adapter``).
+SVF model lacks (here the reference is ``disable_adapter()``, of an SVF or a PEFT model).
 Speed is not given up: ``benchmarks/bench_trainer.py`` (SVF on MLP, random Llama of the
 world-base size, 16 prompts x 8 completions of <= 12 tokens, 1 CPU thread, shared 2-core
 machine) measured median step times of 0.89 s (micro_batch_size 16) and 0.845 s (default 4)
