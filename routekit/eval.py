@@ -34,7 +34,9 @@ class EvalResult(BaseModel):
     completions: list[str]
 
 
-def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+def stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    """The token ids generation stops on: the tokenizer's EOS and the model's
+    ``generation_config.eos_token_id`` (one id or a list), sorted, without repeats."""
     ids = []
     for cand in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
         if isinstance(cand, int):
@@ -73,7 +75,7 @@ def generate(
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     window = ROW_WINDOW.get()
-    stop = _stop_ids(tokenizer, model)
+    stop = stop_ids(tokenizer, model)
     out: list[str] = []
     was_training = model.training
     if was_training:  # leave an eval-mode model alone: other threads may be using it
