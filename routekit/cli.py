@@ -22,7 +22,7 @@ EXIT_REFUSED = 2
 
 _COMMAND_MODULES = [
     "routekit.world.commands",
-    "routekit.eval_commands",
+    "routekit.eval.commands",
     "routekit.analysis.commands",
     "routekit.training.commands",
     "routekit.routing.commands",

@@ -1,4 +1,8 @@
-"""proxy_generate: generate from a base steered by proxy experts (``routekit.mixture`` + generate)."""
+"""proxy_generate (``rk.proxy_generate``): generate from a base steered by proxy experts,
+``routekit.mixture`` around :func:`routekit.eval.generate`, with the proxies' checks first.
+
+It lives with generation, not in ``routekit.proxy``: it calls ``generate``, which sits above
+the expert kinds (``routekit.proxy.proxy_generate`` still works, deprecated)."""
 
 from __future__ import annotations
 
@@ -8,11 +12,11 @@ from typing import Any
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError
-from ..eval import generate
 from ..experts import AlphaLike, mixture, normalize_alpha
+from ..proxy.expert import ProxyExpert
+from ..proxy.steering import check_context
 from ..tasks.chat import render_prompts
-from .expert import ProxyExpert
-from .steering import check_context
+from .generate import generate
 
 
 def proxy_generate(
