@@ -26,7 +26,7 @@ _COMMAND_MODULES = [
     "routekit.analysis.commands",
     "routekit.training.commands",
     "routekit.routing.commands",
-    "routekit.adaptive_commands",
+    "routekit.adaptive.commands",
     "routekit.compare.commands",
 ]
 
