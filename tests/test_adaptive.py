@@ -260,8 +260,9 @@ def test_cli_generate_routes_then_generates_as_the_adaptive_model_does(setup, mo
 
     import routekit.models
     from routekit.adaptive import commands
-    from routekit.cli import main
+    from routekit.cli import build_parser, main
 
+    build_parser()  # every command module imported before resolve_model is patched below
     s = setup
     monkeypatch.setattr(routekit.models, "resolve_model", lambda spec: (s["base"], s["tok"]))
     monkeypatch.setattr(commands, "load_experts", lambda paths: [s[p] for p in paths])
