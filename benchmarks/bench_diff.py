@@ -12,8 +12,8 @@ What it does:
    vocab 32000, untied head = 1.06B parameters) and a tuned copy with planted changes. Tensors
    are generated and written shard by shard with ``safetensors`` directly; no model object and
    no 1B-parameter fp32 copy is ever materialised. Storage dtype: bfloat16 (``--dtype``).
-2. Runs ``routekit diff BASE TUNED --rank skip --json`` in a subprocess (the ``main`` of
-   ``routekit.analysis.commands``, which the ``routekit diff`` dispatcher calls) and takes its
+2. Runs ``routekit diff BASE TUNED --rank skip --json`` in a subprocess (``routekit.cli.main``, the
+   dispatcher the ``routekit`` console script runs) and takes its
    peak resident memory (VmHWM in /proc/self/status at exit) minus its own resident memory
    after importing the command's modules, torch and safetensors. Cross-checks: the peak of a
    child that only imports them, and the child's RSS polled with psutil.
@@ -203,15 +203,16 @@ def status():
             if key in ("VmHWM", "VmRSS"):
                 out[key] = int(value.split()[0]) * 1024
     return out
-import routekit.analysis, routekit.analysis.commands, routekit.analysis.diff_report
+import routekit.analysis, routekit.analysis.diff_report, routekit.cli
 import safetensors, tqdm.auto
+routekit.cli.build_parser()  # imports every command module, as the dispatcher does
 after_imports = status()
 def write():
     with open(sys.argv[1], "w") as f:
         json.dump({"after_imports": after_imports, "at_exit": status()}, f)
 atexit.register(write)
 if len(sys.argv) > 2:
-    sys.exit(routekit.analysis.commands.main(sys.argv[2:]))
+    sys.exit(routekit.cli.main(["diff", *sys.argv[2:]]))
 """
 
 

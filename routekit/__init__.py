@@ -3,11 +3,11 @@
 from . import errors, io, real, routing, training, world
 from .adaptive import AdaptiveModel
 from .errors import RoutekitError
-from .eval import EvalResult, evaluate, generate
+from .eval import EvalResult, evaluate, generate, proxy_generate
 from .experts import Expert, disable_experts, load_expert
 from .experts.mixture import mixture
 from .models import load_model, resolve_model
-from .proxy import FusionRule, ProxyExpert, ProxyLogitsProcessor, proxy_generate
+from .proxy import FusionRule, ProxyExpert, ProxyLogitsProcessor
 from .routing import (
     ClassifierRouter,
     FewShotRouter,

@@ -22,11 +22,11 @@ EXIT_REFUSED = 2
 
 _COMMAND_MODULES = [
     "routekit.world.commands",
-    "routekit.eval_commands",
+    "routekit.eval.commands",
     "routekit.analysis.commands",
     "routekit.training.commands",
     "routekit.routing.commands",
-    "routekit.adaptive_commands",
+    "routekit.adaptive.commands",
     "routekit.compare.commands",
 ]
 

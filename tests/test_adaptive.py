@@ -250,3 +250,34 @@ def test_wraps_a_plain_base_for_svf_experts(setup, tmp_path):
     assert svf_layers(plain)
     ref = AdaptiveModel(s["base"], s["tok"], [s["s1"]], FixedRouter([s["s1"]], {"s1": 1.0}))
     assert am.generate(PROMPTS, max_new_tokens=6) == ref.generate(PROMPTS, max_new_tokens=6)
+
+
+def test_cli_generate_routes_then_generates_as_the_adaptive_model_does(setup, monkeypatch,
+                                                                        capsys):
+    """``routekit generate`` (routekit.adaptive.commands, through the dispatcher) builds its
+    router with the router commands' options and prints what AdaptiveModel generates."""
+    import json
+
+    import routekit.models
+    from routekit.adaptive import commands
+    from routekit.cli import build_parser, main
+
+    build_parser()  # every command module imported before resolve_model is patched below
+    s = setup
+    monkeypatch.setattr(routekit.models, "resolve_model", lambda spec: (s["base"], s["tok"]))
+    monkeypatch.setattr(commands, "load_experts", lambda paths: [s[p] for p in paths])
+    prompts = PROMPTS[:3]
+    assert main(["generate", "--experts", "s1", "p1", "--router", "fixed", "--weights",
+                 "s1=1.0", "p1=0.5", "--max-new-tokens", "4", "--json", *prompts]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    experts = [s["s1"], s["p1"]]
+    want = AdaptiveModel(s["base"], s["tok"], experts,
+                         FixedRouter(experts, {"s1": 1.0, "p1": 0.5})).generate(
+        prompts, max_new_tokens=4)
+    assert [x["prompt"] for x in lines] == prompts
+    assert [x["completion"] for x in lines] == want
+    assert all(x["mixture"] == {"s1": 1.0, "p1": 0.5} for x in lines)
+    # a malformed weight is refused by the shared parser: one line, exit code 2
+    assert main(["generate", "x", "--experts", "s1", "--router", "fixed", "--weights",
+                 "s1"]) == 2
+    assert "NAME=NUMBER" in capsys.readouterr().err

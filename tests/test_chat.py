@@ -31,9 +31,10 @@ from transformers import (
 
 import routekit as rk
 from routekit.errors import ConfigError, RoutekitError, UnknownTaskError
+from routekit.scoring import encode_prompt
 from routekit.tasks import Example, Task, TaskSpec, get_task, jsonl_task
 from routekit.tasks.chat import render_example, render_prompt, render_task
-from routekit.training.objectives import encode_prompt, sft_row, sft_rows
+from routekit.training.sft import sft_row, sft_rows
 
 from .conftest import peaked, tiny_causal_lm
 
@@ -194,7 +195,7 @@ def check_every_path_renders_identically(tok, tmp_path, monkeypatch) -> None:
     """Each path's first forward (or its token rows) holds exactly the template's ids."""
     from routekit.compare.activations import hidden_states
     from routekit.routing.fewshot import fewshot_objective
-    from routekit.training.objectives import sample_rollout
+    from routekit.training.rl import sample_rollout
 
     monkeypatch.setenv("ROUTEKIT_CACHE", str(tmp_path / "cache"))
     v = len(tok)

@@ -31,7 +31,7 @@ from routekit.compare.results import (
     read_model,
     write_model,
 )
-from routekit.compare.runner import MANIFEST, read_results, run_suite
+from routekit.compare.runner import MANIFEST, read_results, routekit_version, run_suite
 from routekit.compare.suite import load_suite, narrow, parse_lrs, suite_from_dict
 from routekit.errors import ConfigError, TrainingError, UnknownTaskError
 from routekit.io import storage_bits
@@ -300,6 +300,14 @@ def test_subnet_mask_is_what_full_rl_changed(world_dir, letter_task, tmp_path):
     assert 0 < n_changed < total  # bf16 storage left part of the model bitwise unchanged
     rec = next(c for c in out.results.cells if c.key.method == "subnet_rl")
     assert math.isclose(rec.mask_density, n_changed / total)
+
+
+def test_the_run_records_the_version_the_package_states():
+    """run.json's routekit version (read from the installed metadata, not the package) is
+    the one ``routekit.__version__`` states."""
+    import routekit
+
+    assert routekit_version() == routekit.__version__
 
 
 # ----------------------------------------------------------------------------- report

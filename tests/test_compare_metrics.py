@@ -328,7 +328,7 @@ def test_rollout_with_shared_prefill_and_merged_svf_samples_what_plain_generate_
 
     from routekit.svf import SVFConfig, get_svf_model, svf_layers
     from routekit.tasks.base import Task
-    from routekit.training import objectives
+    from routekit.training import rl
     from routekit.training.parameterizations import derive_seed
 
     tok = char_tokenizer
@@ -340,7 +340,7 @@ def test_rollout_with_shared_prefill_and_merged_svf_samples_what_plain_generate_
     group, step, seed = 3, 2, 11
     seen: list[list[torch.Tensor]] = []
 
-    class Recording(objectives.SeededSampling):
+    class Recording(rl.SeededSampling):
         def __init__(self, *args):
             super().__init__(*args)
             self.scores: list[torch.Tensor] = []
@@ -350,10 +350,10 @@ def test_rollout_with_shared_prefill_and_merged_svf_samples_what_plain_generate_
             self.scores.append(scores.clone())
             return super().__call__(input_ids, scores)
 
-    monkeypatch.setattr(objectives, "SeededSampling", Recording)
-    got = objectives.sample_rollout(model, tok, task, EXAMPLES, list(range(len(EXAMPLES))),
-                                    step=step, seed=seed, group_size=group, max_new_tokens=5,
-                                    temperature=1.5)
+    monkeypatch.setattr(rl, "SeededSampling", Recording)
+    got = rl.sample_rollout(model, tok, task, EXAMPLES, list(range(len(EXAMPLES))),
+                            step=step, seed=seed, group_size=group, max_new_tokens=5,
+                            temperature=1.5)
     assert not any(layer.merged for layer in svf_layers(model).values())  # restored
     gens = [torch.Generator().manual_seed(derive_seed(seed, "sample", step, i, j))
             for i in range(len(EXAMPLES)) for j in range(group)]
@@ -367,6 +367,6 @@ def test_rollout_with_shared_prefill_and_merged_svf_samples_what_plain_generate_
     assert len(seen[0]) == len(seen[1])
     for shared_scores, plain_scores in zip(*seen):
         torch.testing.assert_close(shared_scores, plain_scores, rtol=1e-5, atol=1e-5)
-    plain = [objectives._cut_at_stop(r, {2}) for r in out[:, enc["input_ids"].shape[1]:].tolist()]
+    plain = [rl._cut_at_stop(r, {2}) for r in out[:, enc["input_ids"].shape[1]:].tolist()]
     assert got.completion_ids == plain
     assert got.prompt_ids == [tok(e.prompt)["input_ids"] for e in EXAMPLES for _ in range(group)]

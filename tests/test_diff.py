@@ -21,7 +21,7 @@ from routekit.analysis import (
     overlap_checkpoints,
 )
 from routekit.analysis import checkpoint as ckpt_mod
-from routekit.analysis.commands import main as diff_main
+from routekit.cli import main as cli_main
 from routekit.errors import CheckpointError
 
 Q = "model.layers.0.self_attn.q_proj.weight"
@@ -36,6 +36,11 @@ LLAMA_CFG = {
     "architectures": ["LlamaForCausalLM"],
     "tie_word_embeddings": False,
 }
+
+
+def diff_main(argv: list[str]) -> int:
+    """``routekit diff ARGV`` through the dispatcher, as the console script runs it."""
+    return cli_main(["diff", *argv])
 
 
 def write_ckpt(

@@ -15,7 +15,7 @@ from transformers import LogitsProcessorList
 import routekit as rk
 from routekit.adaptive import AdaptiveModel
 from routekit.errors import ConfigError, ExpertFileError
-from routekit.eval import _stop_ids
+from routekit.eval import stop_ids
 from routekit.proxy import ProxyLogitsProcessor
 from routekit.proxy.fusion import FusionRule
 from routekit.routing import LogitFusionRouter, Mixture, load_router
@@ -162,7 +162,7 @@ def test_one_expert_router_equals_proxy_generate_at_alpha_one(setup, temperature
 def reference_greedy(s, experts, prompt, temperature, max_new_tokens):
     """Greedy decoding of one prompt from reference_step, recomputing everything each step."""
     seq = torch.tensor([s["tok"](prompt)["input_ids"]])
-    stop = set(_stop_ids(s["tok"], s["base"]))
+    stop = set(stop_ids(s["tok"], s["base"]))
     new: list[int] = []
     for _ in range(max_new_tokens):
         _, scores = reference_step(s, experts, seq, torch.ones_like(seq), temperature, None)

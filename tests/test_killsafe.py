@@ -370,21 +370,21 @@ def test_atomic_directory_survives_a_leftover_of_a_killed_writer_with_its_pid(tm
 def test_train_resume_restarts_a_run_killed_before_its_first_checkpoint(
     tmp_path, monkeypatch, capsys
 ):
-    from routekit.training import objectives
+    from routekit.training import sft
 
     tok, task = char_tokenizer(), rev_task()
     cfg = dict(parameterization="full", steps=3, batch_size=2, checkpoint_every=2)
     full = train(tiny_llama(), tok, task, cfg, out_dir=tmp_path / "a", progress=False)
-    real = objectives.sft_loss
+    real = sft.sft_loss
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt  # like a kill in the first step: not caught
 
     with monkeypatch.context() as m:
-        m.setattr(objectives, "sft_loss", killed)
+        m.setattr(sft, "sft_loss", killed)
         with pytest.raises(KeyboardInterrupt):
             train(tiny_llama(), tok, task, cfg, out_dir=tmp_path / "b", progress=False)
-    assert objectives.sft_loss is real and not checkpoint_dir(tmp_path / "b").exists()
+    assert sft.sft_loss is real and not checkpoint_dir(tmp_path / "b").exists()
     res = train(tiny_llama(), tok, task, cfg, out_dir=tmp_path / "b", resume=True, progress=False)
     assert "stopped before its first checkpoint; starting it again" in capsys.readouterr().err
     assert res.resumed_from is None

@@ -116,7 +116,7 @@ def test_cli_reports_errors_without_traceback(capsys):
 def test_cli_turns_a_config_validation_error_into_a_message(monkeypatch, capsys):
     """A pydantic ValidationError raised inside a command (here SVFConfig's) ends as one line
     naming the key and the bad value, exit code 2."""
-    from routekit import eval_commands
+    from routekit.eval import commands as eval_commands
     from routekit.svf import SVFConfig
 
     def bad_command(args):

@@ -19,12 +19,12 @@ from transformers import (
 )
 
 from routekit.errors import ConfigError, ExpertFileError, TokenizerMismatchError
+from routekit.eval import proxy_generate
 from routekit.io import tokenizer_fingerprint
 from routekit.proxy import (
     ProxyExpert,
     ProxyLogitsProcessor,
     check_vocab_compatible,
-    proxy_generate,
 )
 
 CHARS = list("abcdefghijklmnopqrstuvwxyz0123456789 +=?:")
@@ -168,6 +168,20 @@ def test_sampled_scores_are_steered_then_tempered_with_stop_tokens(world):
         torch.testing.assert_close(got[live], ref[live] / 0.7, atol=1e-5, rtol=0)
         finished |= seqs[:, p + t] == stop
     assert finished.any(), "some row should stop early so that padding is exercised"
+
+
+def test_proxy_generate_at_its_old_place_warns_and_is_the_same_function():
+    """``routekit.proxy.proxy_generate`` (deprecated) is ``routekit.eval``'s, with a
+    DeprecationWarning naming where it went; other missing names still raise AttributeError."""
+    import routekit
+    import routekit.proxy
+
+    with pytest.warns(DeprecationWarning, match=r"routekit\.proxy_generate.*routekit\.eval"):
+        old = routekit.proxy.proxy_generate
+    assert old is proxy_generate is routekit.proxy_generate
+    assert "proxy_generate" not in routekit.proxy.__all__
+    with pytest.raises(AttributeError, match="no_such_name"):
+        routekit.proxy.no_such_name  # noqa: B018
 
 
 def test_left_padded_batch_equals_each_prompt_alone(world):

@@ -13,10 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from routekit import scoring
 from routekit.errors import ConfigError, ExpertFileError, TrainingError
 from routekit.io import load_safetensors, read_json
 from routekit.tasks.base import Example, Task
-from routekit.training import TrainConfig, objectives, train, trainable_parameters
+from routekit.training import TrainConfig, retention, rl, sft, train, trainable_parameters
 from routekit.training.checkpoint import checkpoint_dir
 from routekit.world import WorldConfig
 from routekit.world.tokenizer import build_tokenizer as char_tokenizer
@@ -68,12 +69,12 @@ def reference_sft_loss(model, tok, examples) -> float:
     return total / count
 
 
-# --------------------------------------------------------------------------- objectives
+# --------------------------------------------------------------------------- objectives (sft, rl, retention)
 def test_sft_loss_equals_hf_labels_loss():
     model, tok = tiny_llama(), char_tokenizer()
     ex = rev_task().examples("train")[:5]
-    n = objectives.count_answer_tokens(tok, ex)
-    loss, _ = objectives.sft_loss(model, tok, ex, n, torch.device("cpu"))
+    n = sft.count_answer_tokens(tok, ex)
+    loss, _ = sft.sft_loss(model, tok, ex, n, torch.device("cpu"))
     assert float(loss.detach()) == pytest.approx(reference_sft_loss(model, tok, ex), rel=1e-5)
 
 
@@ -81,17 +82,17 @@ def test_seeded_sampling_is_independent_of_batch_composition():
     model, tok, task = tiny_llama(), char_tokenizer(), rev_task()
     ex = task.examples("train")
     kw = dict(step=3, seed=7, group_size=4, max_new_tokens=6, temperature=1.0)
-    together = objectives.sample_rollout(model, tok, task, ex[:4], [0, 1, 2, 3], **kw)
-    apart = [objectives.sample_rollout(model, tok, task, ex[i : i + 1], [i], **kw) for i in range(4)]
+    together = rl.sample_rollout(model, tok, task, ex[:4], [0, 1, 2, 3], **kw)
+    apart = [rl.sample_rollout(model, tok, task, ex[i : i + 1], [i], **kw) for i in range(4)]
     assert together.completion_ids == [c for r in apart for c in r.completion_ids]
-    again = objectives.sample_rollout(model, tok, task, ex[:4], [0, 1, 2, 3], **{**kw, "step": 4})
+    again = rl.sample_rollout(model, tok, task, ex[:4], [0, 1, 2, 3], **{**kw, "step": 4})
     assert again.completion_ids != together.completion_ids  # fresh samples every step
 
 
 def test_group_normalised_advantages():
     model, tok = tiny_llama(), char_tokenizer()
     task = first_letter_task()
-    r = objectives.sample_rollout(
+    r = rl.sample_rollout(
         model, tok, task, task.examples("train")[:3], [0, 1, 2],
         step=0, seed=0, group_size=8, max_new_tokens=2, temperature=3.0,
     )
@@ -106,13 +107,13 @@ def test_rl_loss_equals_a_per_sample_reference(kl_coef):
     """-(1/N) Σ A_i · mean_t log π(y_it) + kl_coef · (1/N) Σ mean_t k3_it, each sample run alone."""
     tok, task = char_tokenizer(), first_letter_task()
     model, base = tiny_llama(), tiny_causal_lm("llama", seed=1)
-    r = objectives.sample_rollout(
+    r = rl.sample_rollout(
         model, tok, task, task.examples("train")[:4], [0, 1, 2, 3],
         step=0, seed=3, group_size=4, max_new_tokens=4, temperature=2.0,
     )
     assert 0 < float(r.rewards.sum()) < 16 and (r.advantages == 0).any()  # mixed and skipped rows
     n = 32  # global sample count (the rollout is half of a global batch)
-    loss, _ = objectives.rl_loss(model, tok, r, n, torch.device("cpu"), temperature=2.0,
+    loss, _ = rl.rl_loss(model, tok, r, n, torch.device("cpu"), temperature=2.0,
                                  kl_coef=kl_coef, base_context=lambda: contextlib.nullcontext(base))
     ref = torch.zeros(())
     for p, c, a in zip(r.prompt_ids, r.completion_ids, r.advantages):
@@ -248,8 +249,10 @@ class _Killed(Exception):
 
 
 def _fail_on_call(monkeypatch, name: str, call: int, action: str):
-    """Make objectives.<name> die (or return NaN) on its ``call``-th call."""
-    real = getattr(objectives, name)
+    """Make the loss ``name`` (``sft_loss`` or ``rl_loss``) die (or return NaN) on its
+    ``call``-th call."""
+    module = {"sft_loss": sft, "rl_loss": rl}[name]
+    real = getattr(module, name)
     calls = {"n": 0}
 
     def wrapped(*args, **kwargs):
@@ -261,7 +264,7 @@ def _fail_on_call(monkeypatch, name: str, call: int, action: str):
             return loss * float("nan"), {**stats, "loss_sum": float("nan")}
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(objectives, name, wrapped)
+    monkeypatch.setattr(module, name, wrapped)
 
 
 @pytest.mark.parametrize("objective", ["sft", "rl"])
@@ -388,9 +391,9 @@ def test_retain_kl_loss_equals_a_per_text_reference():
             p_mod = torch.log_softmax(model(input_ids=ids).logits.float(), -1)
             total += float(F.kl_div(p_mod, p_ref, log_target=True, reduction="sum"))
             n_tokens += ids.shape[1]
-    rows = objectives.retain_rows(tok, RETAIN_TEXTS)
+    rows = scoring.document_rows(tok, RETAIN_TEXTS)
     assert sum(len(ids) for ids, _ in rows) == n_tokens
-    loss, stats = objectives.retain_kl_loss(
+    loss, stats = retention.retain_kl_loss(
         model, tok, rows, n_tokens, coef, torch.device("cpu"),
         lambda: contextlib.nullcontext(ref),
     )
@@ -399,8 +402,8 @@ def test_retain_kl_loss_equals_a_per_text_reference():
 
 
 def _kl_on(model, ref, tok, texts) -> float:
-    rows = objectives.retain_rows(tok, texts)
-    loss, _ = objectives.retain_kl_loss(
+    rows = scoring.document_rows(tok, texts)
+    loss, _ = retention.retain_kl_loss(
         model, tok, rows, sum(len(ids) for ids, _ in rows), 1.0, torch.device("cpu"),
         lambda: contextlib.nullcontext(ref),
     )
@@ -428,7 +431,7 @@ def test_retention_kl_keeps_the_model_close_to_its_start_on_the_retention_text(t
 
 
 def test_retention_text_sources(tmp_path):
-    from routekit.training.trainer import retention_texts
+    from routekit.training.retention import retention_texts
 
     jl = tmp_path / "t.jsonl"
     jl.write_text('{"text": "one"}\n\n{"text": "two words"}\n')
@@ -769,8 +772,8 @@ def test_world_corpus_retention_comes_from_the_world_of_the_model(micro_world, m
     config, model, tok = micro_world
     assert world_of_model(model).hash() == config.hash()
     seen = []
-    real = objectives.retain_rows
-    monkeypatch.setattr(objectives, "retain_rows", lambda t, texts: seen.append(texts) or real(t, texts))
+    real = scoring.document_rows
+    monkeypatch.setattr(scoring, "document_rows", lambda t, texts: seen.append(texts) or real(t, texts))
     res = train(model, tok, rev_task(), parameterization="lora", steps=2, batch_size=2,
                 retain_kl_coef=1.0, retain_text="world-corpus", retain_batch_size=4, progress=False)
     (texts,) = seen
@@ -908,11 +911,11 @@ def test_rl_rollouts_ignore_the_checkpoints_generation_config():
     ex = task.examples("train")[:3]
     kw = dict(step=0, seed=0, group_size=4, max_new_tokens=6, temperature=1.0)
     plain = tiny_llama()
-    want = objectives.sample_rollout(plain, tok, task, ex, [0, 1, 2], **kw).completion_ids
+    want = rl.sample_rollout(plain, tok, task, ex, [0, 1, 2], **kw).completion_ids
     fussy = tiny_llama()
     fussy.generation_config = GenerationConfig(repetition_penalty=5.0, top_k=2, min_new_tokens=4,
                                                no_repeat_ngram_size=1)
-    got = objectives.sample_rollout(fussy, tok, task, ex, [0, 1, 2], **kw).completion_ids
+    got = rl.sample_rollout(fussy, tok, task, ex, [0, 1, 2], **kw).completion_ids
     assert got == want
     # the same settings, left to generate itself, do change greedy decoding here
     enc = tok([e.prompt for e in ex], return_tensors="pt", padding=True)
@@ -921,18 +924,18 @@ def test_rl_rollouts_ignore_the_checkpoints_generation_config():
     assert not torch.equal(plain_out, fussy_out)
     fussy.generation_config.suppress_tokens = [5]
     with pytest.raises(ConfigError, match=r"generation_config sets \['suppress_tokens'\]"):
-        objectives.sample_rollout(fussy, tok, task, ex, [0, 1, 2], **kw)
+        rl.sample_rollout(fussy, tok, task, ex, [0, 1, 2], **kw)
 
 
 def test_rl_loss_runs_in_eval_mode_like_the_sampler(monkeypatch):
     modes = []
-    real = objectives.rl_loss
+    real = rl.rl_loss
 
     def spy(model, *a, **k):
         modes.append(model.training)
         return real(model, *a, **k)
 
-    monkeypatch.setattr(objectives, "rl_loss", spy)
+    monkeypatch.setattr(rl, "rl_loss", spy)
     train(tiny_llama(), char_tokenizer(), first_letter_task(), objective="rl",
           parameterization="full", steps=1, batch_size=2, group_size=2, max_new_tokens=2,
           progress=False)
@@ -988,9 +991,9 @@ def test_sft_loss_equals_full_cross_entropy_within_1e6(monkeypatch):
     monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 3 * 64)
     tok, model = char_tokenizer(), tiny_llama()
     examples = rev_task().examples("train")[:5]
-    loss, stats = objectives.sft_loss(model, tok, examples, 40, torch.device("cpu"))
-    ids, attn, comp = objectives.right_padded(
-        objectives.sft_rows(tok, examples), tok.pad_token_id, torch.device("cpu")
+    loss, stats = sft.sft_loss(model, tok, examples, 40, torch.device("cpu"))
+    ids, attn, comp = scoring.right_padded(
+        sft.sft_rows(tok, examples), tok.pad_token_id, torch.device("cpu")
     )
     logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()
     labels = ids.masked_fill(~comp, -100)[:, 1:]

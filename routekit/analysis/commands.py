@@ -3,6 +3,11 @@
 routekit diff BASE TUNED [--json] [--out DIR] [--tolerances T ...] [--rtol R]
                          [--rank full|skip] [--rank-only REGEX] [--device cpu|cuda]
 routekit diff --overlap TUNED_A TUNED_B --base BASE [--overlap-atol T] [--json] [--out DIR]
+
+Only ``register`` is exported: the ``routekit`` dispatcher (:func:`routekit.cli.main`) builds
+the parser and turns refused input into exit code 2, so ``routekit diff`` from Python is
+``routekit.cli.main(["diff", ...])``. (This module once had its own ``main`` calling the
+dispatcher back, an import circle between the two.)
 """
 
 from __future__ import annotations
@@ -141,15 +146,3 @@ def _report(result, args: argparse.Namespace, as_text, write_outputs) -> int:
         for path in write_outputs(result, args.out):
             print(f"wrote {path}", file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``routekit diff`` on its own (``python -m routekit.analysis.commands BASE TUNED ...``):
-    the ``routekit`` dispatcher with ``diff`` put in front."""
-    from ..cli import main as cli_main
-
-    return cli_main(["diff", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

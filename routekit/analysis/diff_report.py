@@ -1,15 +1,16 @@
 """Text tables, a markdown report and PNG plots of :class:`UpdateStats` / :class:`OverlapStats`.
 
-Files are written atomically through ``routekit.io``; plots use matplotlib's Agg backend (no
-display needed).
+Files are written atomically through ``routekit.io``; the table layout and the PNG rendering
+(matplotlib's Agg backend, no display needed) are :mod:`routekit.reporting`'s, shared with
+``routekit compare``.
 """
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 from ..io import atomic_write_bytes
+from ..reporting import figure_png, md_table, pyplot, text_table
 from .schema import GroupStats, OverlapGroup, OverlapStats, UpdateStats
 
 
@@ -59,33 +60,6 @@ def _stats_rows(stats: UpdateStats, groups: list[GroupStats]) -> tuple[list[str]
     return header, rows
 
 
-def _text_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    lines = [
-        "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))
-    ]
-    lines.append("  ".join("-" * w for w in widths))
-    for r in rows:
-        lines.append(
-            "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-        )
-    return "\n".join(lines)
-
-
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
-    def cell(x: str) -> str:
-        return x.replace("|", "\\|")  # a bare pipe would split the cell
-
-    out = [
-        "| " + " | ".join(map(cell, header)) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
-    ]
-    out += ["| " + " | ".join(map(cell, r)) + " |" for r in rows]
-    return "\n".join(out)
-
-
 def _run_line(stats: UpdateStats) -> str:
     r = stats.run
     line = (
@@ -108,7 +82,7 @@ def _run_line(stats: UpdateStats) -> str:
 def summary_text(stats: UpdateStats) -> str:
     """The summary printed by ``routekit diff``: overall and per matrix type."""
     header, rows = _stats_rows(stats, [stats.overall, *stats.by_matrix_type])
-    parts = [f"base:  {stats.base}", f"tuned: {stats.tuned}", "", _text_table(header, rows), ""]
+    parts = [f"base:  {stats.base}", f"tuned: {stats.tuned}", "", text_table(header, rows), ""]
     parts.append(_run_line(stats))
     if stats.tied:
         parts.append("tied: " + "; ".join(stats.tied))
@@ -136,9 +110,9 @@ def markdown_report(stats: UpdateStats, plots: list[str] | None = None) -> str:
     if stats.tied:
         lines.append("- tied embeddings: " + "; ".join(stats.tied))
     lines += ["", "## Overall and per matrix type", ""]
-    lines.append(_md_table(*_stats_rows(stats, [stats.overall, *stats.by_matrix_type])))
+    lines.append(md_table(*_stats_rows(stats, [stats.overall, *stats.by_matrix_type])))
     lines += ["", "## Per layer", ""]
-    lines.append(_md_table(*_stats_rows(stats, stats.by_layer)))
+    lines.append(md_table(*_stats_rows(stats, stats.by_layer)))
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem}]({p})" for p in plots]
@@ -170,7 +144,7 @@ def markdown_report(stats: UpdateStats, plots: list[str] | None = None) -> str:
                 _num(t.effective_rank, ".1f"),
             ]
         rows.append(row)
-    lines.append(_md_table(header, rows))
+    lines.append(md_table(header, rows))
     return "\n".join(lines) + "\n"
 
 
@@ -178,28 +152,10 @@ def markdown_report(stats: UpdateStats, plots: list[str] | None = None) -> str:
 # plots
 
 
-def _figure_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_unchanged_vs_tolerance(stats: UpdateStats) -> bytes:
     """Unchanged share against absolute tolerance (log x), overall and per matrix type;
     the bitwise share is drawn at the left as a marker."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     pos = [(a, i) for i, a in enumerate(stats.atols) if a > 0]  # a log axis has no 0
     x_bitwise = (pos[0][0] if pos else 1e-8) / 10
@@ -224,14 +180,14 @@ def plot_unchanged_vs_tolerance(stats: UpdateStats) -> bytes:
     ax.set_ylim(-2, 102)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, ncol=2, loc="best")
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_density_heatmap(stats: UpdateStats) -> bytes:
     """Update density (share of entries with changed bits) per layer x matrix type."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     layers = [g.layer for g in stats.by_layer if g.layer is not None]
     types = [
         g.matrix_type
@@ -280,7 +236,7 @@ def plot_density_heatmap(stats: UpdateStats) -> bytes:
     ax.set_ylabel("layer")
     ax.set_title("Update density (% entries changed, bitwise)")
     fig.colorbar(im, ax=ax, label="% changed")
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def write_diff_outputs(stats: UpdateStats, out_dir: str | Path) -> list[Path]:
@@ -353,7 +309,7 @@ def overlap_text(ov: OverlapStats) -> str:
             f"changed = {ov.criterion}; expectations are for independent random masks of the same "
             "densities.",
             "",
-            _text_table(header, rows),
+            text_table(header, rows),
             "",
             f"overall, with a random mask per tensor of that tensor's densities: E[o1] = "
             f"{_pct(o.expected_o1_stratified)}, E[o2] = {_pct(o.expected_o2_stratified)}. "
@@ -378,11 +334,11 @@ def overlap_markdown(ov: OverlapStats) -> str:
         "",
         "## Overall and per matrix type",
         "",
-        _md_table(*_overlap_rows(_overlap_groups(ov))),
+        md_table(*_overlap_rows(_overlap_groups(ov))),
         "",
         "## Per layer",
         "",
-        _md_table(
+        md_table(
             *_overlap_rows(
                 [("non-layer" if g.layer is None else f"layer {g.layer}", g) for g in ov.by_layer]
             )

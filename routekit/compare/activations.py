@@ -31,7 +31,7 @@ from transformers import PreTrainedTokenizerBase
 from ..analysis.rank import rank_stats
 from ..errors import ConfigError
 from ..models import pad_token_id
-from ..training.objectives import encode_prompt
+from ..scoring import encode_prompt
 from .metrics import _batches, _device
 
 

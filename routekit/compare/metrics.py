@@ -29,8 +29,8 @@ from transformers import PreTrainedTokenizerBase
 from ..errors import ConfigError
 from ..logprobs import full_kl, gather_logprobs
 from ..models import pad_token_id
+from ..scoring import answer_row, document_rows
 from ..tasks.base import Example
-from ..training.objectives import retain_rows, sft_row
 
 
 @dataclass(frozen=True)
@@ -145,13 +145,13 @@ def answer_rows(
     tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]
 ) -> list[tuple[list[int], int]]:
     """``(ids, start)`` rows scoring each example's reference answer (``continuation``) after
-    its prompt: the joined tokenisation SFT trains on (``sft_row``), without the stop token,
+    its prompt: the joined tokenisation SFT trains on (:func:`routekit.scoring.answer_row`), without the stop token,
     so the scored tokens are the answer's own (a chat example's: its assistant turn's). The one
     row builder of :func:`answer_loglik` and of lm-eval's ``loglikelihood``."""
     rows = []
     eos = tokenizer.eos_token_id
     for e in examples:
-        prompt, answer = sft_row(tokenizer, e)
+        prompt, answer = answer_row(tokenizer, e.prompt, e.continuation)
         if answer and answer[-1] == eos:
             answer = answer[:-1]
         if not answer:
@@ -163,7 +163,7 @@ def answer_rows(
 def _document_rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[tuple[list[int], int]]:
     if isinstance(texts, str):
         raise ConfigError("texts must be a list of strings, got one string; wrap it in a list.")
-    return [(ids, 0) for ids, _ in retain_rows(tokenizer, texts)]
+    return [(ids, 0) for ids, _ in document_rows(tokenizer, texts)]
 
 
 # ----------------------------------------------------------------------------- public metrics

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..analysis.diff_report import _figure_png, _pyplot
 from ..io import atomic_write_bytes
+from ..reporting import figure_png, pyplot
 from .results import CellRecord, Results
 
 
@@ -66,7 +66,7 @@ def plot_frontier(results: Results) -> bytes | None:
     pts = frontier_points(results)
     if not pts:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     tasks = sorted({t for _, t in pts})
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks):
@@ -84,14 +84,14 @@ def plot_frontier(results: Results) -> bytes | None:
         ax.set_ylabel("task gain: test accuracy − base")
         ax.set_title(f"{task}: gain vs retention (lines: Pareto frontier)")
         ax.legend(fontsize=7)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_sparsity_tolerance(results: Results) -> bytes | None:
     cells = [c for c in results.cells if c.structure and c.key.method in ("full_rl", "full_rl_bf16")]
     if not cells:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for c in cells:
         s = c.structure
@@ -107,14 +107,14 @@ def plot_sparsity_tolerance(results: Results) -> bytes | None:
     ax.set_ylabel("share of parameters unchanged")
     ax.set_title("RL update sparsity: float32 (dashed) vs bf16 storage (solid)")
     ax.legend(fontsize=6)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_layer_density(results: Results) -> bytes | None:
     cells = [c for c in results.cells if c.structure]
     if not cells:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for c in _one_per_method(cells):
         layers = sorted((k for k in c.structure.density_by_layer if k != "None"), key=int)
@@ -124,14 +124,14 @@ def plot_layer_density(results: Results) -> bytes | None:
     ax.set_ylabel("update density (share of entries changed, bitwise)")
     ax.set_title("Where the update lands, per layer")
     ax.legend(fontsize=6)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_behaviour(results: Results) -> bytes | None:
     cells = [c for c in results.cells if c.behaviour_history and c.key.method != "base"]
     if not cells:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for i, c in enumerate(cells):
         base = _base(results, c.key.task)
@@ -146,7 +146,7 @@ def plot_behaviour(results: Results) -> bytes | None:
         ax.set_title(f"share of test answers: {which}")
     axes[0].set_ylabel("share")
     axes[1].legend(fontsize=5)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_forgetting_kl(results: Results) -> bytes | None:
@@ -155,7 +155,7 @@ def plot_forgetting_kl(results: Results) -> bytes | None:
            if v.kl_prompts is not None and v.forgetting is not None]
     if len(pts) < 2:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     methods = sorted({p[2] for p in pts})
     for i, m in enumerate(methods):
@@ -173,14 +173,14 @@ def plot_forgetting_kl(results: Results) -> bytes | None:
     ax.set_ylabel("forgetting: held-out CE after − before (nats)")
     ax.set_title("Forgetting vs KL")
     ax.legend(fontsize=6)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 def plot_activations(results: Results) -> bytes | None:
     cells = [c for c in results.cells if c.activations]
     if not cells:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, c in enumerate(_one_per_method(cells)):
         color = plt.cm.tab20(i % 20)
@@ -192,7 +192,7 @@ def plot_activations(results: Results) -> bytes | None:
     ax.set_ylabel("top-5% energy share (higher = sparser)")
     ax.set_title("Hidden-state sparsity: test (dashed) vs ood (solid)")
     ax.legend(fontsize=5)
-    return _figure_png(fig)
+    return figure_png(fig)
 
 
 PLOTS = {

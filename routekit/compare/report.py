@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..analysis.diff_report import _md_table, _text_table
 from ..io import atomic_write_bytes
+from ..reporting import md_table, text_table
 from .claims import View, all_claims
 from .plots import frontier_points, pareto, write_plots
 from .results import Results
@@ -57,7 +57,7 @@ def headline(results: Results) -> tuple[list[str], list[list[str]]]:
 
 def headline_text(results: Results) -> str:
     """The headline table as aligned plain text (what ``routekit compare`` prints)."""
-    return _text_table(*headline(results))
+    return text_table(*headline(results))
 
 
 def _frontier_section(results: Results) -> str:
@@ -69,7 +69,7 @@ def _frontier_section(results: Results) -> str:
                      "; ".join(f"{labels[f]}: Δloglik {f[0]:+.3f}, gain {f[1]:+.3f}" for f in front)])
     if not rows:
         return "No trained cells with retention figures.\n"
-    return _md_table(["task", "method", "points", "Pareto frontier (retention Δ, task gain)"], rows) + "\n"
+    return md_table(["task", "method", "points", "Pareto frontier (retention Δ, task gain)"], rows) + "\n"
 
 
 def _structure_section(results: Results) -> str:
@@ -93,7 +93,7 @@ def _structure_section(results: Results) -> str:
     header = ["task", "method", "lr", "seed", "diffed against", "unchanged (bitwise)",
               "unchanged within " + " / ".join(f"{a:g}" for a in atols), "rank fraction",
               "‖ΔW‖/‖W‖", "mask density", "test gain"]
-    return _md_table(header, rows) + "\n"
+    return md_table(header, rows) + "\n"
 
 
 def _overlap_section(results: Results) -> str:
@@ -104,7 +104,7 @@ def _overlap_section(results: Results) -> str:
              "—" if o.jaccard is None else f"{o.jaccard:.3f}",
              "—" if o.expected_jaccard is None else f"{o.expected_jaccard:.3f}"]
             for o in results.overlaps]
-    return _md_table(["task", "method", "lr", "seeds", "o1", "random o1", "Jaccard",
+    return md_table(["task", "method", "lr", "seeds", "o1", "random o1", "Jaccard",
                       "random Jaccard"], rows) + "\n"
 
 
@@ -126,7 +126,7 @@ def _cells_section(results: Results) -> str:
                          "—" if v.kl_prompts is None else f"{v.kl_prompts:.4f}",
                          own, f"{c.train_seconds:.0f}", f"{c.eval_seconds:.0f}",
                          f"{c.peak_rss_mb:.0f}"])
-    return _md_table(["cell", "α", "test", "ood", "probes", "probe loglik", "forgetting",
+    return md_table(["cell", "α", "test", "ood", "probes", "probe loglik", "forgetting",
                       "KL text", "KL prompts", "tuned proxy alone: test / ood", "train s",
                       "eval s", "peak MB"], rows) + "\n"
 
@@ -155,7 +155,7 @@ def render(results: Results, plots: list[str] | None = None) -> str:
         "",
         "## Headline (best lr per method; mean ± std over seeds)",
         "",
-        _md_table(*headline(results)),
+        md_table(*headline(results)),
         "",
         "## Verdicts",
         "",

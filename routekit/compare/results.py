@@ -26,6 +26,7 @@ RESULTS_SCHEMA = 1
 _PRESENTATION = frozenset({
     "compare/report.py", "compare/plots.py", "compare/claims.py", "compare/stats.py",
     "compare/commands.py", "cli.py", "analysis/diff_report.py", "analysis/commands.py",
+    "reporting.py",
 })
 
 

@@ -27,6 +27,7 @@ independent), so a run can be widened or narrowed.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -71,9 +72,13 @@ class RunOutcome:
 
 
 def routekit_version() -> str:
-    from .. import __version__
-
-    return __version__
+    """The installed distribution's version (pyproject's, which ``routekit.__version__``
+    states too), read from its metadata: the top-level package sits above every room, so
+    the runner does not import it."""
+    try:
+        return importlib.metadata.version("routekit")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+        return "0+unknown"
 
 
 def open_run_dir(run_dir: Path, manifest: RunManifest, force: bool) -> None:

@@ -23,10 +23,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..errors import ConfigError
 from ..eval import generate
 from ..models import pad_token_id
+from ..scoring import answer_row, right_padded, token_logprobs
 from ..tasks.base import Example, Task
 from ..tasks.chat import render_chat_example, render_task
 from ..tasks.registry import get_task
-from ..training.objectives import right_padded, sft_rows, token_logprobs
 from .base import ExpertLike, expert_names, register_router
 from .fixed import FixedRouter
 from .search import SEARCHES, Objective, SearchResult
@@ -120,7 +120,7 @@ def fewshot_objective(
     apply = apply_mixture or _default_apply_mixture()
     prompts = [e.prompt for e in examples]
     refs = [e.reference for e in examples]
-    rows = sft_rows(tokenizer, examples)
+    rows = [answer_row(tokenizer, e.prompt, e.continuation) for e in examples]
     pad = pad_token_id(tokenizer)
     n = len(examples)
 

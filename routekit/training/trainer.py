@@ -6,7 +6,7 @@ global batch; GRPOTrainer samples with each process's global RNG, so the union o
 processes' completions is not what one process samples, and DDP averages float32 gradients
 of differently shaped shards. Here each completion's sampling noise comes from its own
 generator seeded by (seed, step, prompt index, sample index)
-(:class:`~routekit.training.objectives.SeededSampling`), the global batch is cut into fixed
+(:class:`~routekit.training.rl.SeededSampling`), the global batch is cut into fixed
 micro-batches dealt round-robin to the processes, and gradient sums are all-reduced in
 float64: the two-process test is bit-identical to one process. (2) A killed run must
 resume bit-exactly; data order and sampling are pure functions of (seed, step), and the
@@ -21,7 +21,8 @@ against 1.087 s for TRL 1.16 GRPOTrainer, ratios 0.82 and 0.78 (9 timed steps ea
 ~2); an earlier run under load ~6 gave 1.62 / 1.63 s vs 1.735 s (0.93). On the tiny world
 base, the hop_svf_rl recipe ran at 0.33 s per step.
 
-Loss normalisation and the KL estimator are documented in :mod:`.objectives`.
+Loss normalisation and the KL estimators are documented in :mod:`.sft`, :mod:`.rl` and
+:mod:`.retention`.
 """
 
 from __future__ import annotations
@@ -41,14 +42,13 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from .. import scoring
 from ..errors import ConfigError, TrainingError
 from ..io import fingerprint_tensors
 from ..tasks.base import Task
 from ..tasks.chat import render_task
-from ..tasks.world_tasks import WORLD_TASKS, agreed_world, require_world, world_task
-from ..world.config import WorldConfig
-from ..world.store import get_world
-from . import objectives
+from ..tasks.world_tasks import agreed_world
+from . import retention, rl, sft
 from .checkpoint import (
     checkpoint_dir,
     has_checkpoint,
@@ -174,8 +174,8 @@ def train(
     retain = None
     if config.retain_kl_coef > 0:
         # Tokenised once here, not every step.
-        texts = retention_texts(config.retain_text, world, model=model, world_known=True)
-        rows = objectives.retain_rows(tokenizer, texts)
+        texts = retention.retention_texts(config.retain_text, world, model=model, world_known=True)
+        rows = scoring.document_rows(tokenizer, texts)
         retain = (rows, BatchOrder(len(rows), config.retain_batch_size,
                                    derive_seed(config.seed, "retain")))
     identity = run_identity(model, task, config, retain, reference) if out_dir is not None else None
@@ -368,12 +368,12 @@ def _train_step(
     # see the same function, so it runs in eval mode too (gradients flow either way).
     model.train(config.objective == "sft")
     if config.objective == "sft":
-        denom = objectives.count_answer_tokens(tokenizer, [examples[i] for i in global_idx])
+        denom = sft.count_answer_tokens(tokenizer, [examples[i] for i in global_idx])
     else:
         denom = config.batch_size * config.group_size
         rollout = None
         if my_positions:
-            rollout = objectives.sample_rollout(
+            rollout = rl.sample_rollout(
                 model, tokenizer, task, [examples[global_idx[q]] for q in my_positions],
                 [global_idx[q] for q in my_positions], step=step, seed=config.seed,
                 group_size=config.group_size, max_new_tokens=config.max_new_tokens,
@@ -382,12 +382,12 @@ def _train_step(
     offset = 0
     for mb in mine:
         if config.objective == "sft":
-            loss, stats = objectives.sft_loss(
+            loss, stats = sft.sft_loss(
                 model, tokenizer, [examples[global_idx[q]] for q in mb], denom, device
             )
         else:
             part = rollout.prompts_slice(offset, offset + len(mb), config.group_size)
-            loss, stats = objectives.rl_loss(
+            loss, stats = rl.rl_loss(
                 model, tokenizer, part, denom, device, temperature=config.temperature,
                 kl_coef=config.kl_coef, base_context=base_context,
             )
@@ -407,7 +407,7 @@ def _train_step(
         for i, k in enumerate(range(0, len(rows), m)):
             if i % n_proc != rank:
                 continue
-            loss, stats = objectives.retain_kl_loss(
+            loss, stats = retention.retain_kl_loss(
                 model, tokenizer, rows[k : k + m], n_tokens, config.retain_kl_coef, device,
                 base_context,
             )
@@ -452,58 +452,6 @@ def _accumulate(
         if p.grad is not None:
             accum[name] += p.grad.to(torch.float64)
             p.grad = None
-
-
-def retention_texts(
-    spec: str | None,
-    world: WorldConfig | None = None,
-    *,
-    model: nn.Module | None = None,
-    world_known: bool = False,
-) -> list[str]:
-    """The texts named by ``retain_text``: ``world-corpus`` (the world's pretraining lines),
-    ``text:PATH`` (a local ``.jsonl`` file's ``text`` fields, or any other file's non-empty
-    lines) or a task name (its train examples, prompt + continuation).
-
-    ``world`` is the world that ``world-corpus`` and world task names refer to (None: the
-    default world). With ``world_known=True`` (as :func:`train` calls it) a None ``world``
-    means that no world is known and such a name is refused instead.
-    """
-    if not spec:
-        raise ConfigError("retain_text is not set; name 'world-corpus', 'text:PATH' or a task.")
-    if spec == "world-corpus" or spec in WORLD_TASKS:
-        if world_known:
-            world = require_world(f"retain_text {spec!r}", world, model)
-        if spec == "world-corpus":
-            return list(get_world(world).corpus_lines)
-        texts = [e.prompt + e.continuation for e in world_task(spec, world).examples("train")]
-    elif spec.startswith("text:"):
-        texts = _read_texts(Path(spec.removeprefix("text:")).expanduser())
-    else:
-        from ..tasks import get_task
-
-        texts = [e.prompt + e.continuation for e in get_task(spec).examples("train")]
-    if not texts:
-        raise ConfigError(f"retain_text {spec!r} holds no text.")
-    return texts
-
-
-def _read_texts(path: Path) -> list[str]:
-    if not path.is_file():
-        raise ConfigError(f"retain_text file {str(path)!r} does not exist.")
-    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if path.suffix != ".jsonl":
-        return lines
-    texts = []
-    for n, line in enumerate(lines, 1):
-        try:
-            texts.append(str(json.loads(line)["text"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise ConfigError(
-                f"retain_text file {str(path)!r}, line {n}: expected a JSON object with a "
-                "'text' field."
-            ) from None
-    return texts
 
 
 def _check_finite(value: float, what: str, step: int, last_ckpt: str | None) -> None:

@@ -1,18 +1,28 @@
 """``routekit generate`` (route, then generate each prompt with its mixture) and
-``routekit export`` (one SVF mixture merged into a plain Hugging Face checkpoint)."""
+``routekit export`` (one SVF mixture merged into a plain Hugging Face checkpoint). The
+router plumbing they share with ``routekit route`` is :mod:`routekit.routing.cli_helpers`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..routing.cli_helpers import (
+    KINDS,
+    add_router_options,
+    load_experts,
+    normalize_none_task,
+    parse_weights,
+    read_prompts,
+    resolve_router,
+    svf_ready,
+)
 
 
 def _adaptive(args: argparse.Namespace):
-    from .adaptive import AdaptiveModel
-    from .models import load_model
-    from .routing.commands import load_experts, resolve_router, svf_ready
+    from ..models import load_model
+    from .model import AdaptiveModel
 
     experts = load_experts(args.experts)
     model, tok = load_model(args.model)
@@ -22,10 +32,8 @@ def _adaptive(args: argparse.Namespace):
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .routing.commands import _none_task, _read_prompts
-
-    _none_task(args)
-    prompts = _read_prompts(args)
+    normalize_none_task(args)
+    prompts = read_prompts(args)
     am = _adaptive(args)
     out = am.generate_with_details(prompts, max_new_tokens=args.max_new_tokens,
                                    batch_size=args.batch_size)
@@ -39,13 +47,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .adaptive import AdaptiveModel
-    from .models import load_model
-    from .routing import FixedRouter
-    from .routing.commands import _parse_weights, load_experts, svf_ready
+    from ..models import load_model
+    from ..routing import FixedRouter
+    from .model import AdaptiveModel
 
     experts = load_experts(args.experts)
-    weights = _parse_weights(args.mixture)
+    weights = parse_weights(args.mixture)
     if not weights:
         raise ConfigError("give the mixture to merge with --mixture NAME=WEIGHT ...")
     model, tok = load_model(args.model)
@@ -59,8 +66,6 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from .routing.commands import KINDS, _fit_options
-
     gen = sub.add_parser("generate", help="route each prompt, then generate it with its mixture")
     gen.add_argument("prompt", nargs="*", help="prompts (or --prompts FILE)")
     gen.add_argument("--experts", nargs="+", required=True, metavar="DIR")
@@ -69,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument("--prompts", help="a file of prompts, one per line")
     gen.add_argument("--max-new-tokens", type=int, default=16)
     gen.add_argument("--batch-size", type=int, default=64)
-    _fit_options(gen)
+    add_router_options(gen)
     gen.set_defaults(func=_generate)
 
     exp = sub.add_parser("export", help="merge one SVF mixture into a plain HF checkpoint")

@@ -1,25 +1,20 @@
-"""The two objectives: SFT (next-token loss on reference answers) and RL (GRPO-style).
+"""The RL objective (GRPO-style): seeded sampling, shared-prefix rollouts and the loss.
 
-Both return the loss of one micro-batch already divided by *global* counts (answer tokens
-or samples in the whole global batch, which every process can compute alone), so the sum of
-all micro-batches' gradients, over every process, is the gradient of the global-batch loss.
-
-SFT loss   = Σ_answer-tokens CE / (number of answer tokens in the global batch)
-retention  = retain_kl_coef · Σ_t KL(p_ref(·|x<t) ‖ p_θ(·|x<t)) / (tokens of the global
-             retention batch), over every real position of the retention texts (added to
-             either objective; the reference is the untrained model)
 RL loss    = -(1/N) Σ_i A_i · (Σ_t log π(y_it) / n_i)          (N = samples in the global batch)
              + kl_coef · (1/N) Σ_i (Σ_t k3_it / n_i)
 where A_i = (r_i − mean_group) / (std_group + 1e-4) (unbiased std over the group_size samples
 of the same prompt), n_i = completion tokens of sample i (up to and including the first stop
 token), log π = log_softmax(logits / temperature) (the distribution sampled from), and
 k3 = exp(log π_base − log π) − (log π_base − log π) − 1 on the sampled tokens. One optimiser
-step per sampled batch, so the policy ratio is 1 and no PPO clipping applies. Sampling is
-Gumbel-max under greedy ``generate`` with one seeded generator per (step, prompt, sample).
-A step's rollouts are one ``generate`` call: each distinct prompt is prefilled once and its
-key/value cache shared by its group, and an SVF model samples with z merged into its weights
-(``benchmarks/bench_trainer.py`` times the whole step against one plain sampling ``generate``
-plus one forward and backward over the same completions: ``rl_step_over_floor``).
+step per sampled batch, so the policy ratio is 1 and no PPO clipping applies. As SFT's, the
+loss of one micro-batch is divided by the *global* count, so gradients sum to the global one.
+
+Sampling is Gumbel-max under greedy ``generate`` with one seeded generator per (step, prompt,
+sample) (:class:`SeededSampling`). A step's rollouts are one ``generate`` call: each distinct
+prompt is prefilled once and its key/value cache shared by its group, and an SVF model
+samples with z merged into its weights (``benchmarks/bench_trainer.py`` times the whole step
+against one plain sampling ``generate`` plus one forward and backward over the same
+completions: ``rl_step_over_floor``).
 """
 
 from __future__ import annotations
@@ -40,144 +35,15 @@ from transformers import (
 )
 
 from ..errors import ConfigError
-from ..eval import _stop_ids
-from ..logprobs import full_kl, gather_logprobs
+from ..eval import stop_ids
 from ..models import left_pad, pad_token_id
+from ..scoring import right_padded, token_logprobs
 from ..tasks.base import Example, Task
 from .parameterizations import derive_seed
 
 ADV_EPS = 1e-4
 
 
-# ----------------------------------------------------------------------------- batching
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
-    """Prompt ids exactly as generation sees them (with the tokenizer's special tokens)."""
-    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
-
-
-def right_padded(
-    rows: Sequence[tuple[list[int], list[int]]], pad_id: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(prompt, completion) id rows -> input_ids, attention_mask, completion mask (all B×L).
-
-    Right padding keeps every real token at positions 0..len-1, as in left-padded
-    generation (whose position ids count only real tokens), and no real token attends a pad.
-    """
-    length = max(len(p) + len(c) for p, c in rows)
-    ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(rows), length), dtype=torch.long)
-    comp = torch.zeros((len(rows), length), dtype=torch.bool)
-    for i, (p, c) in enumerate(rows):
-        n = len(p) + len(c)
-        ids[i, :n] = torch.tensor(p + c, dtype=torch.long)
-        attn[i, :n] = 1
-        comp[i, len(p) : n] = True
-    return ids.to(device), attn.to(device), comp.to(device)
-
-
-def token_logprobs(
-    model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, temperature: float = 1.0,
-    position_ids: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """log π(ids[:, t] | ids[:, <t]) for t >= 1, shape B×(L-1), in float32, gathered chunk by
-    chunk (:func:`routekit.logprobs.gather_logprobs`: no vocabulary-sized float32 copy)."""
-    kw = {} if position_ids is None else {"position_ids": position_ids}
-    logits = model(input_ids=ids, attention_mask=attn, use_cache=False, **kw).logits
-    return gather_logprobs(logits[:, :-1], ids[:, 1:], temperature)
-
-
-# ----------------------------------------------------------------------------- SFT
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def sft_row(tokenizer: PreTrainedTokenizerBase, example: Example) -> tuple[list[int], list[int]]:
-    """(prompt ids, answer ids) of one example, from the tokenisation of the *joined* text.
-
-    The prompt and its ``continuation`` are tokenised together, as generation will read them,
-    and the answer is every token past the longest common prefix with the prompt's own ids: a
-    tokenizer that merges across the seam (SentencePiece's dummy prefix, BPE's ``Ġ``) trains
-    on the tokens it generates. The answer runs up to and including the first stop token (a
-    chat turn's end-of-turn token, e.g. ``<|im_end|>``); without one in the text, EOS is
-    appended so SFT also teaches where to stop.
-    """
-    prompt = encode_prompt(tokenizer, example.prompt)
-    joined = list(tokenizer(example.prompt + example.continuation, add_special_tokens=True)["input_ids"])
-    eos = tokenizer.eos_token_id
-    if eos is not None and joined and joined[-1] == eos and (not prompt or prompt[-1] != eos):
-        joined = joined[:-1]  # a tokenizer that appends EOS itself: keep one, ours, below
-    cut = _common_prefix(prompt, joined)
-    answer = joined[cut:]
-    stop = {int(eos)} if eos is not None else set()
-    end = next((i for i, t in enumerate(answer) if t in stop), None)
-    if end is not None:
-        answer = answer[: end + 1]
-    elif eos is not None:
-        answer.append(int(eos))
-    return joined[:cut], answer
-
-
-def sft_rows(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> list[tuple[list[int], list[int]]]:
-    """:func:`sft_row` of each example (prompts rendered beforehand, see
-    ``routekit.tasks.chat.render_task``)."""
-    return [sft_row(tokenizer, e) for e in examples]
-
-
-def sft_loss(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    local: Sequence[Example],
-    global_answer_tokens: int,
-    device: torch.device,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on answer tokens only (prompt and pad positions are label -100)."""
-    ids, attn, comp = right_padded(sft_rows(tokenizer, local), pad_token_id(tokenizer), device)
-    logp = token_logprobs(model, ids, attn)
-    total = -(logp * comp[:, 1:]).sum()
-    loss = total / global_answer_tokens
-    return loss, {"loss_sum": float(total.detach()), "tokens": int(comp.sum())}
-
-
-def count_answer_tokens(tokenizer: PreTrainedTokenizerBase, examples: Sequence[Example]) -> int:
-    return sum(len(sft_row(tokenizer, e)[1]) for e in examples)
-
-
-# ----------------------------------------------------------------------------- retention
-def retain_rows(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[tuple[list[int], list[int]]]:
-    """Each text as the model reads a document: special tokens, the text, then EOS."""
-    eos = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]
-    return [(encode_prompt(tokenizer, t) + eos, []) for t in texts]
-
-
-def retain_kl_loss(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    rows: Sequence[tuple[list[int], list[int]]],
-    global_tokens: int,
-    coef: float,
-    device: torch.device,
-    base_context,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """coef · Σ KL(p_ref ‖ p_θ) over the real positions of ``rows`` (from :func:`retain_rows`)
-    / ``global_tokens``.
-
-    The full-vocabulary KL (not a sampled estimate): retention text is short, and the exact
-    value has no variance. Computed in float32, chunk by chunk (:func:`routekit.logprobs.full_kl`).
-    """
-    ids, attn, _ = right_padded(rows, pad_token_id(tokenizer), device)
-    with torch.no_grad(), base_context() as base:
-        ref = base(input_ids=ids, attention_mask=attn, use_cache=False).logits
-    kl = full_kl(ref, model(input_ids=ids, attention_mask=attn, use_cache=False).logits)
-    kl_sum = (kl * attn.float()).sum()
-    return coef * kl_sum / global_tokens, {"retain_kl_sum": float(kl_sum.detach())}
-
-
-# ----------------------------------------------------------------------------- RL sampling
 class SeededSampling(LogitsProcessor):
     """Sampling from softmax(scores / T) with one private RNG per row (Gumbel-max).
 
@@ -244,7 +110,7 @@ def sample_rollout(
         for j in range(group_size)
     ]
     pad = pad_token_id(tokenizer)
-    stop = _stop_ids(tokenizer, model)
+    stop = stop_ids(tokenizer, model)
     # Each distinct prompt is encoded and prefilled once; its group shares that prefix.
     enc = left_pad(tokenizer, [e.prompt for e in examples], device)
     was_training = model.training

@@ -1,4 +1,9 @@
-"""Batched generation with left padding, and task evaluation (accuracy on a split)."""
+"""Batched generation with left padding: :func:`generate` (``rk.generate``, texts in, texts out).
+
+Also the stop tokens generation ends on (:func:`stop_ids`, shared with RL rollouts) and the
+``ROW_WINDOW`` hook through which ``routekit.mixture`` gives each batch of prompts its own
+alpha rows.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pydantic import BaseModel
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .experts.mixture import ROW_WINDOW
-from .models import left_pad, pad_token_id
-from .tasks.base import Task
-from .tasks.chat import render_prompts, render_task
+from ..experts.mixture import ROW_WINDOW
+from ..models import left_pad, pad_token_id
+from ..tasks.chat import render_prompts
 
 
-class EvalResult(BaseModel):
-    """Accuracy of a model on one split of one task, with every completion kept."""
-
-    task: str
-    split: str
-    accuracy: float
-    n: int
-    correct: list[bool]
-    completions: list[str]
-
-
-def _stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+def stop_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    """The token ids generation stops on: the tokenizer's EOS and the model's
+    ``generation_config.eos_token_id`` (one id or a list), sorted, without repeats."""
     ids = []
     for cand in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
         if isinstance(cand, int):
@@ -68,7 +62,7 @@ def generate(
     device = next(model.parameters()).device
     pad = pad_token_id(tokenizer)
     window = ROW_WINDOW.get()
-    stop = _stop_ids(tokenizer, model)
+    stop = stop_ids(tokenizer, model)
     out: list[str] = []
     was_training = model.training
     if was_training:  # leave an eval-mode model alone: other threads may be using it
@@ -100,44 +94,3 @@ def generate(
         if was_training:
             model.train(True)
     return out
-
-
-def evaluate(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    task: Task,
-    split: str = "test",
-    *,
-    max_new_tokens: int = 16,
-    batch_size: int = 64,
-    limit: int | None = None,
-    progress: bool = False,
-    chat: bool | None = None,
-    **generate_kwargs: Any,
-) -> EvalResult:
-    """Greedy accuracy of ``model`` on ``task``'s ``split`` (with ``limit`` examples at most).
-
-    ``chat``: read the prompts through the tokenizer's chat template; None (default) keeps
-    the task's own ``chat`` setting.
-    """
-    task = render_task(task, tokenizer, chat)
-    examples = task.examples(split)[:limit] if limit else task.examples(split)
-    completions = generate(
-        model,
-        tokenizer,
-        [e.prompt for e in examples],
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
-        desc=f"eval {task.name}/{split}",
-        **generate_kwargs,
-    )
-    correct = [task.check(c, e.reference) for c, e in zip(completions, examples)]
-    return EvalResult(
-        task=task.name,
-        split=split,
-        accuracy=sum(correct) / max(len(correct), 1),
-        n=len(correct),
-        correct=correct,
-        completions=completions,
-    )

@@ -26,21 +26,21 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .errors import ConfigError, ExpertFileError, FingerprintMismatchError
-from .eval import generate as generate_texts
-from .experts import Expert, check_experts, check_same_base, load_expert
-from .experts.mixture import mixture
-from .io import (
+from ..errors import ConfigError, ExpertFileError, FingerprintMismatchError
+from ..eval import generate as generate_texts
+from ..experts import Expert, check_experts, check_same_base, load_expert
+from ..experts.mixture import mixture
+from ..io import (
     atomic_directory,
     atomic_write_json,
     model_fingerprint,
     read_config,
     tokenizer_fingerprint,
 )
-from .proxy import ProxyExpert
-from .routing import Mixture, Router, alpha_table, load_router
-from .svf import SVFConfig, SVFExpert, get_svf_model, mix_experts, svf_layers
-from .svf.model import merged
+from ..proxy import ProxyExpert
+from ..routing import Mixture, Router, alpha_table, load_router
+from ..svf import SVFConfig, SVFExpert, get_svf_model, mix_experts, svf_layers
+from ..svf.model import merged
 
 CONFIG_NAME = "adaptive_config.json"
 FORMAT = "routekit-adaptive"
@@ -253,7 +253,7 @@ class AdaptiveModel:
         SVF mixture merged in, loadable by ``AutoModelForCausalLM.from_pretrained`` and so
         servable by vLLM or TGI. Proxy experts cannot be merged (they run extra models at
         every step) and per-row mixtures need routekit's own path; both are refused."""
-        from .svf.delta import save_adapted_checkpoint
+        from ..svf.delta import save_adapted_checkpoint
 
         mix = mixture_ if isinstance(mixture_, Mixture) else Mixture(weights=dict(mixture_))
         mix.check(self.expert_names)

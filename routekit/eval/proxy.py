@@ -1,4 +1,8 @@
-"""proxy_generate: generate from a base steered by proxy experts (``routekit.mixture`` + generate)."""
+"""proxy_generate (``rk.proxy_generate``): generate from a base steered by proxy experts,
+``routekit.mixture`` around :func:`routekit.eval.generate`, with the proxies' checks first.
+
+It lives with generation, not in ``routekit.proxy``: it calls ``generate``, which sits above
+the expert kinds (``routekit.proxy.proxy_generate`` still works, deprecated)."""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError
 from ..experts import AlphaLike, normalize_alpha
+from ..experts.mixture import mixture
+from ..proxy.expert import ProxyExpert
+from ..proxy.steering import check_context
 from ..tasks.chat import render_prompts
-from .expert import ProxyExpert
-from .steering import check_context
+from .generate import generate
 
 
 def proxy_generate(
@@ -36,10 +42,6 @@ def proxy_generate(
     ``chat``: each prompt is rendered through the chat template once, before generation, so
     the base and every proxy model read the same rendered ids.
     """
-    # At call time: both sit above this package (issue 21 moves this helper up into eval/).
-    from ..eval import generate
-    from ..experts.mixture import mixture
-
     prompts = render_prompts(tokenizer, list(prompts), chat)
     experts = [experts] if isinstance(experts, ProxyExpert) else list(experts)
     for e in experts:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from .errors import ConfigError
-from .eval import evaluate
-from .io import model_fingerprint
-from .models import load_model
-from .tasks.registry import add_task_arguments, get_task, task_options, with_options
+from ..errors import ConfigError
+from ..io import model_fingerprint
+from ..models import load_model
+from ..tasks.registry import add_task_arguments, get_task, task_options, with_options
+from .evaluate import evaluate
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -38,8 +38,8 @@ def _lm_eval(args: argparse.Namespace) -> int:
     if args.task is not None:
         raise ConfigError("give --task (routekit's evaluation) or --lm-eval (lm-eval's), not both.")
     try:
-        from .lm_eval import run_tasks, table
-        from .lm_eval.model import parse_model_args
+        from ..lm_eval import run_tasks, table
+        from ..lm_eval.model import parse_model_args
     except ImportError as e:
         raise ConfigError(f"{e}") from None
     extra = parse_model_args(args.model_args or "")
