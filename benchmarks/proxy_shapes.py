@@ -27,10 +27,10 @@ import torch
 from routekit.eval import evaluate
 from routekit.tasks.base import Example, Task
 from routekit.tasks.checkers import exact_match
-from routekit.tasks.world_tasks import world_task
 from routekit.world.config import ModelSize, WorldConfig
 from routekit.world.corpus import World, add_formats, rev_formats
 from routekit.world.pretrain import encode_corpus, make_model, pretrain
+from routekit.world.tasks import world_task
 from routekit.world.tokenizer import build_tokenizer
 
 OUT = Path(__file__).resolve().parent / "results" / "proxy_shapes.jsonl"

@@ -27,9 +27,9 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import model_fingerprint, read_json, tokenizer_fingerprint
 from ..models import load_model
-from ..tasks.world_tasks import WORLD_CONFIG_FILE, named_world
 from ..world.config import WorldConfig
 from ..world.corpus import World
+from ..world.tasks import WORLD_CONFIG_FILE, named_world
 from .results import WorldStamp
 
 _MAX_DRAWS = 60_000

@@ -98,7 +98,7 @@ def measure(
     from ..eval import evaluate
     from ..tasks.base import Task
     from ..tasks.checkers import exact_match
-    from ..tasks.world_tasks import world_task
+    from .tasks import world_task
 
     out: dict = {}
     for prefix, model in (("", base), ("proxy_", proxy)):
@@ -148,7 +148,7 @@ def _cached_info(root: Path, t0: float) -> WorldInfo:
     try:
         return WorldInfo(**metrics)
     except ValidationError as e:
-        from ..training.config import format_validation_error
+        from ..errors import format_validation_error
 
         raise CorruptCacheError(
             f"world metrics {str(path)!r} are damaged: {format_validation_error(e)}. {how}"
