@@ -51,7 +51,7 @@ CANDIDATES = [
 def score(shape: str, world: World, tok, stream: torch.Tensor) -> dict:
     h, i, layers, heads, steps, lr, bs = shape.split(":")
     cfg = WorldConfig()
-    torch.manual_seed(cfg.seed)  # as routekit.world.store.build seeds each model
+    torch.manual_seed(cfg.seed)  # as routekit.world.build.build seeds each model
     model = make_model(ModelSize(hidden_size=int(h), intermediate_size=int(i),
                                  num_hidden_layers=int(layers), num_attention_heads=int(heads)),
                        tok, cfg.proxy_pretrain.seq_len)

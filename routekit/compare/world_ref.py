@@ -100,7 +100,8 @@ def heldout_lines(
 
 def resolve_world(spec: str, *, progress: bool = True) -> WorldRef:
     """The world a suite names, building ``default``/``tiny`` into the cache if needed."""
-    from ..world.store import build, world_dir
+    from ..world.build import build
+    from ..world.entry import world_dir
 
     if spec in ("default", "tiny"):
         config = named_world(spec)

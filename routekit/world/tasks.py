@@ -28,7 +28,7 @@ from .config import WorldConfig
 from .corpus import SKILLS, World
 
 WORLD_TASKS = (*SKILLS, "facts")
-# What routekit.world.store writes beside the ``base/`` and ``proxy/`` models of an entry.
+# What routekit.world.build writes beside the ``base/`` and ``proxy/`` models of an entry.
 WORLD_CONFIG_FILE = "world_config.json"
 WORLD_MODEL_DIRS = ("base", "proxy")
 WORLD_NAMES = "'default', 'tiny', or the path of a world_config.json (or of the world cache entry holding it)"
