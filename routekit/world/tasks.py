@@ -2,7 +2,7 @@
 
 Importing this module registers the four names with :mod:`routekit.tasks.registry`, so
 ``get_task("rev")`` (and ``get_task("rev", world_config)``) resolve here while the task
-registry, one floor below the world, imports nothing of it.
+registry, which sits below the world, imports nothing of it.
 
 World task names and the ``world-corpus`` retention text mean nothing until a world is
 chosen: the default world, the tiny CI world and any custom WorldConfig each have their own
