@@ -27,10 +27,10 @@ import torch
 from routekit.eval import evaluate
 from routekit.tasks.base import Example, Task
 from routekit.tasks.checkers import exact_match
-from routekit.tasks.world_tasks import world_task
 from routekit.world.config import ModelSize, WorldConfig
 from routekit.world.corpus import World, add_formats, rev_formats
 from routekit.world.pretrain import encode_corpus, make_model, pretrain
+from routekit.world.tasks import world_task
 from routekit.world.tokenizer import build_tokenizer
 
 OUT = Path(__file__).resolve().parent / "results" / "proxy_shapes.jsonl"
@@ -51,7 +51,7 @@ CANDIDATES = [
 def score(shape: str, world: World, tok, stream: torch.Tensor) -> dict:
     h, i, layers, heads, steps, lr, bs = shape.split(":")
     cfg = WorldConfig()
-    torch.manual_seed(cfg.seed)  # as routekit.world.store.build seeds each model
+    torch.manual_seed(cfg.seed)  # as routekit.world.build.build seeds each model
     model = make_model(ModelSize(hidden_size=int(h), intermediate_size=int(i),
                                  num_hidden_layers=int(layers), num_attention_heads=int(heads)),
                        tok, cfg.proxy_pretrain.seq_len)

@@ -28,10 +28,11 @@ from routekit.eval import evaluate
 from routekit.io import atomic_write_json
 from routekit.tasks.base import Example, Task
 from routekit.tasks.checkers import exact_match
-from routekit.tasks.world_tasks import world_task
 from routekit.world.config import WorldConfig
 from routekit.world.corpus import World, add_formats, rev_formats
-from routekit.world.store import load, world_dir
+from routekit.world.entry import world_dir
+from routekit.world.store import load
+from routekit.world.tasks import world_task
 
 OUT = Path(__file__).resolve().parent / "results" / "split_growth.json"
 

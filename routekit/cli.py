@@ -16,7 +16,7 @@ import sys
 
 from pydantic import ValidationError
 
-from .errors import RoutekitError
+from .errors import RoutekitError, format_validation_error
 
 EXIT_REFUSED = 2
 
@@ -55,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"routekit: error: {_one_line(str(e))}", file=sys.stderr)
         return EXIT_REFUSED
     except ValidationError as e:
-        from .training.config import format_validation_error
-
         print(f"routekit: error: invalid {e.title}: {_one_line(format_validation_error(e))}",
               file=sys.stderr)
         return EXIT_REFUSED

@@ -339,7 +339,7 @@ def old_sft_rows(tok, examples):
 
 
 def test_world_char_rows_are_unchanged(char_tokenizer):
-    from routekit.tasks.world_tasks import world_task
+    from routekit.world.tasks import world_task
 
     for name in ("add", "rev", "hop", "facts"):
         examples = world_task(name).examples("train")[:40]

@@ -252,7 +252,7 @@ def test_results_json_validates_and_files_load_with_routekit_loaders(uninterrupt
 def test_base_cell_measures_what_the_base_scores(uninterrupted):
     from routekit.eval import evaluate
     from routekit.models import load_model
-    from routekit.tasks.world_tasks import world_task
+    from routekit.world.tasks import world_task
 
     _, full = uninterrupted
     base_cell = next(c for c in full.results.cells if c.key.method == "base")

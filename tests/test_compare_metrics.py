@@ -106,8 +106,8 @@ def test_metrics_refuse_bad_input(char_tokenizer):
 
 # --------------------------------------------------------------------------- behaviour
 def test_behaviour_shares_on_planted_completions():
-    from routekit.tasks.world_tasks import world_task
     from routekit.world import WorldConfig, get_world
+    from routekit.world.tasks import world_task
 
     world = get_world(WorldConfig.tiny())
     add, rev, hop = (world_task(s, world=world) for s in ("add", "rev", "hop"))

@@ -36,8 +36,8 @@ from routekit.models import load_model  # noqa: E402
 from routekit.routing import FixedRouter, Mixture, Router  # noqa: E402
 from routekit.tasks.base import Example, Task  # noqa: E402
 from routekit.tasks.checkers import answer_match, extract_answer  # noqa: E402
-from routekit.tasks.world_tasks import world_task  # noqa: E402
 from routekit.world.config import WorldConfig  # noqa: E402
+from routekit.world.tasks import world_task  # noqa: E402
 
 from .conftest import peaked, tiny_causal_lm, two_kinds_of_experts  # noqa: E402
 

@@ -161,3 +161,100 @@ def test_unknown_checker_and_template_fields_are_refused_by_name(tmp_path):
         dataset_task(ds, checker="fuzzy")
     with pytest.raises(ConfigError, match=r"reads \['context'\]"):
         dataset_task(ds, template="{context}")
+
+
+# ------------------------------------------------------- the registry below the world
+def test_bare_names_registered_by_a_provider_resolve_list_and_refuse_clashes(monkeypatch):
+    from routekit.errors import ConfigError
+    from routekit.tasks import register_named_tasks, registry
+
+    monkeypatch.setattr(registry, "_NAMED", dict(registry._NAMED))  # undone after the test
+    toy = Task("toy", {"test": [Example("1+1=", "2")]}, exact_match)
+    seen: list = []
+
+    def loader(name, world_config):
+        seen.append((name, world_config))
+        return toy
+
+    register_named_tasks(["toy"], loader)
+    marker = object()
+    assert get_task("toy", marker) is toy and seen == [("toy", marker)]
+    assert get_task("toy", chat=True).chat is True and toy.chat is False  # a copy
+    assert "toy" in registry.known_tasks()
+    with pytest.raises(UnknownTaskError, match=r"Known tasks: add, rev, hop, facts, .*toy"):
+        get_task("toys")
+    with pytest.raises(ConfigError, match="'rev' is already registered by another provider"):
+        register_named_tasks(["rev"], loader)
+    with pytest.raises(ConfigError, match="holds ':'"):
+        register_named_tasks(["my:toy"], loader)
+    assert get_task("rev").examples("test") == get_task("rev", None).examples("test")
+
+
+def test_world_tasks_come_from_the_world_through_the_registry():
+    from routekit.errors import ConfigError
+    from routekit.world import WorldConfig
+    from routekit.world.tasks import world_task
+
+    tiny = WorldConfig.tiny()
+    got = get_task("hop", tiny)
+    assert got.world == tiny and got.examples("train") == world_task("hop", tiny).examples("train")
+    assert get_task("facts").world == WorldConfig()  # no world named: the default one
+    with pytest.raises(ConfigError, match="takes a routekit.world.WorldConfig, not a str"):
+        get_task("rev", "tiny")
+
+
+def test_world_task_names_resolve_in_a_fresh_interpreter(tmp_path):
+    """Importing routekit.tasks alone (as a user does) registers the world's names: the
+    package's __init__ imports the world before any get_task call."""
+    import os
+    import subprocess
+    import sys
+
+    from routekit.world.tasks import world_task
+
+    code = ("from routekit.tasks import get_task, known_tasks; t = get_task('rev'); "
+            "print(repr(t), known_tasks()[:4], t.examples('test')[0].prompt)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    rev = world_task("rev")
+    assert out.stdout.strip() == (
+        f"{rev!r} ['add', 'rev', 'hop', 'facts'] {rev.examples('test')[0].prompt}"
+    )
+
+
+def test_world_names_on_routekit_tasks_are_deprecated_but_work():
+    import routekit.tasks as tasks
+    import routekit.world as world
+    from routekit.world import tasks as world_tasks
+
+    with pytest.warns(DeprecationWarning, match=r"routekit\.world\.tasks\.world_task"):
+        assert tasks.world_task is world_tasks.world_task is world.world_task
+    with pytest.warns(DeprecationWarning, match=r"routekit\.world\.tasks\.WORLD_TASKS"):
+        from routekit.tasks import WORLD_TASKS
+    assert WORLD_TASKS == ("add", "rev", "hop", "facts") == world.WORLD_TASKS
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        tasks.nothing  # noqa: B018
+
+
+def test_format_validation_error_names_each_key_once():
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from routekit.errors import format_validation_error
+    from routekit.training import config as training_config
+
+    class Toy(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n: int
+        mask: float | str = 1.0
+        lr: float = 1.0
+
+    with pytest.raises(ValidationError) as info:
+        Toy.model_validate({"lr": "fast", "extra": 1, "mask": None})
+    assert format_validation_error(info.value) == (
+        "unknown key 'extra'; remove it or check its spelling; "
+        "key 'n': this key is required; "
+        "key 'mask': Input should be a valid number or Input should be a valid string (got None); "
+        "key 'lr': Input should be a valid number, unable to parse string as a number (got 'fast')"
+    )
+    # the training config keeps using the one formatter (re-imported, not copied)
+    assert training_config.format_validation_error is format_validation_error

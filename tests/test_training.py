@@ -766,8 +766,8 @@ def micro_world(tmp_path, monkeypatch):
 
 
 def test_world_corpus_retention_comes_from_the_world_of_the_model(micro_world, monkeypatch):
-    from routekit.tasks.world_tasks import world_of_model
     from routekit.world import World
+    from routekit.world.tasks import world_of_model
 
     config, model, tok = micro_world
     assert world_of_model(model).hash() == config.hash()
@@ -823,9 +823,9 @@ def test_a_model_of_no_world_needs_the_world_named(micro_world, tmp_path):
 
 
 def test_recipe_world_tasks_and_models_follow_the_named_world(micro_world, tmp_path):
-    from routekit.tasks import world_task
     from routekit.training.recipe import load_config_model, resolve_task
     from routekit.world import world_dir
+    from routekit.world.tasks import world_task
 
     config, _, _ = micro_world
     cfg = TrainConfig.from_dict({"model": "world", "world": str(world_dir(config)), "task": "hop"})

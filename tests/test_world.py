@@ -62,7 +62,7 @@ def test_corpus_holds_facts_skills_and_routing():
 def test_facts_train_and_test_entities_are_disjoint(config):
     """The knowledge probes ask about entities whose questions neither the facts task's train
     split nor the corpus ever shows; entities are read from the prompts' words, not metadata."""
-    from routekit.tasks.world_tasks import world_task
+    from routekit.world.tasks import world_task
 
     w = world.World(config)
     names = set(w.entities)
@@ -294,7 +294,7 @@ def test_reduced_world_answers_its_held_out_knowledge_probes(tiny_world):
     thread): 0.944, 34 of 36 probes; figures move by a few probes between machines, so the
     floor (0.85, 31 of 36) leaves 3. Chance is about 0.09 (12 cities, 10 colours, 10 jobs)."""
     from routekit.tasks.checkers import answer_match
-    from routekit.tasks.world_tasks import world_task
+    from routekit.world.tasks import world_task
 
     from .test_models_eval import reference_greedy
 

@@ -49,7 +49,7 @@ def systematic_wrong_answer(skill: str, example: Example, world: World | None = 
     except KeyError as missing:
         raise ConfigError(
             f"example {example.prompt!r} has no {missing} in its meta; behaviour shares need "
-            "the world's own skill examples (routekit.tasks.world_task)."
+            "the world's own skill examples (routekit.world.tasks.world_task)."
         ) from None
     raise ConfigError(f"no systematic wrong answer for skill {skill!r}; known skills: {list(SKILLS)}.")
 

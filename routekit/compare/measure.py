@@ -5,7 +5,7 @@ KL, behaviour shares and activation sparsity, through ``routekit.compare``'s met
 - retention: the environment's knowledge probes (on the world, ``facts`` test: questions
   about entities whose questions never appear in the corpus), accuracy and the mean
   log-likelihood of their reference answers; statement recall accuracy on the probes'
-  ``statements`` split where there is one (the world's, as ``routekit.world.store.measure``
+  ``statements`` split where there is one (the world's, as ``routekit.world.measure.measure``
   computes it for the base);
 - forgetting: cross-entropy on the environment's held-out text (on the world, see
   :mod:`.world_ref`) after minus before, and KL(base ‖ tuned) on that text and on the task's

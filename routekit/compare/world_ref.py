@@ -27,9 +27,9 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..io import model_fingerprint, read_json, tokenizer_fingerprint
 from ..models import load_model
-from ..tasks.world_tasks import WORLD_CONFIG_FILE, named_world
 from ..world.config import WorldConfig
 from ..world.corpus import World
+from ..world.tasks import WORLD_CONFIG_FILE, named_world
 from .results import WorldStamp
 
 _MAX_DRAWS = 60_000
@@ -100,7 +100,8 @@ def heldout_lines(
 
 def resolve_world(spec: str, *, progress: bool = True) -> WorldRef:
     """The world a suite names, building ``default``/``tiny`` into the cache if needed."""
-    from ..world.store import build, world_dir
+    from ..world.build import build
+    from ..world.entry import world_dir
 
     if spec in ("default", "tiny"):
         config = named_world(spec)

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from ..io import atomic_write_bytes
 from ..tasks.base import Task
 from ..tasks.registry import get_task
-from ..tasks.world_tasks import named_world
+from ..world.tasks import named_world
 
 
 def task_records(task: Task, split: str = "test") -> list[dict[str, str]]:

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..errors import RoutekitError
 from .checkers import Checker, exact_match
 
-if TYPE_CHECKING:
-    from ..world.config import WorldConfig
+
+class WorldLike(Protocol):
+    """What a task knows of the world it was drawn from: the world's identity. Tasks sit below
+    ``routekit.world`` (they import nothing of it, not even for annotations), so ``Task.world``
+    is typed by this protocol; a ``routekit.world.WorldConfig`` satisfies it."""
+
+    def hash(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -52,8 +57,9 @@ class Task:
     """A named task with splits (``train``, ``test``, ``ood`` ...) and a checker.
 
     Subclasses fill ``self._splits`` (split name -> list of Examples) or override
-    :meth:`examples`. ``world`` is the WorldConfig of the world a world task was drawn from
-    (None for other tasks), so a trainer can refuse a model of another world. ``chat``: the
+    :meth:`examples`. ``world`` is the WorldConfig (a :class:`WorldLike`) of the world a world
+    task was drawn from (None for other tasks), so a trainer can refuse a model of another
+    world. ``chat``: the
     prompts are read through the tokenizer's chat template (``routekit.tasks.chat``); off by
     default, as in lm-evaluation-harness.
     """
@@ -67,7 +73,7 @@ class Task:
         splits: dict[str, Sequence[Example]],
         checker: Checker | Callable[[str, str], bool] = exact_match,
         family: str | None = None,
-        world: WorldConfig | None = None,
+        world: WorldLike | None = None,
         chat: bool = False,
     ) -> None:
         self.name = name

@@ -1,22 +1,28 @@
-"""Resolving a task name: world tasks by name, local data by ``jsonl:PATH`` or ``hf:PATH`` (or a
-:class:`~routekit.tasks.jsonl.TaskSpec` with options), and providers' named tasks by prefix
-(``real:<name>`` from ``routekit.real``)."""
+"""Resolving a task name: local data by ``jsonl:PATH`` or ``hf:PATH`` (or a
+:class:`~routekit.tasks.jsonl.TaskSpec` with options), and the tasks providers register:
+bare names (the world's ``add``, ``rev``, ``hop``, ``facts``, registered by
+``routekit.world.tasks``) and names under a prefix (``real:<name>`` from ``routekit.real``).
+
+This module imports no provider: each registers itself when imported, and ``routekit``'s
+``__init__`` imports them all, so every name is known before any call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
-from ..errors import ConfigError, UnknownTaskError
-from ..world.config import WorldConfig
+from ..errors import ConfigError, UnknownTaskError, format_validation_error
 from .base import Task
 from .jsonl import TaskSpec, dataset_task, jsonl_task
-from .world_tasks import WORLD_TASKS, world_task
 
 # prefix -> (loader of the name after the prefix, the names it knows for the error message)
 _PREFIXES: dict[str, tuple[Callable[[str], Task], Callable[[], list[str]]]] = {}
+# bare name -> loader(name, world_config); world_config is whatever the caller of get_task
+# passed (a routekit.world.WorldConfig for the world's tasks), opaque to this module.
+_NAMED: dict[str, Callable[[str, Any], Task]] = {}
 
 
 def register_task_prefix(
@@ -27,9 +33,30 @@ def register_task_prefix(
     _PREFIXES[prefix] = (loader, names)
 
 
+def register_named_tasks(names: Iterable[str], loader: Callable[[str, Any], Task]) -> None:
+    """Make ``get_task(name, world_config)`` return ``loader(name, world_config)`` for each bare
+    name in ``names`` (``routekit.world.tasks`` registers ``add``, ``rev``, ``hop`` and
+    ``facts``, so this module imports nothing of the world). A name already registered by
+    another loader, or one holding ``:``, is refused: it would shadow a task or a prefix."""
+    for name in names:
+        if ":" in name:
+            raise ConfigError(f"task name {name!r} holds ':', which is kept for prefixes "
+                              "(register_task_prefix).")
+        kept = _NAMED.get(name)
+        if kept is not None and _qualname(kept) != _qualname(loader):  # a reload is no clash
+            raise ConfigError(f"task name {name!r} is already registered by another provider.")
+        _NAMED[name] = loader
+
+
+def _qualname(f: Callable[..., Any]) -> str:
+    return f"{getattr(f, '__module__', '')}.{getattr(f, '__qualname__', repr(f))}"
+
+
 def known_tasks() -> list[str]:
+    """Every task name :func:`get_task` resolves: bare names, ``prefix:name`` and the two
+    local-data forms."""
     named = [f"{p}:{n}" for p, (_, names) in _PREFIXES.items() for n in names()]
-    return [*WORLD_TASKS, *named, "jsonl:PATH", "hf:PATH"]
+    return [*_NAMED, *named, "jsonl:PATH", "hf:PATH"]
 
 
 def task_spec(spec: Mapping[str, Any] | TaskSpec) -> TaskSpec:
@@ -39,8 +66,6 @@ def task_spec(spec: Mapping[str, Any] | TaskSpec) -> TaskSpec:
     try:
         return TaskSpec(**dict(spec))
     except ValidationError as e:
-        from ..training.config import format_validation_error
-
         raise ConfigError(f"task spec {dict(spec)!r}: {format_validation_error(e)}") from None
 
 
@@ -89,18 +114,20 @@ def task_options(args: Any) -> dict[str, Any]:
 
 def get_task(
     name: str | Task | TaskSpec | Mapping[str, Any],
-    world_config: WorldConfig | None = None,
+    world_config: Any = None,
     *,
     chat: bool | None = None,
 ) -> Task:
     """A Task from its name or spec; a Task passes through unchanged. ``chat`` (None: the
-    task's own setting) turns chat-template rendering on or off."""
+    task's own setting) turns chat-template rendering on or off. ``world_config`` (a
+    ``routekit.world.WorldConfig``; typed ``Any`` here because tasks sit below the world) is
+    handed to the loader of a bare registered name: which world a world task is drawn from."""
     if isinstance(name, Task):
         return name.with_chat(chat)
     if isinstance(name, (TaskSpec, Mapping)):
         return task_spec(name).load().with_chat(chat)
-    if name in WORLD_TASKS:
-        return world_task(name, world_config).with_chat(chat)
+    if name in _NAMED:
+        return _NAMED[name](name, world_config).with_chat(chat)
     if name.startswith("jsonl:"):
         return jsonl_task(name.removeprefix("jsonl:")).with_chat(chat)
     if name.startswith("hf:"):

@@ -18,7 +18,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from ..errors import CheckpointError, ExpertFileError, TrainingError
+from ..errors import CheckpointError, ExpertFileError, TrainingError, format_validation_error
 from ..io import (
     atomic_directory,
     atomic_save_safetensors,
@@ -27,7 +27,7 @@ from ..io import (
     read_json,
     recover_directory,
 )
-from .config import TrainConfig, format_validation_error
+from .config import TrainConfig
 
 FORMAT = 1
 

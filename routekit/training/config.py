@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..errors import ConfigError
+from ..errors import ConfigError, format_validation_error
 from ..tasks.jsonl import TaskSpec
 
 
@@ -252,37 +251,3 @@ def _check_svf_fields(fields: dict[str, Any]) -> None:
         SVFConfig.model_validate(fields)
     except ValidationError as e:
         raise ValueError(format_validation_error(e).replace("key '", "key 'svf.")) from None
-
-
-# A union's alternatives add their type to an error's location ('mask.float', 'mask.str');
-# field names are lower-case identifiers, so these tags are told apart by their shape.
-_UNION_TAG = re.compile(r"(str|int|float|bool|none|(list|dict|tuple|set|literal)\[.*\]|[A-Z]\w*)")
-
-
-_MISSING = object()
-
-
-def format_validation_error(e: ValidationError) -> str:
-    """One line per key: "key 'a.b': message (got value)"; a union's alternatives are joined."""
-    rules: list[str] = []  # rules over several keys: their messages name the keys
-    unknown: list[str] = []
-    by_key: dict[str, tuple[list[str], Any]] = {}
-    for err in e.errors():
-        loc = [str(x) for x in err["loc"]]
-        while loc and _UNION_TAG.fullmatch(loc[-1]):
-            loc.pop()
-        key = ".".join(loc)
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if not key:
-            rules.append(msg)
-        elif err["type"] == "extra_forbidden":
-            unknown.append(f"unknown key {key!r}; remove it or check its spelling")
-        elif err["type"] == "missing":  # its input is the enclosing mapping: not shown
-            by_key.setdefault(key, ([], _MISSING))[0].append("this key is required")
-        else:
-            by_key.setdefault(key, ([], err.get("input")))[0].append(msg)
-    parts = [
-        f"key {k!r}: {' or '.join(msgs)}" + ("" if value is _MISSING else f" (got {value!r})")
-        for k, (msgs, value) in by_key.items()
-    ]
-    return "; ".join(rules + unknown + parts)

@@ -23,7 +23,7 @@ from ..experts import refuse_foreign_directory
 from ..io import atomic_directory, atomic_write_json
 from ..models import load_model
 from ..tasks.base import Task
-from ..tasks.world_tasks import WORLD_TASKS, agreed_world, named_world, require_world, world_task
+from ..world.tasks import WORLD_TASKS, agreed_world, named_world, require_world, world_task
 from .config import TrainConfig
 from .trainer import TrainResult, train
 

@@ -47,7 +47,7 @@ from ..errors import ConfigError, TrainingError
 from ..io import fingerprint_tensors
 from ..tasks.base import Task
 from ..tasks.chat import render_task
-from ..tasks.world_tasks import agreed_world
+from ..world.tasks import agreed_world
 from . import retention, rl, sft
 from .checkpoint import (
     checkpoint_dir,
@@ -152,7 +152,7 @@ def train(
     TrainingError, when there is no checkpoint, unless ``out_dir`` records that this very
     run was started there and killed before its first checkpoint: then it starts again). World task names and ``world-corpus`` come
     from the one world that ``config.world``, the model's world cache entry and a world
-    ``task`` agree on (:func:`~routekit.tasks.world_tasks.agreed_world`). NaN/inf in the loss,
+    ``task`` agree on (:func:`~routekit.world.tasks.agreed_world`). NaN/inf in the loss,
     gradients or parameters raise TrainingError naming the step; no checkpoint is written
     after a non-finite step, so the last one stays intact.
 

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
+from .build import build
 from .config import WorldConfig
-from .store import WorldInfo, build
+from .entry import WorldInfo
 
 
 def format_table(info: WorldInfo) -> str:

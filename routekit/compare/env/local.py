@@ -101,7 +101,7 @@ class ModelBlock(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _no_world_names(cls, v: dict[str, LocalTask]) -> dict[str, LocalTask]:
-        from ...tasks.world_tasks import WORLD_TASKS
+        from ...world.tasks import WORLD_TASKS
 
         clash = sorted(set(v) & set(WORLD_TASKS))
         if clash:
@@ -114,7 +114,7 @@ class ModelBlock(BaseModel):
     def check_task(self, name: str) -> None:
         """Refuse a task this block cannot give (a world task, or one nobody knows)."""
         from ...tasks.registry import known_tasks
-        from ...tasks.world_tasks import WORLD_TASKS
+        from ...world.tasks import WORLD_TASKS
 
         if name in self.tasks or name.startswith(("jsonl:", "hf:")):
             return

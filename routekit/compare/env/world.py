@@ -15,8 +15,8 @@ from typing import Any
 
 from ...tasks.base import Example, Task
 from ...tasks.registry import get_task
-from ...tasks.world_tasks import world_task
 from ...world.corpus import SKILLS
+from ...world.tasks import world_task
 from ..behaviour import classify_behaviours
 from ..results import WorldStamp
 from ..world_ref import WorldRef, resolve_world

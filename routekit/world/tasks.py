@@ -1,5 +1,9 @@
 """The world's tasks (add, rev, hop, facts) and which world a model, a task or a config names.
 
+Importing this module registers the four names with :mod:`routekit.tasks.registry`, so
+``get_task("rev")`` (and ``get_task("rev", world_config)``) resolve here while the task
+registry, which sits below the world, imports nothing of it.
+
 World task names and the ``world-corpus`` retention text mean nothing until a world is
 chosen: the default world, the tiny CI world and any custom WorldConfig each have their own
 entities, splits and corpus. :func:`agreed_world` makes that choice explicit and checked: a
@@ -17,13 +21,14 @@ from pydantic import ValidationError
 
 from ..errors import ConfigError, ExpertFileError
 from ..io import read_json
-from ..world.config import WorldConfig
-from ..world.corpus import SKILLS, World
-from .base import Task
-from .checkers import answer_match
+from ..tasks.base import Task
+from ..tasks.checkers import answer_match
+from ..tasks.registry import register_named_tasks
+from .config import WorldConfig
+from .corpus import SKILLS, World
 
 WORLD_TASKS = (*SKILLS, "facts")
-# What routekit.world.store writes beside the ``base/`` and ``proxy/`` models of an entry.
+# What routekit.world.build writes beside the ``base/`` and ``proxy/`` models of an entry.
 WORLD_CONFIG_FILE = "world_config.json"
 WORLD_MODEL_DIRS = ("base", "proxy")
 WORLD_NAMES = "'default', 'tiny', or the path of a world_config.json (or of the world cache entry holding it)"
@@ -37,6 +42,20 @@ def world_task(name: str, config: WorldConfig | None = None, world: World | None
     if name == "facts":
         return Task("facts", world.knowledge_splits(), answer_match, family="facts", world=world.config)
     return Task(name, world.skill_splits(name), answer_match, family=name, world=world.config)
+
+
+def _registered_world_task(name: str, world_config: Any) -> Task:
+    """``get_task(name, world_config)`` for a world task: ``world_config`` None means the
+    default world, as ``world_task`` has it."""
+    if world_config is not None and not isinstance(world_config, WorldConfig):
+        raise ConfigError(
+            f"get_task({name!r}, world_config=...) takes a routekit.world.WorldConfig, not a "
+            f"{type(world_config).__name__}; name a world with routekit.world.tasks.named_world."
+        )
+    return world_task(name, world_config)
+
+
+register_named_tasks(WORLD_TASKS, _registered_world_task)
 
 
 def _read_world_config(path: Path) -> WorldConfig:
