@@ -914,6 +914,7 @@ def test_rl_rollouts_ignore_the_checkpoints_generation_config():
     want = rl.sample_rollout(plain, tok, task, ex, [0, 1, 2], **kw).completion_ids
     fussy = tiny_llama()
     fussy.generation_config = GenerationConfig(repetition_penalty=5.0, top_k=2, min_new_tokens=4,
+                                               min_length=12,
                                                no_repeat_ngram_size=1)
     got = rl.sample_rollout(fussy, tok, task, ex, [0, 1, 2], **kw).completion_ids
     assert got == want

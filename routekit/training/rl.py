@@ -167,9 +167,12 @@ def rollout_generation_config(model: nn.Module, max_new_tokens: int, pad_token_i
         )
     neutral = GenerationConfig()._get_default_generation_params()
     neutral.update(do_sample=False, num_beams=1, num_beam_groups=1, max_new_tokens=max_new_tokens,
-                   min_new_tokens=0, min_length=0, renormalize_logits=False, token_healing=False,
+                   min_new_tokens=0, renormalize_logits=False, token_healing=False,
                    pad_token_id=pad_token_id, eos_token_id=eos_token_id)
     neutral.pop("max_length", None)  # max_new_tokens bounds the completion
+    # min_new_tokens=0 overrides any min_length (generate sets min_length from it); setting
+    # both only makes transformers warn once per rollout batch.
+    neutral.pop("min_length", None)
     return GenerationConfig(**neutral)
 
 
