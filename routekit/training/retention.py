@@ -23,9 +23,9 @@ from ..errors import ConfigError
 from ..logprobs import full_kl
 from ..models import pad_token_id
 from ..scoring import right_padded
-from ..world.tasks import WORLD_TASKS, require_world, world_task
 from ..world.config import WorldConfig
 from ..world.store import get_world
+from ..world.tasks import WORLD_TASKS, require_world, world_task
 
 
 def retention_texts(
