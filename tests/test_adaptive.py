@@ -262,9 +262,9 @@ def test_cli_generate_routes_then_generates_as_the_adaptive_model_does(setup, mo
     from routekit.adaptive import commands
     from routekit.cli import build_parser, main
 
-    build_parser()  # every command module imported before resolve_model is patched below
+    build_parser()  # every command module imported before load_model is patched below
     s = setup
-    monkeypatch.setattr(routekit.models, "resolve_model", lambda spec: (s["base"], s["tok"]))
+    monkeypatch.setattr(routekit.models, "load_model", lambda spec, **kw: (s["base"], s["tok"]))
     monkeypatch.setattr(commands, "load_experts", lambda paths: [s[p] for p in paths])
     prompts = PROMPTS[:3]
     assert main(["generate", "--experts", "s1", "p1", "--router", "fixed", "--weights",

@@ -59,6 +59,6 @@ def get_world(config: WorldConfig | None = None) -> World:
     return World(config or WorldConfig())
 
 
-# ``resolve_model("world")`` and the recipes' ``model: world`` come through this registration.
+# ``load_model("world")`` and the recipes' ``model: world`` come through this registration.
 register_model_name("world", load)
 register_model_name("world-proxy", load_proxy)
