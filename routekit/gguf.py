@@ -7,18 +7,23 @@ loads the dequantised state dict into it strictly, and saves it with the tokeniz
 ``$ROUTEKIT_CACHE/gguf/<sha256[:16]>/``:
 
 - ``model/``: ``save_pretrained`` output (safetensors, config, tokenizer with chat template);
-- ``source.json``: the GGUF's path, size, SHA-256, architecture, and the converted weights'
-  ``routekit.io.model_fingerprint`` and tokenizer fingerprint;
+- ``source.json``: the GGUF's path, size, SHA-256, architecture, the converted weights'
+  ``routekit.io.model_fingerprint`` and tokenizer fingerprint, and the ``converter`` versions
+  (transformers, gguf) that read it;
 - ``manifest.json``, written last: every file's size and SHA-256 (``routekit.cache``).
 
 The entry is assembled in a temporary sibling and renamed into place, so a killed conversion
 leaves nothing that loads. Every load re-verifies the manifest; a damaged entry is reported
-and converted again. A file that is not GGUF, is truncated, or holds an architecture
+and converted again, and so is an entry another transformers or gguf version converted (how a
+GGUF's tokenizer and chat template are read has changed between releases: transformers 5.0
+read smollm2's vocabulary with five extra tokens). A file that is not GGUF, is truncated, or holds an architecture
 transformers cannot read is refused with a one-line :class:`~routekit.errors.ModelLoadError`.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import os
 import sys
 from pathlib import Path
@@ -44,6 +49,11 @@ def supported_architectures() -> list[str]:
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
 
     return [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+
+
+def converter_versions() -> dict[str, str]:
+    """The versions of the packages that read a GGUF file into a checkpoint."""
+    return {name: importlib.metadata.version(name) for name in ("transformers", "gguf")}
 
 
 def gguf_entry(sha256: str) -> Path:
@@ -141,7 +151,11 @@ def convert_gguf(
     if root.exists():
         try:
             verify_manifest(root, "GGUF cache entry")
-            return root / "model"
+            was = json.loads((root / "source.json").read_text()).get("converter")
+            if was == converter_versions():
+                return root / "model"
+            print(f"routekit: {str(root)!r} was converted by {was or 'an older routekit'}, not "
+                  f"{converter_versions()}; converting {str(path)!r} again.", file=sys.stderr)
         except CorruptCacheError as e:
             print(f"routekit: {e} Converting {str(path)!r} again.", file=sys.stderr)
     arch = read_architecture(path)
@@ -166,6 +180,7 @@ def convert_gguf(
                 "architecture": arch,
                 "model_fingerprint": model_fingerprint(model),
                 "tokenizer_fingerprint": tokenizer_fingerprint(tok),
+                "converter": converter_versions(),
             },
         )
         write_manifest(tmp)

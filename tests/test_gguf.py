@@ -180,6 +180,35 @@ def test_damaged_entry_is_reported_and_converted_again(cache, tiny_gguf, capsys)
     assert model_fingerprint(model) == model_fingerprint(source)
 
 
+def test_an_entry_another_converter_version_wrote_is_converted_again(cache, tiny_gguf, capsys):
+    """How transformers reads a GGUF's tokenizer changed between releases, so an entry records
+    the transformers and gguf versions that converted it, and another version converts again."""
+    from routekit.cache import write_manifest
+
+    path, source = tiny_gguf
+    ckpt = rk_gguf.convert_gguf(path, progress=False)
+    entry = ckpt.parent
+    src = json.loads((entry / "source.json").read_text())
+    assert src["converter"] == rk_gguf.converter_versions()
+    assert set(src["converter"]) == {"transformers", "gguf"}
+    # an entry as an older transformers wrote it, its manifest intact
+    src["converter"] = {"transformers": "5.0.0", "gguf": src["converter"]["gguf"]}
+    (entry / "source.json").write_text(json.dumps(src))
+    (entry / "manifest.json").unlink()
+    write_manifest(entry)
+    before = (ckpt / "model.safetensors").stat().st_mtime_ns
+    again = rk_gguf.convert_gguf(path, progress=False)
+    assert "transformers': '5.0.0'" in capsys.readouterr().err
+    assert json.loads((entry / "source.json").read_text())["converter"] == (
+        rk_gguf.converter_versions())
+    assert (again / "model.safetensors").stat().st_mtime_ns != before
+    model, _ = rk.load_model(path)
+    assert model_fingerprint(model) == model_fingerprint(source)
+    capsys.readouterr()
+    rk_gguf.convert_gguf(path, progress=False)  # same versions now: reused, no message
+    assert "again" not in capsys.readouterr().err
+
+
 def test_expected_sha256_is_checked(cache, tiny_gguf):
     path, _ = tiny_gguf
     with pytest.raises(ModelLoadError, match="not the expected"):
