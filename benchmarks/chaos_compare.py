@@ -115,8 +115,16 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def _as_on_a_terminal() -> None:
+    """In the child, before exec: SIGINT as a terminal's foreground process has it. A shell
+    starts background jobs (``cmd &``, CI runners' steps) with SIGINT ignored, and Python then
+    never installs its KeyboardInterrupt handler, so a Ctrl-C test would test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    """The command in a session of its own: its process group id is its pid."""
+    """The command in a session of its own (its process group id is its pid), with SIGINT's
+    default disposition whatever this process inherited."""
     return subprocess.Popen(
         cmd,
         stdout=log.open("ab"),
@@ -124,6 +132,7 @@ def start(cmd: list[str], log: Path) -> subprocess.Popen:
         env=child_env(),
         start_new_session=True,
         cwd=ROOT,
+        preexec_fn=_as_on_a_terminal,
     )
 
 
