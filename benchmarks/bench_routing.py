@@ -186,7 +186,7 @@ def out_of_format_set(w: World, per: int = OOF_PER_FORMAT) -> list[tuple[str, st
     for i, e in enumerate(ents):
         kind, fmt = ("clean", 0) if i < per else ("other mixed", 2)
         rows.append(("hop", hop_formats(e, w.facts[e]["city"], "")[fmt][0], kind))
-    for j, template in enumerate(NEW_WORDINGS["add"]):
+    for template in NEW_WORDINGS["add"]:
         for a, b in rng.sample(w.add_test, per):
             rows.append(("add", template.format(a=a, b=b), "new wording"))
     for j, template in enumerate(NEW_WORDINGS["rev"]):
