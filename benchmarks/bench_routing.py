@@ -14,6 +14,11 @@ task checker, greedy. Rows: the base; each expert applied to everything; a unifo
 the multi-task expert; oracle routing (true labels); and each router. Routing accuracy counts
 a probe routed to the base as right.
 
+Out of format (``out_of_format``): 184 prompts no router is fitted on (out_of_format_set):
+each task in its clean format, its other mixed format and four wordings written here, and
+knowledge questions in five new wordings (``none``); routing accuracy per task, per kind and
+overall for each router, beside ``classifier_routing_accuracy`` (in format).
+
 Speed: ``first_pass_share`` is routing time over routing + generation for a batch of 16 mixed
 prompts with 64 new tokens (classifier router; medians of interleaved rounds);
 ``mixed_kinds_vs_sum`` is one generate call whose 16 rows mix SVF (rev) and proxy (hop) experts
