@@ -14,6 +14,11 @@ task checker, greedy. Rows: the base; each expert applied to everything; a unifo
 the multi-task expert; oracle routing (true labels); and each router. Routing accuracy counts
 a probe routed to the base as right.
 
+Out of format (``out_of_format``): 184 prompts no router is fitted on (out_of_format_set):
+each task in its clean format, its other mixed format and four wordings written here, and
+knowledge questions in five new wordings (``none``); routing accuracy per task, per kind and
+overall for each router, beside ``classifier_routing_accuracy`` (in format).
+
 Speed: ``first_pass_share`` is routing time over routing + generation for a batch of 16 mixed
 prompts with 64 new tokens (classifier router; medians of interleaved rounds);
 ``mixed_kinds_vs_sum`` is one generate call whose 16 rows mix SVF (rev) and proxy (hop) experts
@@ -61,6 +66,7 @@ from routekit.svf import SVFConfig, get_svf_model
 from routekit.tasks import Example, Task, get_task
 from routekit.tasks.checkers import answer_match
 from routekit.training import TrainConfig, train
+from routekit.world.corpus import World
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "recipes" / "configs" / "world"
@@ -68,12 +74,20 @@ RESULTS = Path(__file__).parent / "results"
 SKILLS = ("add", "rev", "hop")
 TARGETS = {
     "classifier_routing_accuracy": (">=", 0.95),
+    "classifier_out_of_format_accuracy": (">=", 0.95),
     "adaptive_vs_oracle_points": (">=", -2.0),
     "adaptive_vs_base_points": (">", 0.0),
     "first_pass_share": ("<=", 0.15),
     "mixed_kinds_vs_sum": ("<=", 0.75),
     "fewshot_seconds": ("<=", 120.0),
 }
+
+
+# The classifier router's settings: mean-pooled features of every hidden state (embeddings
+# and all layers, not picked one by one) and the nearest-centroid head. Why: see the
+# "why the classifier fails" table in README.md (each task's fitting prompts have one format;
+# a logistic head separates that format, not the task).
+CLASSIFIER: dict[str, Any] = {"layers": "all", "head": "centroid"}
 
 
 class LabelRouter(Router):
@@ -134,6 +148,92 @@ def mixed_set(tasks: dict[str, Task], facts: Task, split: str) -> list[tuple[str
     items += [("none", e, facts) for e in facts.examples("test")]
     random.Random(1).shuffle(items)
     return items
+
+
+# Out-of-format routing prompts: formats and wordings the routers are not fitted on. Each
+# task's train/test prompts use its first mixed format (routekit.world.corpus); these are the
+# clean format, the other mixed format, and wordings written here that no corpus line holds.
+# Entities and strings are held-out ones (test items, probe entities) or fresh random strings.
+NEW_WORDINGS = {
+    "add": ["what is {a} added to {b}?", "{a} and {b} together make", "add {a} to {b}:",
+            "the total of {a} with {b} is"],
+    "rev": ["reverse the letters of {w}:", "{w} spelled backwards is", "write {w} back to front:",
+            "flip {w}:"],
+    "hop": ["in which country does {e} live?", "{e} is a citizen of", "the country {e} lives in is",
+            "name the country of {e}:"],
+    "none": ["where is the home of {e}?", "tell me the job of {e}:",
+             "which color is the favorite of {e}?", "what does {e} do for work?",
+             "in which city does {e} live?"],
+}
+OOF_PER_FORMAT = 8  # prompts per (task, format or wording)
+
+
+def out_of_format_set(w: World, per: int = OOF_PER_FORMAT) -> list[tuple[str, str, str]]:
+    """(label, prompt, kind) rows: kind is 'clean', 'other mixed' or 'new wording'."""
+    from routekit.world.corpus import add_formats, hop_formats, rev_formats
+
+    rng = random.Random("out-of-format")
+    fresh: list[str] = []
+    while len(fresh) < per * len(NEW_WORDINGS["rev"]):
+        s = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.choice((3, 4, 5))))
+        if s not in w.rev_items and s != s[::-1] and s not in fresh:
+            fresh.append(s)
+    rows: list[tuple[str, str, str]] = []
+    pairs = rng.sample(w.add_test, min(len(w.add_test), 2 * per))
+    for i, (a, b) in enumerate(pairs):
+        kind, fmt = ("clean", 0) if i < per else ("other mixed", 2)
+        rows.append(("add", add_formats(a, b, 0)[fmt][0], kind))
+    words = rng.sample(w.rev_test, min(len(w.rev_test), 2 * per))
+    for i, s in enumerate(words):
+        kind, fmt = ("clean", 0) if i < per else ("other mixed", 2)
+        rows.append(("rev", rev_formats(s, "")[fmt][0], kind))
+    ents = rng.sample(w.probe_entities, min(len(w.probe_entities), 2 * per))
+    for i, e in enumerate(ents):
+        kind, fmt = ("clean", 0) if i < per else ("other mixed", 2)
+        rows.append(("hop", hop_formats(e, w.facts[e]["city"], "")[fmt][0], kind))
+    for template in NEW_WORDINGS["add"]:
+        for a, b in rng.sample(w.add_test, per):
+            rows.append(("add", template.format(a=a, b=b), "new wording"))
+    for j, template in enumerate(NEW_WORDINGS["rev"]):
+        for s in fresh[j * per:(j + 1) * per]:
+            rows.append(("rev", template.format(w=s), "new wording"))
+    for label in ("hop", "none"):
+        for template in NEW_WORDINGS[label]:
+            for e in rng.sample(w.probe_entities, per):
+                rows.append((label, template.format(e=e), "new wording"))
+    return rows
+
+
+def every_format_prompts(w: World, facts: Task) -> dict[str, list[str]]:
+    """Each task's *train* items in all three of its formats (the facts train questions as
+    ``none``): what a fit on every format would see. The clean and other mixed formats are
+    then fitted on, so for a router fitted so only the new wordings are out of format."""
+    from routekit.world.corpus import add_formats, hop_formats, rev_formats
+
+    return {"add": [f[0] for a, b in w.add_train for f in add_formats(a, b, 0)],
+            "rev": [f[0] for s in w.rev_train for f in rev_formats(s, "")],
+            "hop": [f[0] for e in w.seen_entities for f in hop_formats(e, w.facts[e]["city"], "")],
+            "none": facts.prompts("train")}
+
+
+def label_accuracy(chosen: Sequence[str], rows: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """Routing accuracy per task, per kind and overall, of chosen labels against rows' labels."""
+    by: dict[str, list[bool]] = {}
+    for c, (label, _, kind) in zip(chosen, rows):
+        ok = c == label
+        by.setdefault(label, []).append(ok)
+        by.setdefault(f"{label} / {kind}", []).append(ok)
+        by.setdefault(f"all / {kind}", []).append(ok)
+        by.setdefault("overall", []).append(ok)
+    return {k: round(sum(v) / len(v), 4) for k, v in sorted(by.items())}
+
+
+def routed_labels(router: Router, prompts: Sequence[str]) -> list[str]:
+    """Each prompt's top expert, or 'none' for the base (the bench's experts are named by task)."""
+    out = []
+    for m in router.route(list(prompts)):
+        out.append(max(m.weights, key=lambda n: m.weights[n]) if not m.is_base else "none")
+    return out
 
 
 def score(texts: Sequence[str], items) -> dict[str, float]:
@@ -200,14 +300,25 @@ def main() -> None:
                               "world_proxy_fingerprint": proxy_fp, "experts": {
         e.name: e.training_config for e in [*svf_experts, multi]}}
 
-    # Routers: fitted on train prompts only.
+    # Routers: fitted on train prompts only (each task's one format, and the facts questions).
+    fit_prompts = {**{n: tasks[n].prompts("train") for n in SKILLS}, "none": facts.prompts("train")}
     t0 = time.perf_counter()
-    classifier = ClassifierRouter.fit(
-        model, tok, {**{n: tasks[n].prompts("train") for n in SKILLS},
-                     "none": facts.prompts("train")}, experts=svf_experts, seed=0)
+    classifier = ClassifierRouter.fit(model, tok, fit_prompts, experts=svf_experts, seed=0,
+                                      **CLASSIFIER)
     report["classifier_fit_seconds"] = round(time.perf_counter() - t0, 1)
+    report["classifier_settings"] = CLASSIFIER
+    t0 = time.perf_counter()
+    classifier_before = ClassifierRouter.fit(model, tok, fit_prompts, experts=svf_experts, seed=0)
+    report["classifier_before_fit_seconds"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    classifier_every = ClassifierRouter.fit(
+        model, tok, every_format_prompts(World(tasks["rev"].world), facts), experts=svf_experts,
+        seed=0, layers="all")
+    report["classifier_every_format_fit_seconds"] = round(time.perf_counter() - t0, 1)
     routers: dict[str, Router] = {
         "classifier": classifier,
+        "classifier (before: logistic, last layer)": classifier_before,
+        "classifier (every format of the train items; logistic, all layers)": classifier_every,
         "prompt": PromptRouter(model, tok, svf_experts,
                                classes={"add": "add", "rev": "rev", "hop": "hop", "fact": None}),
     }
@@ -231,6 +342,30 @@ def main() -> None:
             rows[f"router: {rname}"], mixtures = evaluate_router(model, tok, svf_experts, router, items)
             routing[rname] = routing_accuracy(mixtures, items, by_task)
         report[split] = {"accuracy": rows, "routing_accuracy": routing, "n": len(items)}
+
+    # Out-of-format routing: formats and wordings no router was fitted on.
+    rows_oof = out_of_format_set(World(tasks["rev"].world))
+    fitted = {p for ps in fit_prompts.values() for p in ps}
+    assert not fitted & {p for _, p, _ in rows_oof}, "an out-of-format prompt is a fitting prompt"
+    corpus = World(tasks["rev"].world).corpus_text()
+    in_corpus = [p for _, p, k in rows_oof if k == "new wording" and p in corpus]
+    assert not in_corpus, f"new wordings found in the corpus: {in_corpus[:3]}"
+    oof_prompts = [p for _, p, _ in rows_oof]
+    report["out_of_format"] = {
+        "n": len(rows_oof),
+        "n_by_label": {k: sum(r[0] == k for r in rows_oof) for k in (*SKILLS, "none")},
+        "wordings": NEW_WORDINGS,
+        "routing_accuracy": {name: label_accuracy(routed_labels(r, oof_prompts), rows_oof)
+                             for name, r in routers.items()},
+        "note": "'all / new wording' is the share over the new wordings alone, the only rows "
+                "out of format for the router fitted on every format of the train items; "
+                "the few-shot router routes every prompt to one mixture fitted on one task, "
+                "so it has no per-prompt routing accuracy here",
+    }
+    report["classifier_out_of_format_accuracy"] = \
+        report["out_of_format"]["routing_accuracy"]["classifier"]["overall"]
+    report["classifier_out_of_format_accuracy_before"] = report["out_of_format"][
+        "routing_accuracy"]["classifier (before: logistic, last layer)"]["overall"]
 
     test = report["test"]
     adaptive = test["accuracy"]["router: classifier"]

@@ -24,6 +24,7 @@ from routekit.routing import (
     load_router,
 )
 from routekit.routing import prompt as prompt_module
+from routekit.routing.classifier import CENTROID_SCALE
 from routekit.routing.fewshot import FewShotRouter, fewshot_objective
 from routekit.routing.search import cem_search, cmaes_search
 from routekit.tasks.base import Example, Task
@@ -291,6 +292,101 @@ def test_classifier_fit_refuses_unknown_classes_empty_ones_and_another_base(char
     with pytest.raises(ConfigError, match="none"):
         ClassifierRouter.fit(model, char_tokenizer, {"add": ["1+1="], "none": []},
                              experts=fake_experts())
+
+
+def test_classifier_layers_concatenate_each_hidden_state_mean(char_tokenizer):
+    model = tiny_causal_lm("llama", vocab_size=len(char_tokenizer))
+    prompts = ["1+2=", "rev abcdef ="]
+    feats = hidden_features(model, char_tokenizer, prompts, layers=[0, -1])
+    for p, row in zip(prompts, feats):
+        ids = char_tokenizer(p, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        want = torch.cat([hs[0][0].mean(0), hs[-1][0].mean(0)])
+        torch.testing.assert_close(row, want, atol=1e-5, rtol=1e-5)
+    n = model.config.num_hidden_layers + 1
+    assert hidden_features(model, char_tokenizer, prompts, layers="all").shape == (2, n * model.config.hidden_size)
+    with pytest.raises(ConfigError, match="out of range"):
+        hidden_features(model, char_tokenizer, prompts, layers=[n])
+
+
+def test_classifier_centroid_head_is_the_hand_computed_nearest_mean(char_tokenizer):
+    model = tiny_causal_lm("llama", vocab_size=len(char_tokenizer))
+    data = _planted(0, 20)
+    router = ClassifierRouter.fit(model, char_tokenizer, data, experts=fake_experts(), seed=0,
+                                  layers="all", head="centroid")
+    prompts = [p for ps in data.values() for p in ps]
+    labels = torch.tensor([i for i, ps in enumerate(data.values()) for _ in ps])
+    x = hidden_features(model, char_tokenizer, prompts, layers="all")
+    mu, sd = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = torch.nn.functional.normalize((x - mu) / sd, dim=-1)
+    means = torch.stack([((x - mu) / sd)[labels == c].mean(0) for c in range(3)])
+    cos = z @ torch.nn.functional.normalize(means, dim=-1).T
+    held = [p for ps in _planted(5, 6).values() for p in ps]
+    xq = hidden_features(model, char_tokenizer, held, layers="all")
+    zq = torch.nn.functional.normalize((xq - mu) / sd, dim=-1)
+    cq = zq @ torch.nn.functional.normalize(means, dim=-1).T
+    torch.testing.assert_close(router.logits(held), CENTROID_SCALE * cq, atol=1e-4, rtol=1e-4)
+    assert router.classify(held) == [router.classes[i] for i in cq.argmax(-1).tolist()]
+    assert router.fit_info["train_accuracy"] == pytest.approx(
+        float(cos.argmax(-1).eq(labels).float().mean()))
+    with pytest.raises(ConfigError, match="head"):
+        ClassifierRouter.fit(model, char_tokenizer, data, experts=fake_experts(), head="tree")
+
+
+def test_classifier_abstains_below_min_confidence(classifier_setup):
+    model, router = classifier_setup
+    prompts = [p for ps in _planted(4, 5).values() for p in ps]
+    p = torch.softmax(router.logits(prompts) / 4.0, -1)  # soft, so some rows are unsure
+    threshold = float(p.max(-1).values.median())
+    unsure = (p.max(-1).values < threshold).tolist()
+    assert any(unsure) and not all(unsure)
+    router.set_output(temperature=4.0, min_confidence=threshold)
+    try:
+        routed = router.route(prompts)
+        classes = router.classify(prompts)
+        for m, c, u, row in zip(routed, classes, unsure, p):
+            top = router.classes[int(row.argmax())]
+            if u:
+                assert m.is_base and c == "none"
+            else:
+                assert c == top
+                assert m == (Mixture() if top == "none" else Mixture(weights={top: 1.0}))
+        router.set_output(temperature=4.0)  # min_confidence kept
+        assert router.min_confidence == threshold
+    finally:
+        router.set_output(temperature=1.0, min_confidence=None)
+    assert router.min_confidence is None
+    with pytest.raises(ConfigError, match="min_confidence"):
+        router.set_output(min_confidence=1.5)
+
+
+def test_classifier_new_options_round_trip_and_old_files_load(char_tokenizer, tmp_path):
+    model = tiny_causal_lm("llama", vocab_size=len(char_tokenizer))
+    router = ClassifierRouter.fit(model, char_tokenizer, _planted(0, 10), experts=fake_experts(),
+                                  layers=[0, 2], head="centroid", min_confidence=0.4)
+    router.save_pretrained(tmp_path / "c")
+    experts = fake_experts(fp=model_fingerprint(model))
+    loaded = load_router(tmp_path / "c", experts=experts, model=model, tokenizer=char_tokenizer)
+    assert (loaded.layers, loaded.head, loaded.min_confidence) == ([0, 2], "centroid", 0.4)
+    prompts = [p for ps in _planted(3, 4).values() for p in ps]
+    assert torch.equal(loaded.probabilities(prompts), router.probabilities(prompts))
+    # A router saved before these options (no layers/head/min_confidence in its config)
+    # loads as the last-layer logistic router it was.
+    old = ClassifierRouter.fit(model, char_tokenizer, _planted(0, 10), experts=fake_experts())
+    old.save_pretrained(tmp_path / "old")
+    cfg_path = tmp_path / "old" / "router_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for k in ("layers", "head", "min_confidence"):
+        del cfg["config"][k]
+    cfg_path.write_text(json.dumps(cfg))
+    loaded_old = load_router(tmp_path / "old", experts=experts, model=model, tokenizer=char_tokenizer)
+    assert (loaded_old.layers, loaded_old.head) == ([model.config.num_hidden_layers], "logistic")
+    assert torch.equal(loaded_old.probabilities(prompts), old.probabilities(prompts))
+    cfg["config"]["head"] = "forest"  # a head this version does not know: refused, clearly
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match="head"):
+        load_router(tmp_path / "old", experts=experts, model=model, tokenizer=char_tokenizer)
 
 
 # ----------------------------------------------------------------------------- searches
