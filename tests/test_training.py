@@ -127,7 +127,7 @@ def test_rl_loss_equals_a_per_sample_reference(kl_coef):
                 blp = blp.gather(-1, ids[0, 1:, None])[len(p) - 1 :, 0]
             d = blp - lp
             ref = ref + kl_coef * (torch.exp(d) - d - 1).mean() / n
-    assert float(loss.detach()) == pytest.approx(float(ref), rel=1e-5, abs=1e-7)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5, abs=1e-7)
     g = torch.autograd.grad(loss, model.model.layers[0].mlp.up_proj.weight)[0]
     g_ref = torch.autograd.grad(ref, model.model.layers[0].mlp.up_proj.weight)[0]
     torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-7)
