@@ -576,6 +576,36 @@ def test_cli_fits_saves_and_routes(char_tokenizer, monkeypatch, tmp_path, capsys
     assert not (tmp_path / "bad").exists()
 
 
+def test_cli_classifier_options_fit_what_the_api_fits(char_tokenizer, monkeypatch, tmp_path,
+                                                       capsys):
+    """``--layers``, ``--head`` and ``--min-confidence`` reach ClassifierRouter.fit: the saved
+    router routes exactly as one fitted through the API with the same options."""
+    import routekit.models
+    from routekit.routing import ClassifierRouter, commands
+
+    model = tiny_causal_lm("llama", vocab_size=len(char_tokenizer))
+    monkeypatch.setattr(routekit.models, "load_model", lambda spec: (model, char_tokenizer))
+    monkeypatch.setattr(commands, "load_experts", lambda paths: fake_experts(paths))
+    planted = _planted(0, 30)
+    data = tmp_path / "routing.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": p, "expert": c})
+                              for c, ps in planted.items() for p in ps) + "\n")
+    assert _cli(["router", "fit", "classifier", "--experts", *NAMES, "--data", str(data),
+                 "--layers", "0,-1", "--head", "centroid", "--min-confidence", "0.6",
+                 "--out", str(tmp_path / "clf")]) == 0
+    capsys.readouterr()
+    saved = load_router(tmp_path / "clf", model=model, tokenizer=char_tokenizer)
+    direct = ClassifierRouter.fit(model, char_tokenizer, planted, experts=fake_experts(NAMES),
+                                  layers=(0, -1), head="centroid", min_confidence=0.6)
+    assert (saved.head, saved.min_confidence) == ("centroid", 0.6)
+    prompts = ["17+4=", "rev abc =", "zzz", "what is it"]
+    assert saved.route(prompts) == direct.route(prompts)
+    with pytest.raises(ConfigError, match="--layers takes 'all'"):
+        _cli(["router", "fit", "classifier", "--experts", *NAMES, "--data", str(data),
+              "--layers", "last", "--out", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
+
+
 def test_default_routing_data_is_each_experts_training_split():
     from routekit.routing.data import task_routing_prompts
     from routekit.tasks import get_task

@@ -81,6 +81,17 @@ def parse_budget(value: str | None) -> float | str | None:
         raise ConfigError(f"--budget takes a number of nats or 'matched', got {value!r}.") from None
 
 
+def parse_layers(text: str) -> str | tuple[int, ...]:
+    """``--layers``: ``all`` or comma-separated hidden-state indices (``0,2,-1``)."""
+    if text.strip() == "all":
+        return "all"
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--layers takes 'all' or comma-separated integers like '0,2,-1', "
+                          f"not {text!r}.") from None
+
+
 def fit_router(kind: str, model: Any, tokenizer: Any, experts: list[Any],
                args: argparse.Namespace) -> Any:
     """Build a router of ``kind`` for ``experts`` from the command's options."""
@@ -96,7 +107,9 @@ def fit_router(kind: str, model: Any, tokenizer: Any, experts: list[Any],
                 else task_routing_prompts(experts, none_task=args.none_task))
         return ClassifierRouter.fit(model, tokenizer, data, experts=experts, seed=args.seed,
                                     max_per_class=args.max_per_class, top_k=args.top_k,
-                                    temperature=args.temperature, chat=bool(args.chat))
+                                    temperature=args.temperature, chat=bool(args.chat),
+                                    layers=parse_layers(args.layers), head=args.head,
+                                    min_confidence=args.min_confidence)
     if kind == "prompt":
         kw = {"template": args.template} if args.template else {}
         return PromptRouter(model, tokenizer, experts, chat=bool(args.chat), **kw)
@@ -142,6 +155,13 @@ def add_router_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--none-task", default="facts",
                    help="task whose train prompts need no expert (default facts; 'none' for none)")
     g.add_argument("--max-per-class", type=int, default=None)
+    g.add_argument("--layers", default="-1",
+                   help="hidden states to pool: 'all', or indices like '-1' or '0,2,-1' "
+                        "(0 the embeddings, -1 the last; default -1)")
+    g.add_argument("--head", choices=("logistic", "centroid"), default="logistic",
+                   help="logistic regression, or nearest class mean (cosine)")
+    g.add_argument("--min-confidence", type=float, default=None,
+                   help="send a prompt whose likeliest class is below this to the base")
     g.add_argument("--top-k", type=int, default=1)
     g.add_argument("--temperature", type=float, default=1.0,
                    help="softmax temperature (classifier; logit-fusion: in nats of expert shift)")
