@@ -23,7 +23,6 @@ transformers cannot read is refused with a one-line :class:`~routekit.errors.Mod
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import sys
 from pathlib import Path
@@ -151,7 +150,7 @@ def convert_gguf(
     if root.exists():
         try:
             verify_manifest(root, "GGUF cache entry")
-            was = json.loads((root / "source.json").read_text()).get("converter")
+            was = gguf_source(root / "model").get("converter")
             if was == converter_versions():
                 return root / "model"
             print(f"routekit: {str(root)!r} was converted by {was or 'an older routekit'}, not "
