@@ -75,12 +75,7 @@ def adapted_state_dict(
     z = _expert_z(model, layers, expert)
     new_weights = {}
     for n, layer in layers.items():  # one float32 ΔW at a time
-        w = layer.original_weight
-        d = layer.delta_weight(z[n])
-        new_weights[f"{n}.base_layer.weight"] = (
-            w if not d.any() else (w.float() + d.to(w.device)).to(w.dtype)
-        )
-        del d
+        new_weights[f"{n}.base_layer.weight"] = layer.weight_with_delta(z[n])
     sd = {}
     for key, t in model.state_dict().items():
         if ".svf_" in key or key.startswith("svf_"):

@@ -181,6 +181,14 @@ class SVFLinear(nn.Module):
             delta = (u[:, keep].float() * scale[keep]) @ vh[keep].float()
         return delta.t().contiguous() if self.is_conv1d else delta
 
+    @torch.no_grad()
+    def weight_with_delta(self, z: torch.Tensor | None = None) -> torch.Tensor:
+        """W + ΔW in the base weight's dtype and device (z default ``svf_z``): the original
+        tensor itself, bit for bit, where z = 1 (ΔW is then exactly zero)."""
+        w = self.original_weight
+        d = self.delta_weight(z)
+        return w if not d.any() else (w.float() + d.to(w.device)).to(w.dtype)
+
     @property
     def original_weight(self) -> torch.Tensor:
         """The base weight as loaded (while merged, the base layer holds W' and keeps W aside)."""

@@ -251,12 +251,12 @@ def merge_and_unload(model: nn.Module, expert: SVFExpert | None = None) -> nn.Mo
     if expert is not None:
         check_expert_fits(model, layers, expert)
     for n, layer in layers.items():
-        delta = layer.delta_weight(expert.z[n] if expert is not None else None)
+        new = layer.weight_with_delta(expert.z[n] if expert is not None else None)
         layer.unmerge()  # the base layer holds W again
-        if delta.any():
-            w = layer.base_layer.weight
-            w.copy_((w.float() + delta.to(w.device)).to(w.dtype))
-        del delta
+        w = layer.base_layer.weight
+        if new.data_ptr() != w.data_ptr():  # z = 1 on an unmerged layer: W itself
+            w.copy_(new)
+        del new
     return unwrap_svf_model(model)
 
 
