@@ -40,10 +40,15 @@ import routekit as rk
 from routekit.compare.metrics import answer_loglik
 from routekit.eval import evaluate
 from routekit.io import atomic_write_json, model_fingerprint
+from routekit.svf import export_expert
 from routekit.tasks import get_task
+from routekit.tasks.chat import render_task
 from routekit.training import TrainConfig, train
 
 RESULTS = Path(__file__).parent / "results" / "real_targets.json"
+# each SVF cell's expert is kept here (a few hundred KB each), so that lm-eval, routing and
+# the README's commands can use the very experts the table measured
+EXPERTS = Path(__file__).parent / "results" / "real_experts"
 MAX_NEW_TOKENS = 20  # the tasks' answers are one short sentence ("The sum of 3 and 3 is 6.")
 EVAL_SPLITS = ("test",)  # --splits val test ood widens it; each split costs a greedy pass
 SFT = dict(objective="sft", steps=40, batch_size=8, micro_batch_size=4)
@@ -61,7 +66,8 @@ TASKS = ("add", "successor", "past_tense")
 
 def knowledge_scores(model, tok, knowledge) -> dict[str, float]:
     res = evaluate(model, tok, knowledge, "test", max_new_tokens=MAX_NEW_TOKENS, batch_size=64)
-    ll = answer_loglik(model, tok, knowledge.examples("test"))
+    # the assistant turn after the chat-rendered question, as SFT's reference reads it
+    ll = answer_loglik(model, tok, render_task(knowledge, tok).examples("test"))
     per_token = sum(ll.sums) / sum(ll.tokens)
     return {"knowledge_acc": res.accuracy, "knowledge_loglik": per_token}
 
@@ -80,6 +86,10 @@ def run_method(name: str, base, tok, task, lr: float | None) -> tuple[Any, dict[
     model = copy.deepcopy(base)
     with tempfile.TemporaryDirectory() as tmp:
         result = train(model, tok, task, config, out_dir=tmp, progress=True)
+    if config.parameterization == "svf":
+        out = EXPERTS / f"{task.name.removeprefix('real:')}_{name}"
+        export_expert(result.model, out.name, training_config=config.model_dump(mode="json"),
+                      metrics=result.metrics()).save_pretrained(out)
     return result.model, {"seconds": round(result.seconds, 1), "lr": config.lr,
                           "steps": config.steps, "batch_size": config.batch_size,
                           "trainable_parameters": result.trainable_parameters}
