@@ -4,7 +4,8 @@ A cell is one method × task × learning rate × seed (:class:`~.results.CellKey
 is one cell per task (lr 0, the first seed: it is deterministic). Planning runs in two
 phases (see :mod:`.suite` for the policy): :func:`first_phase` (every lr on the first seed,
 or on every seed with ``sweep: all_seeds``), then :func:`second_phase` from the first
-phase's records (each method's best lr on the other seeds). A subnet_rl cell depends on the
+phase's records (each method's best lr on the other seeds, chosen on val where the task has
+a val split: :mod:`.selection`). A subnet_rl cell depends on the
 cell of ``subnet_from`` at the same task, lr and seed, which is added to the plan when the
 sweep did not already put it there.
 """
@@ -14,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..errors import ConfigError
+from . import selection
 from .methods import get_method
-from .results import CellKey, CellRecord, rank_key
+from .results import CellKey, CellRecord
 from .suite import Suite
 
 
@@ -44,17 +46,10 @@ def first_phase(suite: Suite) -> list[CellKey]:
 
 
 def best_lrs(suite: Suite, records: Mapping[str, CellRecord]) -> dict[tuple[str, str], float]:
-    """Per (method, task): the lr whose first-seed cell ranks best (test accuracy, then probe
-    answer log-likelihood); pairs without a finished cell are left out."""
-    out: dict[tuple[str, str], float] = {}
-    s0 = suite.seeds[0]
-    for task in suite.tasks:
-        for m in suite.methods:
-            found = [(rank_key(r.best()), lr) for lr in suite.method_lrs(m)
-                     if (r := records.get(_key(m, task, lr, s0).cell_id)) is not None]
-            if found:
-                out[(m, task)] = max(found)[1]
-    return out
+    """Per (method, task): the lr chosen among its first-seed cells, on val where the task
+    has a val split, else on test (:mod:`.selection` says how, ties included); pairs without a
+    finished cell are left out."""
+    return selection.best_lrs(suite, records)
 
 
 def second_phase(suite: Suite, records: Mapping[str, CellRecord]) -> list[CellKey]:

@@ -1,7 +1,8 @@
 """Scoring one trained model of a cell against the base: accuracy, retention, forgetting,
 KL, behaviour shares and activation sparsity, through ``routekit.compare``'s metric functions.
 
-- accuracy: greedy ``routekit.evaluate`` on the task's test and ood splits;
+- accuracy: greedy ``routekit.evaluate`` on the task's test and ood splits, and on its val
+  split where it has one (what chooses rates and α: :mod:`.selection`);
 - retention: the environment's knowledge probes (on the world, ``facts`` test: questions
   about entities whose questions never appear in the corpus), accuracy and the mean
   log-likelihood of their reference answers; statement recall accuracy on the probes'
@@ -92,6 +93,10 @@ class Evaluator:
         test = self._eval(model, self.task, "test", lim.test, steer)
         per_prompt: dict[str, list[float]] = {"test": [float(c) for c in test.correct]}
         out: dict[str, Any] = {"test_accuracy": test.accuracy}
+        if "val" in self.task.splits:
+            val = self._eval(model, self.task, "val", lim.val, steer)
+            out["val_accuracy"] = val.accuracy
+            per_prompt["val"] = [float(c) for c in val.correct]
         if "ood" in self.task.splits:
             ood = self._eval(model, self.task, "ood", lim.ood, steer)
             out["ood_accuracy"] = ood.accuracy

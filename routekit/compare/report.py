@@ -1,7 +1,8 @@
 """``report.md`` (and the headline table the command prints) from a run's results.
 
-Sections: the headline table (each method at its best lr, mean ± std over seeds), the
-gain-vs-retention Pareto frontier per method, update structure of the weight-space methods
+Sections: the headline table (each method at its best lr, mean ± std over seeds, with the
+split that chose it), how each rate and α was chosen (every candidate's val and test
+accuracy; :mod:`.selection`), one verdict line per claim, the gain-vs-retention Pareto frontier per method, update structure of the weight-space methods
 beside their task gain, overlaps across seeds, one verdict line per claim (a)–(h) (see
 :mod:`.claims`), every cell, and the plots (:mod:`.plots`). Renders from results.json alone.
 """
@@ -14,7 +15,8 @@ from ..io import atomic_write_bytes
 from ..reporting import md_table, text_table
 from .claims import View, all_claims
 from .plots import frontier_points, pareto, write_plots
-from .results import Results
+from .results import Results, Selection
+from .selection import OPTIMISTIC, selections
 from .stats import mean_std
 
 
@@ -26,10 +28,25 @@ def _ms(values: list[float | None], fmt: str = ".3f") -> str:
     return f"{m:{fmt}}" + (f" ± {s:{fmt}}" if s is not None else "")
 
 
+def _selection(results: Results) -> dict[tuple[str, str], Selection]:
+    """Per (method, task), how its rate and α were chosen (from the cells, so results.json
+    written before ``selection`` was kept renders the same)."""
+    suite = View(results).suite
+    return {(s.method, s.task): s for s in selections(suite, {c.cell_id: c for c in results.cells})}
+
+
+def _chosen_on(sel: Selection | None) -> str:
+    if sel is None or len(sel.candidates) < 2:
+        return "—"
+    return OPTIMISTIC if sel.optimistic else sel.split
+
+
 def headline(results: Results) -> tuple[list[str], list[list[str]]]:
     """Each method at its best lr per task: the figures a reader compares first."""
     view = View(results)
-    header = ["task", "method", "lr", "α", "seeds", "test acc", "ood acc", "probe acc",
+    chosen = _selection(results)
+    header = ["task", "method", "lr", "α", "chosen on", "seeds", "val acc", "test acc",
+              "ood acc", "probe acc",
               "statement acc", "probe loglik", "forgetting", "KL prompts", "unchanged",
               "proxy own acc", "trainable", "train s"]
     rows = []
@@ -43,7 +60,8 @@ def headline(results: Results) -> tuple[list[str], list[list[str]]]:
             own = [c.proxy_own.get("test_accuracy") for c in cells if c.proxy_own]
             rows.append([
                 task, m, "—" if m == "base" else f"{cells[0].key.lr:g}",
-                ",".join(f"{a:g}" for a in alphas) or "—", str(len(cells)),
+                ",".join(f"{a:g}" for a in alphas) or "—", _chosen_on(chosen.get((m, task))),
+                str(len(cells)), _ms([b.val_accuracy for b in best]),
                 _ms([b.test_accuracy for b in best]), _ms([b.ood_accuracy for b in best]),
                 _ms([b.probe_accuracy for b in best]), _ms([b.statement_accuracy for b in best]),
                 _ms([b.probe_loglik for b in best]), _ms([b.forgetting for b in best], ".4f"),
@@ -58,6 +76,34 @@ def headline(results: Results) -> tuple[list[str], list[list[str]]]:
 def headline_text(results: Results) -> str:
     """The headline table as aligned plain text (what ``routekit compare`` prints)."""
     return text_table(*headline(results))
+
+
+def _selection_section(results: Results) -> str:
+    """Every candidate of every choice, val beside test, the chosen one marked."""
+    rows = []
+    for sel in _selection(results).values():
+        for c in sel.candidates:
+            rows.append([sel.task, sel.method, f"{c.lr:g}", "—" if c.alpha is None else f"{c.alpha:g}",
+                         "—" if c.val_accuracy is None else f"{c.val_accuracy:.3f}",
+                         f"{c.test_accuracy:.3f}",
+                         (OPTIMISTIC if sel.optimistic else f"chosen on {sel.split}")
+                         if c.chosen else ""])
+    if not rows:
+        return "No trained cells.\n"
+    return md_table(["task", "method", "lr", "α", "val acc", "test acc", "chosen"], rows) + "\n"
+
+
+def _optimistic_note(results: Results) -> list[str]:
+    picked = sorted({(s.task, s.method) for s in _selection(results).values() if s.optimistic})
+    if not picked:
+        return []
+    tasks = sorted({t for t, _ in picked})
+    return [f"**Chosen on test (optimistic):** task{'s' if len(tasks) > 1 else ''} "
+            f"{', '.join(tasks)} {'have' if len(tasks) > 1 else 'has'} no val split, so "
+            f"{len(picked)} method{'s' if len(picked) > 1 else ''}' rates (and α) were chosen on "
+            "the test prompts the verdicts below are judged on: each chosen figure is a maximum "
+            "over its sweep on those prompts, biased upward. Give the task a val split (or "
+            "run one rate per method) for verdicts free of that bias.", ""]
 
 
 def _frontier_section(results: Results) -> str:
@@ -149,16 +195,20 @@ def render(results: Results, plots: list[str] | None = None) -> str:
         f"`{m.world.base_fingerprint}`, proxy `{m.world.proxy_fingerprint or 'none'}`), "
         f"routekit {m.routekit_version}, "
         f"torch {results.packages.get('torch', '?')}, {len(results.cells)} cells. Methods are "
-        "compared at their own best learning rate (test accuracy, then probe answer "
-        "log-likelihood, on the first seed); proxy methods at their best α, with the tuned "
-        "proxy's own accuracy beside.",
+        "compared at their own best learning rate and proxy methods at their best α (the "
+        "tuned proxy's own accuracy beside), chosen on the first seed on the task's val split "
+        "where it has one, else on test and labelled so (see 'How each rate was chosen').",
         "",
         "## Headline (best lr per method; mean ± std over seeds)",
         "",
         md_table(*headline(results)),
         "",
+        "## How each rate was chosen (first seed)",
+        "",
+        _selection_section(results),
         "## Verdicts",
         "",
+        *_optimistic_note(results),
         "95% bootstrap intervals over seeds and prompts (each number says its units: seeds × "
         "prompts, seed pairs, or for (h) cells); a verdict commits only when its interval "
         "excludes the other side; a per-seed figure needs five seeds or more (below that its "

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -69,6 +69,9 @@ class Scores(_Strict):
 
     alpha: float | None = Field(None, description="proxy methods: the steering weight α")
     test_accuracy: float
+    val_accuracy: float | None = Field(
+        None, description="accuracy on the task's val split (None: it has none); what "
+        "chooses rates and α (routekit.compare.selection)")
     ood_accuracy: float | None = None
     probe_accuracy: float | None = Field(None, description="held-out knowledge probes (facts test)")
     statement_accuracy: float | None = None
@@ -80,7 +83,7 @@ class Scores(_Strict):
     behaviour: dict[str, float] | None = Field(None, description="final shares on test prompts")
     per_prompt: dict[str, list[float]] = Field(
         default_factory=dict,
-        description="per prompt: test, ood, probes (1/0 correct), systematic (1/0: the test "
+        description="per prompt: test, val, ood, probes (1/0 correct), systematic (1/0: the test "
         "answer is the skill's systematic wrong one), probe_loglik (nats per answer), and for "
         "cells with activations act_top_k_energy_<split>, act_l1_normalised_<split> (split "
         "test or ood; the last token's value averaged over layers)",
@@ -136,14 +139,46 @@ class CellRecord(_Strict):
     notes: list[str] = Field(default_factory=list)
 
     def best(self) -> Scores:
-        """The variant that counts for the cell (proxy: the best α by test accuracy, ties to
-        the higher probe log-likelihood)."""
-        return max(self.variants, key=rank_key)
+        """The variant that counts for the cell (proxy: the best α on val, ties to the smaller
+        α; without val figures the best on test, ties to the higher probe log-likelihood;
+        routekit.compare.selection)."""
+        from .selection import choose_variant
+
+        return choose_variant(self.variants)
 
 
 def rank_key(s: Scores) -> tuple[float, float]:
-    """Task gain first, retention (probe answer log-likelihood) as the tie-break."""
-    return (s.test_accuracy, s.probe_loglik if s.probe_loglik is not None else float("-inf"))
+    """The test fallback's rank (routekit.compare.selection.test_key): test accuracy, then
+    probe answer log-likelihood."""
+    from .selection import test_key
+
+    return test_key(s)
+
+
+class Candidate(_Strict):
+    """One (rate, α) a choice was made among, with its first-seed figures."""
+
+    lr: float
+    alpha: float | None = None
+    val_accuracy: float | None
+    test_accuracy: float
+    chosen: bool
+
+
+class Selection(_Strict):
+    """How one (method, task)'s rate and α were chosen (routekit.compare.selection)."""
+
+    method: str
+    task: str
+    split: Literal["val", "test"] = Field(description="the split whose accuracy chose")
+    optimistic: bool = Field(
+        description="chosen on test among two or more candidates: the chosen test figure is a "
+        "maximum over the sweep on the prompts it is judged on")
+    lr: float
+    alpha: float | None = None
+    val_accuracy: float | None = Field(description="the chosen candidate's val accuracy")
+    test_accuracy: float = Field(description="the chosen candidate's test accuracy")
+    candidates: list[Candidate]
 
 
 class WorldStamp(_Strict):
@@ -199,6 +234,9 @@ class Results(_Strict):
     packages: dict[str, str]
     cells: list[CellRecord]
     overlaps: list[Overlap] = Field(default_factory=list)
+    selection: list[Selection] = Field(
+        default_factory=list, description="per (method, task): which split chose its rate "
+        "and α, and every candidate's val and test accuracy ([] in runs made before it was kept)")
 
 
 def write_model(path: str | os.PathLike, obj: BaseModel) -> Path:
@@ -232,7 +270,7 @@ def package_versions() -> dict[str, str]:
 
 
 __all__ = [
-    "CellKey", "CellRecord", "Overlap", "RESULTS_SCHEMA", "Results", "code_version",
+    "Candidate", "CellKey", "CellRecord", "Overlap", "RESULTS_SCHEMA", "Results", "code_version",
     "RunManifest", "Scores", "StructureSummary", "WorldStamp", "package_versions", "rank_key",
-    "read_model", "write_model",
+    "read_model", "Selection", "write_model",
 ]

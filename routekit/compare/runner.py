@@ -53,6 +53,7 @@ from .results import (
     read_model,
     write_model,
 )
+from .selection import check_selection, selections
 from .suite import Suite
 from .worker import RECORD, RUN_LOCK, CellJob
 
@@ -142,6 +143,7 @@ def run_suite(
     suite names (:func:`~.env.resolve_environment`)."""
     run_dir = Path(out)
     env = env or resolve_environment(suite, progress=progress)
+    check_selection(suite, env)  # select_on: val refuses before the directory is touched
     manifest = RunManifest(suite=suite.name, settings_hash=suite.settings_hash(),
                            world=env.stamp, routekit_version=routekit_version(),
                            code_version=code_version())
@@ -174,6 +176,7 @@ def _run_locked(suite: Suite, run_dir: Path, manifest: RunManifest, env: Environ
                                 "proxy_ood_accuracy")},
         packages=package_versions(),
         cells=[records[k.cell_id] for k in plan if k.cell_id in records], overlaps=overlaps,
+        selection=selections(suite, records),
     )
     write_model(run_dir / RESULTS, results)
     outcome.results = results

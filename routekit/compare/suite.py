@@ -7,10 +7,12 @@ command line's ``--methods/--tasks/--seeds/--lrs``.
 
 **Sweep policy** (``sweep: first_seed``, the default): every learning rate of a method runs
 on the first seed; each method then runs on the other seeds only at its *best* rate on the
-first seed, per task. The best rate has the highest test accuracy (the task gain; for a
-proxy method, at its best α); a tie goes to the higher mean log-likelihood of the knowledge
-probes' answers (retention, continuous, so ties are rare). ``sweep: all_seeds`` runs every
-rate on every seed.
+first seed, per task. The best rate is chosen apart from the verdicts' prompts: on the
+task's val split where it has one (highest val accuracy at the cell's own best-on-val α;
+ties to the smaller α, then the smaller rate); on a task without one (the default world's),
+on test accuracy, ties to the higher probe answer log-likelihood, and the choice is labelled
+"chosen on test (optimistic)" (``select_on: val`` refuses such a run instead). See
+:mod:`.selection`. ``sweep: all_seeds`` runs every rate on every seed.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class EvalLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     test: int | None = Field(200, gt=0, description="task test prompts (accuracy)")
+    val: int | None = Field(
+        200, gt=0, description="task val prompts (accuracy; what chooses rates and α), where "
+        "the task has a val split")
     ood: int | None = Field(200, gt=0, description="task ood prompts (accuracy)")
     probes: int | None = Field(None, gt=0, description="held-out knowledge probes (facts test)")
     statements: int | None = Field(300, gt=0, description="fact statements (recall accuracy)")
@@ -92,6 +97,11 @@ class Suite(BaseModel):
     )
     sweep: Literal["first_seed", "all_seeds"] = Field(
         "first_seed", description="every lr on the first seed, then each best lr (first_seed)"
+    )
+    select_on: Literal["val_or_test", "val"] = Field(
+        "val_or_test",
+        description="what chooses rates and α: a task's val split; without one, test accuracy "
+        "labelled 'chosen on test (optimistic)' (val_or_test), or refuse the run (val)",
     )
     max_new_tokens: int = Field(12, gt=0, description="greedy tokens per evaluated answer")
     train: dict[str, dict[str, Any]] = Field(
@@ -183,7 +193,8 @@ class Suite(BaseModel):
         same hash may share a run directory, whatever their methods, tasks, lrs and seeds."""
         # the model block is the environment's: run.json keeps its stamp (weights and data)
         d = self.model_dump(mode="json", exclude={"name", "description", "tasks", "seeds",
-                                                  "methods", "lrs", "sweep", "model"})
+                                                  "methods", "lrs", "sweep", "select_on",
+                                                  "model"})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 # Bump when the corpus generator or the pretraining loop changes what a config produces,
 # so old cache entries are not mistaken for new ones.
 WORLD_FORMAT_VERSION = 3
-_ADDED_IN_V3 = ("add_items", "rev_items")
+# Fields added after a format version: left out of the hash at their defaults (see hash).
+_ADDED_IN_V3 = ("add_items", "rev_items", "n_val")
 
 
 class ModelSize(BaseModel):
@@ -62,6 +63,11 @@ class WorldConfig(BaseModel):
     add_items: int = Field(200, description="addition problems a+b with a from 10 and b a digit")
     rev_items: int = Field(300, description="distinct 3-5 letter strings of the reversal skill")
     n_test: int = Field(200, description="examples per test/ood split (hop: limited by entities)")
+    n_val: int = Field(
+        0, ge=0, description="examples per val split, held out of the skills' mixed formats "
+        "like test and disjoint from it, taken from the train items (at most a quarter of "
+        "them); 0: no val split (the default world: its corpus and splits are unchanged)"
+    )
     base: ModelSize = Field(default_factory=ModelSize)
     # The proxy: 384,640 parameters (18.5% of the base's; the budget is a quarter), chosen
     # over five other shapes at the same 1,200 steps for what it learns in about 100 s here

@@ -18,7 +18,8 @@ What the corpus holds (docs/world.md; its "Calibration" section says why it is s
 - *Routing prompts*: ``task: <prompt> => <family>``, so the base can name a prompt's task.
 
 Test examples are held out of the mixed formats (operand pairs, strings and entities never
-seen in them); ood examples change what a memorised template cannot handle (longer operands and
+seen in them); so are val examples (``n_val``, 0 by default), a slice of the train items that
+the mixed formats and routing prompts then skip, disjoint from test; ood examples change what a memorised template cannot handle (longer operands and
 strings, an unseen question wording).
 """
 
@@ -124,6 +125,11 @@ class World:
         n_seen = round(len(self.entities) * self.config.question_share)
         self.seen_entities = self.entities[:n_seen]
         self.probe_entities = self.entities[n_seen:]
+        # hop's val entities: the last seen ones, kept out of hop's mixed formats and routing
+        # prompts (their knowledge questions and statements stay, as the probes' statements do)
+        n_val = min(self.config.n_val, n_seen // 4)
+        self.hop_train = self.seen_entities[:n_seen - n_val]
+        self.hop_val = self.seen_entities[n_seen - n_val:]
         self._make_skill_splits(random.Random(f"skills-{self.config.seed}"))
 
     # -- splits ----------------------------------------------------------------------------
@@ -136,7 +142,9 @@ class World:
         rng.shuffle(pairs)
         n_test = min(self.config.n_test, len(pairs) // 4)
         self.add_items = pairs
-        self.add_test, self.add_train = pairs[:n_test], pairs[n_test:]
+        n_val = min(self.config.n_val, (len(pairs) - n_test) // 4)
+        self.add_test, self.add_val, self.add_train = (
+            pairs[:n_test], pairs[n_test:n_test + n_val], pairs[n_test + n_val:])
         self.add_ood = [(rng.randint(10, 99), rng.randint(10, 99)) for _ in range(self.config.n_test)]
 
         seen: set[str] = set()
@@ -152,7 +160,10 @@ class World:
             return out
 
         self.rev_items = words(self.config.rev_items, (3, 4, 5))
-        self.rev_test, self.rev_train = self.rev_items[:n_test], self.rev_items[n_test:]
+        n_val = min(self.config.n_val, (len(self.rev_items) - n_test) // 4)
+        self.rev_test, self.rev_val, self.rev_train = (
+            self.rev_items[:n_test], self.rev_items[n_test:n_test + n_val],
+            self.rev_items[n_test + n_val:])
         self.rev_ood = words(self.config.n_test, (6, 7))
 
     def _mixed(self, rng: random.Random, skill: str, right: str, wrong: str) -> str:
@@ -184,7 +195,7 @@ class World:
             return p + ans
         if kind == "hop":
             fmt = rng.choices((0, 1, 2), weights=(2, 1, 1))[0]
-            e = rng.choice(self.seen_entities) if fmt else rng.choice(self.entities)
+            e = rng.choice(self.hop_train) if fmt else rng.choice(self.entities)
             city = self.facts[e]["city"]
             p, ans = hop_formats(e, city, self.country_of[city])[fmt]
             if fmt:
@@ -206,7 +217,7 @@ class World:
             w = rng.choice(self.rev_train)
             return rng.choice(rev_formats(w, ""))[0]
         if family == "hop":
-            e = rng.choice(self.seen_entities)
+            e = rng.choice(self.hop_train)
             return rng.choice(hop_formats(e, self.facts[e]["city"], ""))[0]
         e = rng.choice(self.seen_entities)
         return rng.choice(list(QUESTIONS.values())).format(e=e)
@@ -227,32 +238,40 @@ class World:
 
     # -- task examples ---------------------------------------------------------------------
     def skill_splits(self, skill: str) -> dict[str, list[Example]]:
-        """train / test / ood examples of a skill, in its first mixed format, correct answers."""
+        """train / test / ood examples of a skill, in its first mixed format, correct answers;
+        and val, held out like test, when the config has ``n_val > 0``."""
         from ..tasks.base import Example
 
         if skill == "add":
             def ex(a: int, b: int) -> Example:
                 p, ans = add_formats(a, b, a + b)[1]
                 return Example(p, ans.strip(), {"a": a, "b": b})
-            return {"train": [ex(a, b) for a, b in self.add_train],
-                    "test": [ex(a, b) for a, b in self.add_test],
-                    "ood": [ex(a, b) for a, b in self.add_ood]}
-        if skill == "rev":
+            out = {"train": [ex(a, b) for a, b in self.add_train],
+                   "val": [ex(a, b) for a, b in self.add_val],
+                   "test": [ex(a, b) for a, b in self.add_test],
+                   "ood": [ex(a, b) for a, b in self.add_ood]}
+        elif skill == "rev":
             def exr(w: str) -> Example:
                 p, ans = rev_formats(w, w[::-1])[1]
                 return Example(p, ans.strip(), {"word": w})
-            return {"train": [exr(w) for w in self.rev_train],
-                    "test": [exr(w) for w in self.rev_test],
-                    "ood": [exr(w) for w in self.rev_ood]}
-        if skill == "hop":
+            out = {"train": [exr(w) for w in self.rev_train],
+                   "val": [exr(w) for w in self.rev_val],
+                   "test": [exr(w) for w in self.rev_test],
+                   "ood": [exr(w) for w in self.rev_ood]}
+        elif skill == "hop":
             def exh(e: str, ood: bool = False) -> Example:
                 country = self.country_of[self.facts[e]["city"]]
                 p = hop_ood_prompt(e) if ood else hop_formats(e, "", "")[1][0]
                 return Example(p, country, {"entity": e})
-            return {"train": [exh(e) for e in self.seen_entities],
-                    "test": [exh(e) for e in self.probe_entities],
-                    "ood": [exh(e, ood=True) for e in self.probe_entities]}
-        raise KeyError(skill)
+            out = {"train": [exh(e) for e in self.hop_train],
+                   "val": [exh(e) for e in self.hop_val],
+                   "test": [exh(e) for e in self.probe_entities],
+                   "ood": [exh(e, ood=True) for e in self.probe_entities]}
+        else:
+            raise KeyError(skill)
+        if not out["val"]:  # n_val 0: no val split (the default world's tasks as they were)
+            del out["val"]
+        return out
 
     def knowledge_splits(self) -> dict[str, list[Example]]:
         """train: questions in the corpus; test: held-out probes; statements: recall prompts."""
