@@ -95,6 +95,30 @@ def run_method(name: str, base, tok, task, lr: float | None) -> tuple[Any, dict[
                           "trainable_parameters": result.trainable_parameters}
 
 
+def table(results: dict[str, Any]) -> str:
+    """The README's table: one row per task and method, retention beside, with the deltas
+    against the task's base row and the issue's retention bounds (2 points, 0.05 nats)."""
+    cells = results.get("cells", {})
+    lines = ["| task | method | test | Δ test | knowledge acc | Δ acc | knowledge log-lik/token "
+             "| Δ nats | train s |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for tname in TASKS:
+        base = cells.get(f"{tname}/base")
+        for method in ["base", *METHODS]:
+            row = cells.get(f"{tname}/{method}")
+            if row is None or base is None:
+                continue
+            d_test = 100 * (row["test"] - base["test"])
+            d_acc = 100 * (row["knowledge_acc"] - base["knowledge_acc"])
+            d_ll = row["knowledge_loglik"] - base["knowledge_loglik"]
+            keep = abs(d_acc) <= 2 and abs(d_ll) <= 0.05
+            mark = "" if method == "base" else (" ✓" if d_test >= 10 and keep else "")
+            lines.append(
+                f"| {tname} | {method}{mark} | {row['test']:.3f} | {d_test:+.1f} "
+                f"| {row['knowledge_acc']:.3f} | {d_acc:+.1f} | {row['knowledge_loglik']:.3f} "
+                f"| {d_ll:+.3f} | {row.get('seconds', '')} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS))
@@ -104,7 +128,12 @@ def main() -> None:
     parser.add_argument("--splits", nargs="+", default=list(EVAL_SPLITS))
     parser.add_argument("--force", action="store_true", help="remeasure cells already in the JSON")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--table", action="store_true",
+                        help="print the measured cells as the README's markdown table, and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table(json.loads(RESULTS.read_text()) if RESULTS.exists() else {}))
+        return
 
     torch.manual_seed(0)
     base, tok = rk.load_model("smollm2")
