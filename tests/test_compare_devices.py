@@ -170,3 +170,23 @@ def test_a_run_refuses_a_device_this_machine_lacks(local_data, tmp_path, monkeyp
     assert not Path(tmp_path / "run").exists()  # refused before the run directory is made
     with pytest.raises(ConfigError, match="not a torch device"):
         suite_from_dict({**local_suite(local_data, ["base"]), "device": "gpu0"})
+
+
+def test_the_gpu_suite_is_the_smollm2_suite_sized_up(monkeypatch):
+    from routekit.compare.cells import first_phase
+    from routekit.compare.suite import load_suite
+
+    cpu, gpu = load_suite("smollm2"), load_suite("smollm2_gpu")
+    assert gpu.device == "cuda" and gpu.model.path == cpu.model.path == "smollm2"
+    assert gpu.tasks == cpu.tasks and gpu.model.tasks == cpu.model.tasks
+    assert len(gpu.seeds) > len(cpu.seeds)
+    assert gpu.steps * gpu.batch_size >= 25 * cpu.steps * cpu.batch_size
+    for key in ("test", "ood", "probes", "heldout_text", "kl_prompts"):
+        assert getattr(gpu.eval, key) > getattr(cpu.eval, key), key
+    assert set(cpu.methods) < set(gpu.methods)
+    assert gpu.method("pissa_sft").peft["init_lora_weights"] == "pissa_niter_4"
+    assert gpu.method("osf_sft").peft["peft_type"] == "OSF"
+    assert len(first_phase(gpu)) == 31  # the count docs/compare.md's time estimate uses
+    fake_gpus(monkeypatch, 0)
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        run_suite(gpu, "unused", workers=0, progress=False)

@@ -37,7 +37,7 @@ from .methods import (
     parse_method_entry,
 )
 
-BUILTIN_SUITES = ("default", "science", "smollm2")
+BUILTIN_SUITES = ("default", "science", "smollm2", "smollm2_gpu")
 
 
 class EvalLimits(BaseModel):
@@ -279,7 +279,8 @@ def suite_from_dict(data: Any, source: str = "suite") -> Suite:
 
 
 def load_suite(spec: str | os.PathLike) -> Suite:
-    """A built-in suite by name (``default``, ``science``, ``smollm2``) or a suite YAML file.
+    """A built-in suite by name (``default``, ``science``, ``smollm2``, ``smollm2_gpu``) or a
+    suite YAML file.
     A model block's relative paths are read from the suite file's directory."""
     import yaml
 
