@@ -190,3 +190,30 @@ def test_the_gpu_suite_is_the_smollm2_suite_sized_up(monkeypatch):
     fake_gpus(monkeypatch, 0)
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         run_suite(gpu, "unused", workers=0, progress=False)
+
+
+def test_the_command_line_names_the_device_and_peft_methods(local_data, tmp_path, monkeypatch):  # noqa: F811
+    """--device reaches run_suite through the suite; --methods adds a peft:FILE method whose
+    rates --lrs names."""
+    import yaml
+
+    from routekit import cli
+    from routekit.compare import runner
+
+    (tmp_path / "osf.yaml").write_text(yaml.safe_dump(
+        {"peft_type": "OSF", "effective_rank": 12, "target_modules": ["q_proj"]}))
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(local_suite(local_data, ["base"])))
+    seen = {}
+
+    def run(suite, out, **kw):
+        seen.update(suite=suite, kw=kw)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "run_suite", run)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--suite", "suite.yaml", "--device", "cpu", "--methods",
+                  "base,peft:osf.yaml", "--lrs", "peft_osf=1e-4"])
+    suite = seen["suite"]
+    assert suite.device == "cpu" and suite.methods == ["base", "peft_osf"]
+    assert suite.lrs["peft_osf"] == [1e-4]

@@ -321,8 +321,9 @@ def _from_root(spec: str, root: Path) -> str:
     return str(path if path.is_absolute() or not spec else root / path)
 
 
-def parse_lrs(specs: list[str]) -> dict[str, list[float]] | list[float]:
-    """``--lrs`` values: ``1e-3,3e-3`` (every selected method) or ``svf_rl=1e-3,3e-3``."""
+def parse_lrs(specs: list[str], suite: Suite | None = None) -> dict[str, list[float]] | list[float]:
+    """``--lrs`` values: ``1e-3,3e-3`` (every selected method) or ``svf_rl=1e-3,3e-3``; a
+    method's name must be a built-in one or one of ``suite``'s PEFT methods."""
     shared: list[float] = []
     per: dict[str, list[float]] = {}
     for spec in specs:
@@ -337,7 +338,8 @@ def parse_lrs(specs: list[str]) -> dict[str, list[float]] | list[float]:
         if not values:
             raise ConfigError(f"--lrs {spec!r} lists no learning rate.")
         if method:
-            per[method] = values  # the method's name is checked with the suite (narrow)
+            get_method(method, suite.peft_methods if suite is not None else None)
+            per[method] = values
         else:
             shared = values
     if shared and per:
