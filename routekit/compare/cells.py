@@ -16,7 +16,6 @@ from collections.abc import Mapping
 
 from ..errors import ConfigError
 from . import selection
-from .methods import get_method
 from .results import CellKey, CellRecord
 from .suite import Suite
 
@@ -38,7 +37,7 @@ def first_phase(suite: Suite) -> list[CellKey]:
     keys: list[CellKey] = []
     for task in suite.tasks:
         for m in suite.methods:
-            if not get_method(m).trains:
+            if not suite.method(m).trains:
                 keys.append(_key(m, task, 0.0, suite.seeds[0]))
                 continue
             keys += [_key(m, task, lr, s) for lr in suite.method_lrs(m) for s in seeds]

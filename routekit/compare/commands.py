@@ -3,7 +3,8 @@
 With no arguments it runs the ``default`` suite on the embedded world (building the world
 into its cache first if needed), shows progress, prints the headline table and where the
 report is. ``--suite default|science|smollm2|FILE`` picks another suite; ``--methods``, ``--tasks``,
-``--seeds`` and ``--lrs`` narrow or widen it; ``--list`` prints the known methods.
+``--seeds`` and ``--lrs`` narrow or widen it (``--methods`` may add ``peft:<file.yaml>``
+methods); ``--device`` says where the cells' models live; ``--list`` prints the known methods.
 Ctrl-C stops the workers at once, prints the command that resumes and exits with 130.
 """
 
@@ -31,8 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--suite", default="default",
                    help="'default' (every method on hop, one seed), 'science' (hop and rev, "
-                   "3 seeds), 'smollm2' (SmolLM2-135M-Instruct on real:add) or a suite YAML "
-                   "file, with a world or a model block (default: default)")
+                   "3 seeds), 'smollm2' (SmolLM2-135M-Instruct on real:add), 'smollm2_gpu' "
+                   "(the same, sized for GPUs) or a suite YAML file, with a world or a model "
+                   "block (default: default)")
     p.add_argument("--methods", type=_csv, default=None, help="comma-separated methods to run")
     p.add_argument("--tasks", type=_csv, default=None, help="comma-separated tasks to run")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=None,
@@ -41,7 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="learning rates of every selected method, or of one (repeatable)")
     p.add_argument("--out", default=None, help="run directory (default runs/compare/<suite name>)")
     p.add_argument("--workers", type=int, default=None,
-                   help="worker processes (default: one per core; 0 runs cells in this process)")
+                   help="worker processes (default: one per GPU where cells run on GPUs, else "
+                   "one per core; 0 runs cells in this process)")
+    p.add_argument("--device", default=None,
+                   help="where every cell's base, proxies and trained models live: auto, cpu, "
+                   "cuda (cells spread over every GPU) or cuda:N (default: the suite's "
+                   "device, else auto: cuda when a GPU exists, else cpu)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local processes, or Ray tasks (pip install 'routekit[ray]')")
@@ -59,11 +66,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.list:
         for m in METHODS.values():
             print(f"{m.name:14s} {m.description}")
+        print("peft:FILE      any weight-space PEFT method (a YAML file of its PEFT config; "
+              "or {peft: {peft_type: ...}} in a suite's methods)")
         print(f"suites: {', '.join(BUILTIN_SUITES)} (or a YAML file)")
         return 0
     suite = load_suite(args.suite)
     suite = narrow(suite, methods=args.methods, tasks=args.tasks, seeds=args.seeds,
-                   lrs=parse_lrs(args.lrs) if args.lrs else None)
+                   device=args.device)
+    if args.lrs:  # after --methods, which may add PEFT methods that --lrs names
+        suite = narrow(suite, lrs=parse_lrs(args.lrs, suite))
     out = Path(args.out) if args.out else Path("runs") / "compare" / suite.name
     from transformers.utils import logging as hf_logging
 

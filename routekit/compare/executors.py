@@ -7,7 +7,8 @@ starts once the cells it depends on have finished (subnet_rl after its full RL c
 
 - ``local`` with ``workers=0``: one cell after another in this process;
 - ``local`` with ``workers=N``: N processes (spawned, one fresh process per cell, so a
-  cell's peak memory is its own), each with ``threads`` torch threads. They die with this
+  cell's peak memory is its own), each with ``threads`` torch threads; on GPUs N defaults
+  to the number of GPUs and each running cell has a GPU of its own (:mod:`.devices`). They die with this
   process, by whatever signal it dies (:mod:`.lifeline`), and Ctrl-C kills them at once;
 - ``ray``: each cell is a Ray task (``ray.init()`` joins a running cluster when
   ``RAY_ADDRESS`` is set, else starts a local one with ``workers`` CPUs); install with
@@ -36,9 +37,11 @@ records, and cells that depend on a failed one are reported as skipped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import sys
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
@@ -46,17 +49,12 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
+from .devices import default_workers
 from .lifeline import bind_to_parent, parent_bound_spawning
 from .results import CellRecord
 from .worker import CellJob, run_cell
 
 EXECUTORS = ("local", "ray")
-
-
-def default_workers() -> int:
-    """What the machine's cores allow: one single-threaded worker per core."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, n)
 
 
 class _Done:
@@ -77,13 +75,22 @@ def _schedule(
     jobs: list[CellJob], deps: dict[str, list[str]], submit: Callable[[CellJob], Any],
     wait_any: Callable[[list[Any]], tuple[list[Any], list[Any]]],
     result_of: Callable[[Any], tuple[str, CellRecord | None, str | None]],
-    progress: bool, slots: int,
+    progress: bool, slots: int, devices: list[str] | None = None,
 ) -> tuple[dict[str, CellRecord], dict[str, str]]:
-    """Submit ready jobs (dependencies done) up to ``slots`` at a time until all are done."""
+    """Submit ready jobs (dependencies done) up to ``slots`` at a time until all are done.
+    With ``devices``, each job is placed on the one running the fewest cells (the first on a
+    tie), so N workers over N GPUs run one cell per GPU."""
     pending = {j.key.cell_id: j for j in jobs}
     records: dict[str, CellRecord] = {}
     failed: dict[str, str] = {}
     running: dict[Any, str] = {}
+    on_device: dict[Any, str] = {}
+
+    def place(job: CellJob) -> CellJob:
+        if not devices:
+            return job
+        busy = Counter(on_device.values())
+        return dataclasses.replace(job, device=min(devices, key=lambda d: busy[d]))
     bar = tqdm(total=len(jobs), desc="cells", unit="cell", disable=not progress)
     try:
         while pending or running:
@@ -96,7 +103,9 @@ def _schedule(
                     pending.pop(cid)
                     bar.update(1)
                 elif all(d in records for d in needs):
-                    running[submit(pending.pop(cid))] = cid
+                    job = place(pending.pop(cid))
+                    handle = submit(job)
+                    running[handle], on_device[handle] = cid, job.device
             if not running:
                 if pending:  # dependencies that are in no job and not done
                     for cid in list(pending):
@@ -106,6 +115,7 @@ def _schedule(
             done, _ = wait_any(list(running))
             for h in done:
                 running.pop(h)
+                on_device.pop(h, None)
                 cid, rec, err = result_of(h)
                 if rec is not None:
                     records[cid] = rec
@@ -120,19 +130,21 @@ def _schedule(
 
 def execute(
     jobs: list[CellJob], deps: dict[str, list[str]], *, executor: str = "local",
-    workers: int | None = None, progress: bool = True,
+    workers: int | None = None, progress: bool = True, devices: list[str] | None = None,
 ) -> tuple[dict[str, CellRecord], dict[str, str]]:
-    """Run ``jobs`` (dependencies first); returns (records by cell id, errors by cell id)."""
+    """Run ``jobs`` (dependencies first); returns (records by cell id, errors by cell id).
+    ``devices``: where cells run (:func:`~.devices.cell_devices`), each job dealt to the least
+    busy one; ``workers`` defaults to one per GPU when they are GPUs, else one per core."""
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}; known: {', '.join(EXECUTORS)}.")
     if executor == "ray":
-        return _execute_ray(jobs, deps, progress, workers)
-    workers = default_workers() if workers is None else workers
+        return _execute_ray(jobs, deps, progress, workers, devices)
+    workers = default_workers(devices) if workers is None else workers
     if workers < 0:
         raise ConfigError(f"--workers must be >= 0, got {workers}.")
     if workers == 0:
         return _schedule(jobs, deps, _Done, lambda hs: (hs[:1], hs[1:]), lambda h: h.value,
-                         progress, slots=1)
+                         progress, slots=1, devices=devices)
     import multiprocessing as mp
 
     per_cell = {"max_tasks_per_child": 1} if sys.version_info >= (3, 11) else {}
@@ -148,7 +160,7 @@ def execute(
 
         try:
             return _schedule(jobs, deps, submit, wait_any, lambda f: f.result(), progress,
-                             workers)
+                             workers, devices)
         except BaseException:  # Ctrl-C (or any error here): stop the cells, do not wait
             _kill_workers(pool)
             raise
@@ -166,7 +178,8 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
 
 
 def _execute_ray(jobs: list[CellJob], deps: dict[str, list[str]], progress: bool,
-                 workers: int | None) -> tuple[dict[str, CellRecord], dict[str, str]]:
+                 workers: int | None, devices: list[str] | None = None,
+                 ) -> tuple[dict[str, CellRecord], dict[str, str]]:
     try:
         import ray
     except ImportError:
@@ -179,8 +192,13 @@ def _execute_ray(jobs: list[CellJob], deps: dict[str, list[str]], progress: bool
             ray.init(address=address, log_to_driver=False)
         else:
             ray.init(num_cpus=workers or default_workers(), log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(_safe_run)
-    slots = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    gpus = bool(devices) and all(d.startswith("cuda") for d in devices or [])
+    # On GPUs each task asks Ray for one, and Ray makes it the task's only visible GPU: the
+    # cell then runs on "cuda" (its GPU), whichever node and index Ray chose.
+    remote = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0)(_safe_run)
+    resource = "GPU" if gpus else "CPU"
+    slots = max(1, int(ray.cluster_resources().get(resource, 1)))
+    devices = ["cuda"] if gpus else devices
 
     def wait_any(hs: list[Any]) -> tuple[list[Any], list[Any]]:
         return ray.wait(hs, num_returns=1)
@@ -192,7 +210,7 @@ def _execute_ray(jobs: list[CellJob], deps: dict[str, list[str]], progress: bool
         return submitted[-1]
 
     try:
-        return _schedule(jobs, deps, submit, wait_any, ray.get, progress, slots)
+        return _schedule(jobs, deps, submit, wait_any, ray.get, progress, slots, devices)
     except BaseException:  # Ctrl-C: stop the running tasks rather than leave them writing
         for ref in submitted:
             with contextlib.suppress(Exception):

@@ -134,6 +134,7 @@ class CellRecord(_Strict):
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
     peak_rss_mb: float = Field(description="ru_maxrss of the process that ran the cell")
+    device: str = Field("", description="where the cell's models lived ('' before it was kept)")
     history: list[dict[str, float]] = Field(default_factory=list, description="per step log")
     artifacts: dict[str, str] = Field(default_factory=dict, description="relative paths")
     notes: list[str] = Field(default_factory=list)

@@ -39,9 +39,9 @@ from ..errors import ConfigError, TrainingError
 from ..io import recover_directory
 from ..locks import exclusive_lock
 from .cells import check_dependencies, first_phase, second_phase, source_key
+from .devices import cell_devices, resolve_device, suite_device
 from .env import Environment, resolve_environment
 from .executors import execute
-from .methods import get_method
 from .results import (
     CellKey,
     CellRecord,
@@ -136,11 +136,14 @@ def _manifest_diffs(old: RunManifest, new: RunManifest) -> list[str]:
 def run_suite(
     suite: Suite, out: str | Path, *, executor: str = "local", workers: int | None = None,
     force: bool = False, progress: bool = True, env: Environment | None = None,
-    threads: int = 1, report: bool = True,
+    threads: int = 1, report: bool = True, device: str | None = None,
 ) -> RunOutcome:
     """Run every cell of ``suite`` into ``out`` (resuming), then write results.json (and
     report.md with plots unless ``report=False``). ``env`` defaults to the environment the
-    suite names (:func:`~.env.resolve_environment`)."""
+    suite names (:func:`~.env.resolve_environment`). ``device`` (default: the suite's, else
+    auto) is where every cell's models live (:mod:`.devices`); ``workers`` defaults to one
+    per GPU on GPUs, else one per core."""
+    devices = cell_devices(resolve_device(device or suite_device(suite)))
     run_dir = Path(out)
     env = env or resolve_environment(suite, progress=progress)
     check_selection(suite, env)  # select_on: val refuses before the directory is touched
@@ -152,12 +155,12 @@ def run_suite(
                         on_stale=lambda m: print(f"routekit: {m}", file=sys.stderr)) as holder:
         open_run_dir(run_dir, manifest, force)
         return _run_locked(suite, run_dir, manifest, env, executor, workers, threads,
-                           progress, report, holder["token"])
+                           progress, report, holder["token"], devices)
 
 
 def _run_locked(suite: Suite, run_dir: Path, manifest: RunManifest, env: Environment,
                 executor: str, workers: int | None, threads: int, progress: bool,
-                report: bool, token: str) -> RunOutcome:
+                report: bool, token: str, devices: list[str]) -> RunOutcome:
     outcome = RunOutcome(run_dir, results=None)  # type: ignore[arg-type]
     records: dict[str, CellRecord] = {}
     plan: list[CellKey] = []
@@ -167,7 +170,7 @@ def _run_locked(suite: Suite, run_dir: Path, manifest: RunManifest, env: Environ
         check_dependencies(suite, plan + keys)
         plan += keys
         _run_keys(suite, keys, run_dir, env, records, outcome, executor, workers, threads,
-                  progress, token)
+                  progress, token, devices)
     overlaps = seed_overlaps(suite, plan, records, run_dir, env)
     results = Results(
         suite=suite.model_dump(mode="json"), manifest=manifest, environment=env.describe(suite.tasks),
@@ -197,7 +200,7 @@ def _run_locked(suite: Suite, run_dir: Path, manifest: RunManifest, env: Environ
 def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, env: Environment,
               records: dict[str, CellRecord], outcome: RunOutcome, executor: str,
               workers: int | None, threads: int, progress: bool, token: str | None = None,
-              ) -> None:
+              devices: list[str] | None = None) -> None:
     jobs, deps = [], {}
     heldout: dict[str, list[str]] = {}  # per task, computed once for all its cells
     for k in keys:
@@ -214,6 +217,7 @@ def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, env: Environment
                     f"{code_version()}); rerun with --force to redo the run's cells, or use "
                     "another --out."
                 )
+            _check_same_peft_config(suite, k, rec, run_dir)
             records[k.cell_id] = rec
             outcome.reused.append(k.cell_id)
             continue
@@ -229,10 +233,26 @@ def _run_keys(suite: Suite, keys: list[CellKey], run_dir: Path, env: Environment
         deps[k.cell_id] = [src.cell_id] if src and src.cell_id not in records else []
     if not jobs:
         return
-    done, failed = execute(jobs, deps, executor=executor, workers=workers, progress=progress)
+    done, failed = execute(jobs, deps, executor=executor, workers=workers, progress=progress,
+                           devices=devices)
     records.update(done)
     outcome.ran += list(done)
     outcome.failed.update(failed)
+
+
+def _check_same_peft_config(suite: Suite, key: CellKey, rec: CellRecord, run_dir: Path) -> None:
+    """Refuse a finished cell of a PEFT method whose config is not the suite's now (the name
+    stayed, the file changed): its figures would belong to another method."""
+    spec = suite.method(key.method)
+    if spec.peft is None:
+        return
+    had = (rec.train_config or {}).get("peft")
+    if had != spec.peft:
+        raise ConfigError(
+            f"cell {key.cell_id!r} in {str(run_dir)!r} trained PEFT method {key.method!r} with "
+            f"config {had}, and the suite now defines it as {spec.peft}; give the new config "
+            "another name:, use another --out, or --force to redo the run's cells."
+        )
 
 
 def seed_overlaps(suite: Suite, plan: list[CellKey], records: dict[str, CellRecord],
@@ -243,7 +263,7 @@ def seed_overlaps(suite: Suite, plan: list[CellKey], records: dict[str, CellReco
 
     groups: dict[tuple[str, str, float], list[CellKey]] = {}
     for k in plan:
-        if k.cell_id in records and get_method(k.method).weight_space:
+        if k.cell_id in records and suite.method(k.method).weight_space:
             groups.setdefault((k.method, k.task, k.lr), []).append(k)
     out: list[Overlap] = []
     base = bf16 = None
@@ -254,7 +274,7 @@ def seed_overlaps(suite: Suite, plan: list[CellKey], records: dict[str, CellReco
         if base is None:
             base, _ = env.load_base()
         ref = base
-        if get_method(method).bf16_storage:
+        if suite.method(method).bf16_storage:
             bf16 = bf16 if bf16 is not None else copy.deepcopy(base).to(torch.bfloat16)
             ref = bf16
         for i, a in enumerate(keys):

@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .methods import get_method
 
 if TYPE_CHECKING:  # results imports this module for CellRecord.best()
     from .results import CellRecord, Scores, Selection
@@ -113,7 +112,7 @@ def selections(suite: Suite, records: Mapping[str, CellRecord]) -> list[Selectio
 
 def n_candidates(suite: Suite, method: str) -> int:
     """How many (rate, α) candidates a method's choice is made among."""
-    spec = get_method(method)
+    spec = suite.method(method)  # the suite knows its PEFT methods too
     if not spec.trains:
         return 1
     return len(suite.method_lrs(method)) * (len(suite.proxy_alphas) if spec.steered else 1)

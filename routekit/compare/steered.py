@@ -6,7 +6,8 @@ forgetting and KL read a model's forward logits. :class:`SteeredLM`'s forward re
 steered log-probabilities as its logits (``log_softmax`` of them is themselves renormalised),
 which is exactly the distribution proxy-tuned decoding samples from. ``alpha`` may be one
 number, one weight per expert (K,), or one row per batch row (B, K), so a batch whose rows
-were routed to different experts is scored in one forward of each model.
+were routed to different experts is scored in one forward of each model. Each model reads
+the batch on its own device, so a proxy may live apart from the base.
 """
 
 from __future__ import annotations
@@ -53,7 +54,12 @@ class SteeredLM(nn.Module):
 
         def logp(m: nn.Module) -> torch.Tensor:
             if id(m) not in cache:  # an untuned model shared by several experts runs once
-                cache[id(m)] = torch.log_softmax(m(input_ids=input_ids, **kw).logits.float(), -1)
+                # each model reads the batch on its own device; every result comes back to
+                # the device of the ids (the metrics put them on the base's)
+                dev = next(m.parameters()).device
+                moved = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
+                logits = m(input_ids=input_ids.to(dev), **moved).logits.float()
+                cache[id(m)] = torch.log_softmax(logits, -1).to(input_ids.device)
             return cache[id(m)]
 
         out = logp(self.base)

@@ -29,9 +29,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ..errors import ConfigError, UnknownTaskError
 from ..training.config import validate_mapping
 from .env.local import ModelBlock
-from .methods import METHODS, SUBNET_SOURCES, check_overrides, get_method
+from .methods import (
+    PEFT_PREFIX,
+    SUBNET_SOURCES,
+    MethodSpec,
+    PeftMethod,
+    check_overrides,
+    get_method,
+    parse_method_entry,
+)
 
-BUILTIN_SUITES = ("default", "science", "smollm2")
+BUILTIN_SUITES = ("default", "science", "smollm2", "smollm2_gpu")
 
 
 class EvalLimits(BaseModel):
@@ -73,7 +81,23 @@ class Suite(BaseModel):
         min_length=1, description="task names (routekit.get_task, or the model block's tasks)"
     )
     seeds: list[int] = Field(min_length=1, description="seeds; the first is the sweep seed")
-    methods: list[str] = Field(min_length=1, description="method names (routekit compare --list)")
+    methods: list[str] = Field(
+        min_length=1,
+        description="method names (routekit compare --list), or PEFT methods: peft:<file.yaml> "
+        "or a mapping {peft: {peft_type: ..., ...}, name:, objective:} (stored under "
+        "peft_methods, the list keeping their names)",
+    )
+    peft_methods: dict[str, PeftMethod] = Field(
+        default_factory=dict,
+        description="the suite's PEFT methods by name (routekit.compare.methods.PeftMethod); "
+        "filled in from methods: entries",
+    )
+    device: str | None = Field(
+        None,
+        description="where every cell's base, proxies and trained models live: cpu, cuda "
+        "(cells spread over the GPUs, one worker each), cuda:N, or auto (default: the model "
+        "block's device, else cuda when available, else cpu); --device overrides it",
+    )
     lrs: dict[str, list[float]] = Field(
         default_factory=dict, description="learning rates per method (default: the method's own)"
     )
@@ -109,14 +133,58 @@ class Suite(BaseModel):
     )
     eval: EvalLimits = Field(default_factory=EvalLimits)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _read_peft_methods(cls, data: Any) -> Any:
+        """``methods:`` entries that define PEFT methods become names, their definitions
+        ``peft_methods`` entries (each PEFT config checked by PEFT's own config class)."""
+        if not isinstance(data, dict) or not isinstance(data.get("methods"), list):
+            return data
+        data = dict(data)
+        defined: dict[str, dict] = {}
+        for key, value in dict(data.get("peft_methods") or {}).items():
+            if isinstance(value, PeftMethod):
+                value = value.model_dump()
+            if not isinstance(value, dict):
+                raise ConfigError(f"peft_methods.{key}: expected a mapping, got {value!r}.")
+            pm = validate_mapping(PeftMethod, {**value, "name": value.get("name") or key},
+                                  f"suite key 'peft_methods.{key}'").resolved()
+            if pm.name != key:
+                raise ConfigError(f"peft_methods.{key} is named {pm.name!r}; use one name.")
+            defined[key] = pm.model_dump(mode="json")
+        names = []
+        for entry in data["methods"]:
+            if isinstance(entry, str) and entry in defined:
+                names.append(entry)
+                continue
+            pm = parse_method_entry(entry)
+            if pm is None:
+                names.append(entry)
+                continue
+            dumped = pm.model_dump(mode="json")
+            if pm.name in defined and defined[pm.name] != dumped:
+                raise ConfigError(
+                    f"two PEFT methods are named {pm.name!r} with different configs; give "
+                    "each its own name: in its methods entry."
+                )
+            defined[pm.name] = dumped
+            names.append(pm.name)
+        data["methods"], data["peft_methods"] = names, defined
+        return data
+
     @field_validator("methods")
     @classmethod
-    def _known_methods(cls, v: list[str]) -> list[str]:
-        for m in v:
-            get_method(m)
+    def _distinct_methods(cls, v: list[str]) -> list[str]:
         if len(set(v)) != len(v):
             raise ValueError(f"methods are listed twice: {v}")
         return v
+
+    @field_validator("device")
+    @classmethod
+    def _a_device(cls, v: str | None) -> str | None:
+        from .devices import check_device_name
+
+        return None if v is None else check_device_name(v)
 
     @field_validator("tasks")
     @classmethod
@@ -134,6 +202,8 @@ class Suite(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> Suite:
+        for m in self.methods:
+            self.method(m)  # every name a built-in method or one of peft_methods
         if self.model is not None and self.world != "default":
             raise ValueError(
                 "the suite names both a world and a model block; a comparison runs in one "
@@ -142,7 +212,7 @@ class Suite(BaseModel):
         for t in self.tasks:
             self.model.check_task(t) if self.model is not None else check_task_name(t)
         if self.model is not None and self.model.proxy is None:
-            steered = [m for m in self.methods if get_method(m).steered]
+            steered = [m for m in self.methods if self.method(m).steered]
             if steered:
                 raise ValueError(
                     f"methods {steered} steer the base with a tuned/untuned proxy pair, and the "
@@ -151,7 +221,7 @@ class Suite(BaseModel):
                 )
         if self.model is not None and self.model.retain_text is None:
             for m in self.methods:
-                over = {**get_method(m).defaults, **self.train.get(m, {})}
+                over = {**self.method(m).defaults, **self.train.get(m, {})}
                 if over.get("retain_kl_coef", 0) > 0 and not over.get("retain_text"):
                     raise ValueError(
                         f"method {m} keeps a retention KL (retain_kl_coef "
@@ -159,13 +229,12 @@ class Suite(BaseModel):
                         f"retain_text; add model.retain_text, or set train.{m}.retain_kl_coef: 0"
                     )
         for m, rates in self.lrs.items():
-            get_method(m)
-            if not get_method(m).trains:
+            if not self.method(m).trains:
                 raise ValueError(f"lrs.{m}: method {m!r} trains nothing, it has no learning rate")
             if not rates or any(not (r > 0) for r in rates):
                 raise ValueError(f"lrs.{m}: give one or more learning rates > 0, got {rates}")
         for m, over in self.train.items():
-            check_overrides(m, over)
+            check_overrides(m, over, self.peft_methods)
         if "subnet_rl" in self.methods:
             src = self.subnet_from
             if src not in self.methods:
@@ -181,9 +250,13 @@ class Suite(BaseModel):
                 )
         return self
 
+    def method(self, name: str) -> MethodSpec:
+        """The method ``name``: a built-in one or one of the suite's PEFT methods."""
+        return get_method(name, self.peft_methods)
+
     def method_lrs(self, method: str) -> list[float]:
         """The learning rates ``method`` sweeps ([] for the base)."""
-        spec = get_method(method)
+        spec = self.method(method)
         if not spec.trains:
             return []
         return list(self.lrs.get(method, spec.default_lrs))
@@ -192,9 +265,12 @@ class Suite(BaseModel):
         """What every cell of a run depends on (not which cells run): two suites with the
         same hash may share a run directory, whatever their methods, tasks, lrs and seeds."""
         # the model block is the environment's: run.json keeps its stamp (weights and data)
+        # PEFT methods, like the others, say which cells run: each cell's record keeps its
+        # PEFT config, and a finished cell of another config is refused (runner). The device
+        # says where cells run, not what they compute.
         d = self.model_dump(mode="json", exclude={"name", "description", "tasks", "seeds",
                                                   "methods", "lrs", "sweep", "select_on",
-                                                  "model"})
+                                                  "model", "peft_methods", "device"})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -213,7 +289,8 @@ def suite_from_dict(data: Any, source: str = "suite") -> Suite:
 
 
 def load_suite(spec: str | os.PathLike) -> Suite:
-    """A built-in suite by name (``default``, ``science``, ``smollm2``) or a suite YAML file.
+    """A built-in suite by name (``default``, ``science``, ``smollm2``, ``smollm2_gpu``) or a
+    suite YAML file.
     A model block's relative paths are read from the suite file's directory."""
     import yaml
 
@@ -235,11 +312,28 @@ def load_suite(spec: str | os.PathLike) -> Suite:
         raise ConfigError(f"{source} is not valid YAML: {e}") from None
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data["model"].setdefault("root", str(path.resolve().parent))
+    if isinstance(data, dict) and isinstance(data.get("methods"), list):
+        data["methods"] = [_peft_file_from(m, path.resolve().parent) for m in data["methods"]]
     return suite_from_dict(data, source)
 
 
-def parse_lrs(specs: list[str]) -> dict[str, list[float]] | list[float]:
-    """``--lrs`` values: ``1e-3,3e-3`` (every selected method) or ``svf_rl=1e-3,3e-3``."""
+def _peft_file_from(entry: Any, root: Path) -> Any:
+    """A methods entry with its PEFT config file's relative path read from ``root``."""
+    if isinstance(entry, str) and entry.startswith(PEFT_PREFIX):
+        return PEFT_PREFIX + _from_root(entry.removeprefix(PEFT_PREFIX).strip(), root)
+    if isinstance(entry, dict) and isinstance(entry.get("peft"), str):
+        return {**entry, "peft": _from_root(entry["peft"], root)}
+    return entry
+
+
+def _from_root(spec: str, root: Path) -> str:
+    path = Path(spec).expanduser()
+    return str(path if path.is_absolute() or not spec else root / path)
+
+
+def parse_lrs(specs: list[str], suite: Suite | None = None) -> dict[str, list[float]] | list[float]:
+    """``--lrs`` values: ``1e-3,3e-3`` (every selected method) or ``svf_rl=1e-3,3e-3``; a
+    method's name must be a built-in one or one of ``suite``'s PEFT methods."""
     shared: list[float] = []
     per: dict[str, list[float]] = {}
     for spec in specs:
@@ -254,7 +348,7 @@ def parse_lrs(specs: list[str]) -> dict[str, list[float]] | list[float]:
         if not values:
             raise ConfigError(f"--lrs {spec!r} lists no learning rate.")
         if method:
-            get_method(method)
+            get_method(method, suite.peft_methods if suite is not None else None)
             per[method] = values
         else:
             shared = values
@@ -266,9 +360,11 @@ def parse_lrs(specs: list[str]) -> dict[str, list[float]] | list[float]:
 def narrow(
     suite: Suite, *, methods: list[str] | None = None, tasks: list[str] | None = None,
     seeds: list[int] | None = None, lrs: dict[str, list[float]] | list[float] | None = None,
+    device: str | None = None,
 ) -> Suite:
-    """The suite with its methods, tasks, seeds or learning rates replaced (validated again).
-    ``lrs`` as one list applies to every selected method that trains."""
+    """The suite with its methods, tasks, seeds, learning rates or device replaced
+    (validated again). ``lrs`` as one list applies to every selected method that trains;
+    ``methods`` may name the suite's PEFT methods or add ``peft:<file.yaml>`` ones."""
     data = suite.model_dump(mode="json")
     if methods is not None:
         data["methods"] = methods
@@ -276,11 +372,16 @@ def narrow(
         data["tasks"] = tasks
     if seeds is not None:
         data["seeds"] = seeds
+    if device is not None:
+        data["device"] = device
+    source = f"suite {suite.name!r} narrowed by the command line"
     if isinstance(lrs, list) and lrs:
-        data["lrs"] = {m: list(lrs) for m in data["methods"] if METHODS.get(m) and METHODS[m].trains}
+        wide = suite_from_dict(data, source)  # the methods' names, PEFT entries read
+        data = wide.model_dump(mode="json")
+        data["lrs"] = {m: list(lrs) for m in wide.methods if wide.method(m).trains}
     elif isinstance(lrs, dict) and lrs:
         data["lrs"] = {**data["lrs"], **lrs}
-    return suite_from_dict(data, f"suite {suite.name!r} narrowed by the command line")
+    return suite_from_dict(data, source)
 
 
 __all__ = [

@@ -1,6 +1,10 @@
 """Running one cell: train (in segments, measuring behaviour between them), score, save the
 weights or expert, diff the update, and write ``cells/<cell-id>/`` in one rename.
 
+Everything a cell computes lives on its device (``CellJob.device``, dealt by the executor,
+:mod:`.devices`): the base, the proxies and every trained model are placed there, and the
+trainer trains there.
+
 A cell directory appears complete or not at all (``routekit.io.atomic_directory``);
 ``cell.json`` is written last inside it, so a directory with a record is a finished cell.
 Training runs in ``cells/.work-<cell-id>/`` with a trainer checkpoint after each segment: a
@@ -15,9 +19,12 @@ What a cell leaves, loadable with routekit's own loaders:
 
 - ``expert/``: an SVF expert (``SVFExpert.from_pretrained``) or a proxy expert
   (``ProxyExpert.from_pretrained``; its ``tuned/`` model is the trained proxy);
-- ``adapter/``: a PEFT LoRA adapter (``PeftModel.from_pretrained``);
-- ``weights/``: a plain HF checkpoint of the updated base (full, subnet, LoRA merged, SVF
-  adapted via ``routekit.svf.save_adapted_checkpoint``), what the update statistics diff;
+- ``adapter/``: a PEFT adapter, LoRA's or a PEFT method's (``PeftModel.from_pretrained``;
+  an initialisation that rewrites the base, such as PiSSA's, makes it an adapter of that
+  residual base, see docs/compare.md);
+- ``weights/``: a plain HF checkpoint of the updated base (full, subnet, LoRA and PEFT
+  methods merged by PEFT's ``merge_and_unload()``, SVF adapted via
+  ``routekit.svf.save_adapted_checkpoint``), what the update statistics diff;
 - ``mask.safetensors`` (subnet_rl): the boolean masks trained;
 - ``update_stats.json``: ``routekit.analysis.diff_checkpoints``'s full result;
 - ``cell.json``: the :class:`~.results.CellRecord`.
@@ -51,9 +58,10 @@ from ..tasks.chat import render_task
 from ..training import train
 from ..training.checkpoint import checkpoint_dir
 from ..training.parameterizations import frozen_reference
+from .devices import enter_device, place
 from .env import Environment
 from .measure import Evaluator
-from .methods import MethodSpec, get_method, train_config
+from .methods import MethodSpec, train_config
 from .results import CellKey, CellRecord, StructureSummary, code_version, read_model, write_model
 from .suite import Suite
 
@@ -74,6 +82,7 @@ class CellJob:
     threads: int = 1
     heldout: list[str] | None = None  # the environment's held-out text (None: computed by the cell)
     run_token: str | None = None  # the run lock's token when the job was made (None: unchecked)
+    device: str | None = None  # where the cell's models live (None: cpu); set by the executor
 
     @property
     def cell_dir(self) -> Path:
@@ -110,7 +119,7 @@ def changed_masks(base: nn.Module, tuned_dir: Path) -> dict[str, torch.Tensor]:
     out = {}
     for name, p in base.named_parameters():
         t = tp[name].detach()
-        out[name] = storage_bits(p.detach().to(t.dtype)) != storage_bits(t)
+        out[name] = storage_bits(p.detach().to(device=t.device, dtype=t.dtype)) != storage_bits(t)
     return out
 
 
@@ -132,8 +141,10 @@ def run_cell(job: CellJob) -> CellRecord:
         return read_model(target / RECORD, CellRecord, "cell record")
     recover_directory(checkpoint_dir(work), all_stale=True)
     suite = Suite.model_validate(job.suite)
-    spec = get_method(job.key.method)
+    spec = suite.method(job.key.method)
+    device = enter_device(job.device or "cpu")
     base, tok = job.env.load_base()
+    place(base, device)
     # rendered once (routekit.tasks.chat): training, evaluation and every metric read the same prompts
     task = render_task(job.env.task(job.key.task), tok)
     ev = Evaluator(job.env, task, base, tok, suite.eval, suite.max_new_tokens, job.heldout)
@@ -158,6 +169,7 @@ def _add_activations(fields: dict[str, Any], scores, measured) -> None:
 def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Evaluator,
          work: Path, out: Path) -> CellRecord:
     key = job.key
+    device = torch.device(job.device or "cpu")
     t0 = time.perf_counter()
     fields: dict[str, Any] = {"notes": [], "artifacts": {}}
     if not spec.trains:
@@ -179,12 +191,14 @@ def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Eval
                        batch_size=suite.batch_size, env=job.env.train_fields(spec.steered),
                        retain_text=job.env.retain_text(), lora_rank=suite.lora_rank,
                        overrides=suite.train.get(spec.name),
-                       mask=str(mask_path) if mask_path else None)
+                       mask=str(mask_path) if mask_path else None, device=str(device))
     if spec.steered:
         model, _ = job.env.load_proxy()
         untuned, _ = job.env.load_proxy()
+        place(untuned, device)
     else:
         model, _ = job.env.load_base()
+    place(model, device)  # the trainer trains it there (cfg.device)
     model, history, behaviour, seconds, counts = _train_in_segments(
         model, tok, task, cfg, suite, ev, work, spec, untuned if spec.steered else None,
         before_segment=lambda: check_still_owner(job))
@@ -213,7 +227,7 @@ def _run(job: CellJob, suite: Suite, spec: MethodSpec, base, tok, task, ev: Eval
         scores = [ev.scores(model)]
         _add_activations(fields, scores[0], ev.activations(model))
         _save_weights(spec, model, tok, out, fields["artifacts"])
-        fields["structure"] = _structure(base, out, spec)
+        fields["structure"] = _structure(base, out, spec, device)
     return _record(job, record_cfg, scores, t0, seconds, eval_seconds=time.perf_counter() - t_eval,
                    **fields)
 
@@ -269,7 +283,7 @@ def _save_weights(spec: MethodSpec, model, tok, out: Path, artifacts: dict[str, 
         model.export_expert("expert").save_pretrained(out / "expert")
         artifacts["expert"] = "expert"
         save_adapted_checkpoint(model, out / "weights", tokenizer=tok)
-    elif spec.parameterization == "lora":
+    elif spec.parameterization in ("lora", "peft"):
         model.save_pretrained(out / "adapter", safe_serialization=True)
         artifacts["adapter"] = "adapter"
         merged = copy.deepcopy(model).merge_and_unload()
@@ -281,14 +295,17 @@ def _save_weights(spec: MethodSpec, model, tok, out: Path, artifacts: dict[str, 
     artifacts["weights"] = "weights"
 
 
-def _structure(base: nn.Module, out: Path, spec: MethodSpec) -> StructureSummary:
-    """diff_checkpoints of the saved weights against the base (cast to bf16 for a bf16 cell)."""
+def _structure(base: nn.Module, out: Path, spec: MethodSpec,
+               device: torch.device | None = None) -> StructureSummary:
+    """diff_checkpoints of the saved weights against the base (cast to bf16 for a bf16 cell);
+    ranks on the cell's GPU when it has one."""
     from ..analysis import diff_checkpoints
 
     ref, against = base, "base"
     if spec.bf16_storage:
         ref, against = copy.deepcopy(base).to(torch.bfloat16), "base cast to bfloat16"
-    stats = diff_checkpoints(ref, out / "weights", rank="full")
+    on_gpu = device is not None and device.type == "cuda"
+    stats = diff_checkpoints(ref, out / "weights", rank="full", device=device if on_gpu else "cpu")
     (out / "update_stats.json").write_text(stats.model_dump_json(indent=1))
     o = stats.overall
     return StructureSummary(
@@ -317,6 +334,7 @@ def _record(job: CellJob, cfg: dict | None, scores, t0: float, train_seconds: fl
     return CellRecord(
         key=job.key, cell_id=job.key.cell_id, settings_hash=job.settings_hash,
         code_version=code_version(), train_config=cfg, variants=scores, train_seconds=train_seconds,
+        device=job.device or "cpu",
         eval_seconds=eval_seconds if eval_seconds is not None else total - train_seconds,
         peak_rss_mb=peak, **fields,
     )

@@ -1,4 +1,4 @@
-"""One trainer for every method: an objective (SFT, RL) times a parameterization (SVF, LoRA, full, mask)."""
+"""One trainer for every method: an objective (SFT, RL) times a parameterization (SVF, LoRA, any PEFT method, full, mask)."""
 
 from .config import LoraSettings, TrainConfig
 from .parameterizations import count_parameters, prepare, trainable_parameters

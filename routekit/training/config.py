@@ -78,16 +78,23 @@ class TrainConfig(BaseModel):
         description="'sft': next-token loss on reference answers; 'rl': GRPO-style policy "
         "gradient on Task.reward (default 'sft').",
     )
-    parameterization: Literal["svf", "lora", "full", "mask"] = Field(
+    parameterization: Literal["svf", "lora", "peft", "full", "mask"] = Field(
         "svf",
-        description="Which numbers train: 'svf' (z vectors), 'lora' (PEFT), 'full' (all "
-        "parameters), 'mask' (all parameters, gradients times a fixed boolean mask) (default 'svf').",
+        description="Which numbers train: 'svf' (z vectors), 'lora' (PEFT LoRA from `lora`), "
+        "'peft' (any weight-space PEFT method, from `peft`), 'full' (all parameters), 'mask' "
+        "(all parameters, gradients times a fixed boolean mask) (default 'svf').",
     )
     svf: dict[str, Any] = Field(
         default_factory=dict,
         description="SVFConfig fields for parameterization 'svf' (default {}: MLP layers, z=1).",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA options.")
+    peft: dict[str, Any] = Field(
+        default_factory=dict,
+        description="For 'peft': a PEFT config as a mapping, peft_type and that config "
+        "class's fields, built by peft.get_peft_config (e.g. {peft_type: OSF, effective_rank: "
+        "8, target_modules: all-linear}; task_type defaults to CAUSAL_LM). Default {}.",
+    )
     mask: float | str | None = Field(
         None,
         description="For 'mask': a fraction in (0, 1] (each entry of each parameter trainable "
@@ -123,6 +130,12 @@ class TrainConfig(BaseModel):
         "keeps float32 master weights.",
     )
     seed: int = Field(0, description="Seeds initialisation, data order, masks and sampling (default 0).")
+    device: str | None = Field(
+        None,
+        description="Where the model trains: 'cpu', 'cuda', 'cuda:N' ... (default None: the "
+        "accelerator's device, i.e. this process's GPU under accelerate launch, else cuda when "
+        "available, else cpu). A named device needs a single process.",
+    )
 
     # --- RL sampling
     group_size: int = Field(
@@ -195,6 +208,15 @@ class TrainConfig(BaseModel):
             )
         if self.svf:
             _check_svf_fields(self.svf)
+        if self.parameterization == "peft" and not self.peft:
+            raise ValueError(
+                "parameterization 'peft' needs peft: a PEFT config mapping with peft_type, "
+                "e.g. {peft_type: LORA, r: 8, target_modules: all-linear}"
+            )
+        if self.peft:
+            _check_peft_fields(self.peft)
+        if self.device is not None:
+            _check_device(self.device)
         if self.objective == "rl" and self.group_size < 2:
             raise ValueError(
                 f"group_size={self.group_size}: group-normalised advantages need >= 2 samples per prompt"
@@ -225,7 +247,8 @@ class TrainConfig(BaseModel):
         """The fields that must not change between a run and its resumption."""
         return self.model_dump(
             mode="json",
-            exclude={"steps", "checkpoint_every", "eval_every", "eval_split", "eval_limit"},
+            exclude={"steps", "checkpoint_every", "eval_every", "eval_split", "eval_limit",
+                     "device"},
         )
 
 
@@ -251,3 +274,24 @@ def _check_svf_fields(fields: dict[str, Any]) -> None:
         SVFConfig.model_validate(fields)
     except ValidationError as e:
         raise ValueError(format_validation_error(e).replace("key '", "key 'svf.")) from None
+
+
+def _check_peft_fields(mapping: dict[str, Any]) -> None:
+    """Validate the ``peft`` mapping against PEFT's own config class for its peft_type."""
+    from .peft_methods import peft_config
+
+    try:
+        peft_config(mapping, where="key 'peft'")
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"device {device!r} is not a torch device; give e.g. cpu, cuda or cuda:1"
+        ) from None

@@ -1,8 +1,9 @@
 """Parameterizations: which numbers of a model a training run may change.
 
 ``prepare(model, config)`` turns a plain causal LM into one whose ``requires_grad``
-parameters are exactly the trainable ones (SVF z vectors, PEFT LoRA matrices, every
-parameter, or every parameter under a fixed boolean gradient mask).
+parameters are exactly the trainable ones (SVF z vectors, PEFT LoRA matrices, any other
+weight-space PEFT method's parameters, every parameter, or every parameter under a fixed
+boolean gradient mask).
 ``frozen_base(model, config)`` gives the untouched base that the RL KL penalty compares to.
 """
 
@@ -51,7 +52,7 @@ def prepare(model: nn.Module, config: TrainConfig) -> nn.Module:
     """Make ``config.parameterization``'s parameters the only trainable ones; idempotent.
 
     Returns the model to train: the same object for svf/full/mask (wrapped in place), a
-    ``PeftModel`` around it for lora. Trainable parameters are stored in float32 unless
+    ``PeftModel`` around it for lora and peft. Trainable parameters are stored in float32 unless
     ``config.bf16_storage``.
     """
     kind = config.parameterization
@@ -63,11 +64,13 @@ def prepare(model: nn.Module, config: TrainConfig) -> nn.Module:
                 f"{kind!r}. Start from an unwrapped base model."
             )
         return model
-    torch.manual_seed(derive_seed(config.seed, "init"))  # LoRA's random A matrices
+    torch.manual_seed(derive_seed(config.seed, "init"))  # LoRA's random A, PiSSA's random SVD
     if kind == "svf":
         model = _prepare_svf(model, config)
     elif kind == "lora":
         model = _prepare_lora(model, config)
+    elif kind == "peft":
+        model = _prepare_peft(model, config)
     elif kind == "full":
         model.requires_grad_(True)
     elif kind == "mask":
@@ -104,6 +107,22 @@ def _prepare_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, peft_config)
+
+
+def _prepare_peft(model: nn.Module, config: TrainConfig) -> nn.Module:
+    from peft import PeftModel, get_peft_model
+
+    from .peft_methods import peft_config
+
+    if isinstance(model, PeftModel):
+        return model
+    cfg = peft_config(config.peft, where="TrainConfig.peft")
+    try:
+        return get_peft_model(model, cfg)
+    except (ValueError, TypeError, KeyError) as e:  # PEFT's word on this model: no such module ...
+        raise ConfigError(
+            f"PEFT could not apply peft {config.peft} to {type(model).__name__}: {e}"
+        ) from None
 
 
 def build_masks(model: nn.Module, config: TrainConfig) -> dict[str, torch.Tensor]:
@@ -170,14 +189,16 @@ def needs_reference(config: TrainConfig) -> bool:
 
 
 def frozen_reference(model: nn.Module, config: TrainConfig) -> nn.Module | None:
-    """A frozen copy of ``model`` as it is now, for a full/mask run that pays a KL to it;
-    None otherwise (SVF and LoRA compute their base from the live model, exactly).
+    """A frozen copy of ``model`` as it is now, for a full/mask/peft run that pays a KL to it;
+    None otherwise (SVF and LoRA compute their base from the live model, exactly). A PEFT
+    method's ``disable_adapter()`` is not always the base: an initialisation such as PiSSA's
+    moves part of each weight into the adapter, leaving the residual in the base layer.
 
     Make it once from the *untrained* weights and pass it as ``train(..., reference=)`` to
     every call that continues the same run (segments, resumes onto a trained object), so the
     anchor never moves with training.
     """
-    if config.parameterization not in ("full", "mask") or not needs_reference(config):
+    if config.parameterization not in ("full", "mask", "peft") or not needs_reference(config):
         return None
     frozen = copy.deepcopy(model)
     frozen.requires_grad_(False)
@@ -192,9 +213,9 @@ def frozen_base(
 
     ``reference``, when given, is that module (see :func:`frozen_reference`). Otherwise SVF
     and LoRA: the same model computing its base (``model.disable_adapter()``, PEFT's and
-    routekit's SVF models'); full/mask: a frozen deep copy made now, which is the untrained base
-    only when ``model`` is untrained (a fresh model, or a resume that restores its weights
-    after this call).
+    routekit's SVF models'); full/mask/peft: a frozen deep copy made now, which is the
+    untrained base only when ``model`` is untrained (a fresh model, or a resume that restores
+    its weights after this call; a PEFT method's adapter computes the identity at init).
     """
     if reference is not None:
         return lambda: contextlib.nullcontext(reference)

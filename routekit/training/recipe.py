@@ -76,7 +76,7 @@ def output_names(parameterization: str, tokenizer: PreTrainedTokenizerBase | Non
         from ..svf.expert import CONFIG_NAME, WEIGHTS_NAME
 
         return {CONFIG_NAME, WEIGHTS_NAME}
-    if parameterization == "lora":
+    if parameterization in ("lora", "peft"):  # a PEFT adapter directory
         return set(_LORA_FILES)
     extra = set(getattr(tokenizer, "vocab_files_names", {}).values()) if tokenizer is not None else set()
     return _TOKENIZER_FILES | extra
@@ -119,7 +119,7 @@ def save_trained(
     """Write what the run trained to ``out`` (main process only), its log to ``run_dir``.
 
     svf: an SVFExpert (expert_config.json + expert_model.safetensors, with the training
-    config and metrics inside); lora: the PEFT adapter; full/mask: the whole model with its
+    config and metrics inside); lora, peft: the PEFT adapter; full/mask: the whole model with its
     tokenizer (a proxy expert's tuned model, say). Each appears in one rename, and an
     existing ``out`` holding files of another kind is refused (:func:`check_output_dir`).
     ``run_dir/train_result.json`` holds the config, metrics and the per-step history.
@@ -141,7 +141,7 @@ def save_trained(
     else:
         with atomic_directory(out) as tmp:  # a killed save leaves the previous output
             model.save_pretrained(tmp)
-            if kind != "lora":
+            if kind not in ("lora", "peft"):
                 tokenizer.save_pretrained(tmp)
             check_output_dir(out, kind, tokenizer, written=[p.name for p in tmp.iterdir()])
     summary: dict[str, Any] = {

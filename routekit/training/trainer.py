@@ -192,7 +192,7 @@ def train(
     if out_dir is not None and ckpt is None and accelerator.is_main_process:
         mark_started(out_dir, config, identity)
     model = prepare(model, config)
-    model.to(accelerator.device)
+    model.to(training_device(config, accelerator))
     base_context = None
     if needs_reference(config):
         base_context = frozen_base(model, config, reference)
@@ -258,6 +258,26 @@ def train(
         checkpoint=last_ckpt,
         resumed_from=resumed_from,
     )
+
+
+def training_device(config: TrainConfig, accelerator: Accelerator) -> torch.device:
+    """Where a run trains: ``config.device`` when named (one process only: under a launcher
+    each process trains on its own device), else the accelerator's device."""
+    if config.device is None:
+        return accelerator.device
+    device = torch.device(config.device)
+    if accelerator.num_processes > 1:
+        raise ConfigError(
+            f"device {config.device!r} with {accelerator.num_processes} processes: under a "
+            "launcher each process trains on its own device; remove device from the config."
+        )
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # what the accelerator's and the sampler's state use
+    return device
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _weights_fingerprint(model: nn.Module) -> str:
@@ -351,7 +371,9 @@ def _train_step(
     float32 rounding) - which matters because Adam turns absolute noise on near-zero
     gradient entries into steps of up to lr.
     """
-    n_proc, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    # where the model trains (training_device), which a named device may set apart from the
+    # accelerator's own
+    n_proc, rank, device = accelerator.num_processes, accelerator.process_index, _model_device(model)
     # Dropout and anything else drawing from the global RNG: a function of (seed, step, rank).
     torch.manual_seed(derive_seed(config.seed, "step", step, rank))
     global_idx = order.indices(step)

@@ -6,7 +6,7 @@ a suite's ``model:`` block.
     model:
       path: /models/my-llama          # a save_pretrained directory, smollm2, or a .gguf file
       dtype: bfloat16                 # optional: float32 / bfloat16 / float16
-      device: cpu                     # optional: where the base and every trained model live
+      device: cpu                     # optional: where the cells' models live (the suite's device: wins)
       proxy: /models/my-llama-small   # optional: a small model sharing the vocabulary
       tasks:                          # tasks the suite's `tasks:` may name (beside real:<name>)
         sums: {path: data/sums.jsonl, checker: number, chat: true, paired_ood: true}
@@ -68,7 +68,10 @@ class ModelBlock(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] | None = Field(
         None, description="the base's (and proxy's) dtype (default: as stored)"
     )
-    device: str | None = Field(None, description="where models are placed (default: cpu)")
+    device: str | None = Field(
+        None, description="where models are placed when the suite names no device and no "
+        "--device is given (default: auto, routekit.compare.devices)"
+    )
     proxy: str | None = Field(
         None, description="a small model sharing the base's vocabulary, tuned by proxy methods"
     )
