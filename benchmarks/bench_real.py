@@ -217,7 +217,10 @@ def main() -> None:
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.cache)))
         return
-    result: dict[str, object] = {"model": "smollm2 (SmolLM2-135M-Instruct, float32)"}
+    out = Path(__file__).parent / "results" / "bench_real.json"
+    # A run of some phases keeps the other phases' rows from the last run.
+    result: dict[str, object] = json.loads(out.read_text()) if out.is_file() else {}
+    result["model"] = "smollm2 (SmolLM2-135M-Instruct, float32)"
     with tempfile.TemporaryDirectory() as cache:
         for phase in args.phases.split(","):
             if phase == "svf_warm" and "svf_cold" not in args.phases:
@@ -238,7 +241,6 @@ def main() -> None:
                 row["target"] = TARGETS[phase]
             result[phase] = row
     result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
-    out = Path(__file__).parent / "results" / "bench_real.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
