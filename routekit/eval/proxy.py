@@ -14,8 +14,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from ..errors import ConfigError
 from ..experts import AlphaLike, normalize_alpha
 from ..experts.mixture import mixture
+from ..proxy.concurrent import ConcurrentLike
 from ..proxy.expert import ProxyExpert
-from ..proxy.steering import check_context
+from ..proxy.steering import check_context, proxy_concurrency
 from ..tasks.chat import render_prompts
 from .generate import generate
 
@@ -31,6 +32,7 @@ def proxy_generate(
     do_sample: bool = False,
     batch_size: int = 64,
     chat: bool = False,
+    concurrent: ConcurrentLike = None,
     **kw: Any,
 ) -> list[str]:
     """Generate from ``base`` steered by proxy ``experts``; returns each prompt's new text.
@@ -41,6 +43,9 @@ def proxy_generate(
     prompt plus ``max_new_tokens`` longer than a proxy's context is refused before any work.
     ``chat``: each prompt is rendered through the chat template once, before generation, so
     the base and every proxy model read the same rendered ids.
+    ``concurrent``: where each step's proxy forward runs beside the base's (None: routekit
+    chooses, a CUDA stream on GPU or a forked worker on a CPU with >= 2 cores; False:
+    sequential; True, "thread" or "process"); the text is the same either way.
     """
     prompts = render_prompts(tokenizer, list(prompts), chat)
     experts = [experts] if isinstance(experts, ProxyExpert) else list(experts)
@@ -57,7 +62,7 @@ def proxy_generate(
         if m.training:
             m.eval()
     try:
-        with mixture(base, experts, alpha, tokenizer=tokenizer):
+        with proxy_concurrency(concurrent), mixture(base, experts, alpha, tokenizer=tokenizer):
             return generate(base, tokenizer, prompts, max_new_tokens=max_new_tokens,
                             batch_size=batch_size, do_sample=do_sample, **kw)
     finally:

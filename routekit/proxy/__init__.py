@@ -6,7 +6,8 @@ for a task and its untuned twin. At each decoding step its *offset* is
 next-token scores become ``log_softmax(base) + sum_k alpha_k * offset_k``. The base's
 weights are never touched. ``expert`` holds the pair and its files, ``processor`` the
 ``LogitsProcessor``, ``steering`` the per-call hook that ``routekit.mixture`` uses,
-``fusion`` the per-step weighting rule (dynamic logit fusion). The one-call helper
+``fusion`` the per-step weighting rule (dynamic logit fusion), ``concurrent`` where the
+proxies' forward runs beside the base's (a worker thread / CUDA stream, or a forked process). The one-call helper
 ``proxy_generate`` lives with generation (:mod:`routekit.eval.proxy`; ``rk.proxy_generate``),
 which sits above the expert kinds; ``routekit.proxy.proxy_generate`` still works, deprecated.
 Importing the package registers the kind ``"proxy"`` with ``routekit.experts.registry``.
@@ -20,7 +21,7 @@ from ..experts import ExpertKind, register_kind
 from .expert import ProxyExpert, ProxyExpertConfig, check_vocab_compatible
 from .fusion import FusionRule
 from .processor import ProxyLogitsProcessor
-from .steering import steering_disabled
+from .steering import proxy_concurrency, steering_disabled
 
 register_kind(ExpertKind("proxy", ProxyExpert, disabled=steering_disabled))
 
@@ -30,6 +31,7 @@ __all__ = [
     "ProxyExpertConfig",
     "ProxyLogitsProcessor",
     "check_vocab_compatible",
+    "proxy_concurrency",
 ]
 
 

@@ -7,6 +7,7 @@ apply *after* the offset, because ``generate`` appends its warpers after user pr
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable, Sequence
@@ -14,10 +15,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache, LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError
 from ..experts import AlphaLike, normalize_alpha
+from . import concurrent as _conc
+from .concurrent import ConcurrentLike, Pending, ProxyStepper, Runner
 from .expert import ProxyExpert
 
 #: ``fusion(base_logp (B, V), tuned_logp (B, K, V), untuned_logp (B, K, V), prior (B, K))``
@@ -35,13 +38,6 @@ def _forward_kwargs(model: PreTrainedModel) -> tuple[str, dict[str, Any]]:
     elif "num_logits_to_keep" in params:
         extra["num_logits_to_keep"] = 1
     return cache_kw, extra
-
-
-def _new_cache(model: PreTrainedModel) -> Any:
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:  # older transformers: no config argument
-        return DynamicCache()
 
 
 class ProxyLogitsProcessor(LogitsProcessor):
@@ -77,6 +73,13 @@ class ProxyLogitsProcessor(LogitsProcessor):
       and alpha rows (B, K) as the prior; the offset added is then ``sum_k w_k * offset_k`` with
       its weights ``w`` (B, K), recorded per step in ``weights_trace``. Experts whose alpha is
       0 in every row are not run; the rule sees only the others.
+    * ``concurrent``: inside ``with proc.beside(base):`` (``routekit.mixture`` and
+      ``proxy_generate`` do it for you), each step's proxy forward starts when the base's
+      forward for that step starts, and runs beside it: ``None`` chooses (a CUDA stream
+      on GPU, a forked worker on CPU with >= 2 cores, else sequential), ``False`` keeps
+      the sequential path, ``True`` / ``"thread"`` / ``"process"`` force one; see
+      :mod:`routekit.proxy.concurrent`. The scores are equal either way. Outside a
+      ``beside`` block the proxies run sequentially, inside ``__call__``.
     """
 
     def __init__(
@@ -89,6 +92,7 @@ class ProxyLogitsProcessor(LogitsProcessor):
         tokenizer: PreTrainedTokenizerBase | None = None,
         attention_mask: torch.Tensor | None = None,
         fusion: FusionFn | None = None,
+        concurrent: ConcurrentLike = None,
     ) -> None:
         experts = [experts] if isinstance(experts, ProxyExpert) else list(experts)
         if not experts:
@@ -128,7 +132,16 @@ class ProxyLogitsProcessor(LogitsProcessor):
             sign[k, t] += 1.0
             sign[k, u] -= 1.0
         self._sign = sign
-        self._call_kwargs = [_forward_kwargs(m) for m in self.models]
+        self._stepper = ProxyStepper(self.models, [_forward_kwargs(m) for m in self.models])
+        self.concurrent = concurrent
+        _conc.check_concurrent(concurrent)  # refuse a bad value now, not at the first step
+        self._runner: Runner | None = None
+        self._resolved = False  # the mode is chosen at the first launch of each beside block
+        #: The mode the last ``beside`` block ran in ("sequential", "thread", "process"), and
+        #: how many of this processor's steps took their proxy logits from a launch.
+        self.mode: str | None = None
+        self.concurrent_steps = 0
+        self._pending: tuple[torch.Tensor, Pending] | None = None
         limits = [getattr(m.config, "max_position_embeddings", None) for m in self.models]
         self.max_positions = min((int(x) for x in limits if x), default=None)
         self.reset()
@@ -136,13 +149,11 @@ class ProxyLogitsProcessor(LogitsProcessor):
     def reset(self) -> None:
         """Forget the caches; the next call starts from its whole ``input_ids``."""
         self._prev_ids: torch.Tensor | None = None
-        self._caches: list[Any] = []
         self._mask: torch.Tensor | None = None
         self._next_pos: torch.Tensor | None = None
         self._length = 0  # longest row's token count fed so far (for the context check)
         self._active: list[int] = []  # models whose coefficient is not zero for some row
         self._coef: list[torch.Tensor] = []  # per active model: (batch, 1) weights
-        self._devices: list[torch.device] = []
         self._fused: list[int] = []  # with fusion: experts whose alpha is not zero for some row
         self._prior: torch.Tensor | None = None  # with fusion: (batch, K) alpha rows
         self.weights_trace: list[torch.Tensor] = []  # with fusion: (batch, K) weights per step
@@ -186,20 +197,8 @@ class ProxyLogitsProcessor(LogitsProcessor):
                 "lower max_new_tokens (routekit does not truncate what a proxy sees)."
             )
 
-    def _run(self, m: int, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        model = self.models[m]
-        cache_kw, extra = self._call_kwargs[m]
-        dev = self._devices[m]
-        out = model(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            position_ids=pos.to(dev),
-            **{cache_kw: self._caches[m]},
-            **extra,
-        )
-        return out.logits[:, -1]
-
-    def _prefill(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+    def _prefill_state(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Coefficients, padding mask and positions for a fresh start from ``input_ids``."""
         self._coefficients(input_ids.shape[0], input_ids.device)
         given = self.prompt_mask
         if given is not None and given.shape[1] == input_ids.shape[1] and (
@@ -223,25 +222,98 @@ class ProxyLogitsProcessor(LogitsProcessor):
         self._mask, self._next_pos = mask, pos[:, -1:] + 1
         self._length = int(mask.sum(1).max()) if self._active else 0
         self._check_length()
-        self._caches = [_new_cache(m) if i in self._active else None for i, m in enumerate(self.models)]
-        self._devices = [m.device for m in self.models]  # looked up once, not every step
-        return [self._run(m, input_ids, mask, pos) for m in self._active]
+        return mask, pos
 
-    def _step(self, new: torch.Tensor) -> list[torch.Tensor]:
+    def _step_state(self, new: torch.Tensor) -> torch.Tensor:
+        """Extend the mask by ``new``'s column; returns its positions."""
         self._mask = torch.cat([self._mask, self._mask.new_ones(new.shape[0], 1)], dim=1)
         pos = self._next_pos
         self._next_pos = pos + 1
         self._length += 1
         self._check_length()
-        return [self._run(m, new, self._mask, pos) for m in self._active]
+        return pos
+
+    def _call(self, method: str, *args: object) -> list[torch.Tensor]:
+        # Through the runner when there is one: a forked worker holds the caches.
+        if self._runner is not None:
+            return self._runner.submit(method, *args).result()
+        return getattr(self._stepper, method)(*args)
+
+    def _prefill(self, input_ids: torch.Tensor) -> list[torch.Tensor]:
+        mask, pos = self._prefill_state(input_ids)
+        return self._call("prefill", self._active, input_ids, mask, pos)
+
+    def _step(self, new: torch.Tensor) -> list[torch.Tensor]:
+        pos = self._step_state(new)
+        return self._call("step", new, self._mask, pos)
+
+    # -- beside the base ------------------------------------------------------------------
+    def beside(self, model: PreTrainedModel) -> Any:
+        """``with proc.beside(base): base.generate(..., logits_processor=[proc])`` runs the
+        proxies' forward of each step beside the base's (see ``concurrent``); the block's
+        end stops the worker."""
+        return _conc.beside(model, self)
+
+    def _ensure_runner(self) -> bool:
+        if not self._resolved:
+            mode = _conc.resolve_mode(self.concurrent, self._stepper.devices)
+            try:
+                self._runner = _conc.make_runner(mode, self._stepper)
+            except (OSError, AssertionError, RuntimeError):
+                if self.concurrent is not None:
+                    raise
+                mode, self._runner = "sequential", None  # no worker here: run in the caller
+            self.mode, self._resolved = mode, True
+        return self._runner is not None
+
+    def launch(self, ids: torch.Tensor) -> None:
+        """Start the proxies' forward on the ids the base's forward is about to read.
+
+        Called by the base's pre-forward hook inside :meth:`beside`. A one-token input that
+        extends the last call is a step; anything else starts over. ``__call__`` uses the
+        result only if its ``input_ids`` are the ones launched for, else starts over."""
+        if self._pending is not None or not self._ensure_runner():
+            return
+        prev = self._prev_ids
+        if (ids.shape[1] == 1 and prev is not None and self._mask is not None
+                and ids.shape[0] == prev.shape[0]):
+            if not self._active:
+                return
+            expected = torch.cat([prev, ids], dim=1)
+            pos = self._step_state(ids)
+            self._pending = (expected, self._runner.submit("step", ids, self._mask, pos))
+        else:
+            mask, pos = self._prefill_state(ids)
+            self._pending = (ids, self._runner.submit("prefill", self._active, ids, mask, pos))
+
+    def close(self) -> None:
+        """Stop the worker (thread or process) of a concurrent call; idempotent."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                pending[1].result()
+        runner, self._runner, self._resolved = self._runner, None, False
+        if runner is not None:
+            runner.close()
 
     # -- the processor ------------------------------------------------------------------
     @torch.no_grad()
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self._continues(input_ids):
-            logits = self._step(input_ids[:, -1:]) if self._active else []
-        else:
-            logits = self._prefill(input_ids)
+        logits, restart = None, False
+        if self._pending is not None:
+            expected, pending = self._pending
+            self._pending = None
+            out = pending.result()
+            if expected.shape == input_ids.shape and torch.equal(expected, input_ids):
+                logits = out
+                self.concurrent_steps += 1
+            else:  # launched for other ids: the state moved on for them, start over
+                restart = True
+        if logits is None:
+            if not restart and self._continues(input_ids):
+                logits = self._step(input_ids[:, -1:]) if self._active else []
+            else:
+                logits = self._prefill(input_ids)
         self._prev_ids = input_ids
         width = scores.shape[-1]
         vocab = self.base_vocab_size or width

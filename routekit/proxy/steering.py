@@ -6,7 +6,9 @@ wrapped: the wrapper, installed once per model and stateless, reads the variable
 steering is active in the calling thread or task, puts a fresh
 :class:`~routekit.proxy.processor.ProxyLogitsProcessor` first in that call's processors. So
 ``model.generate(...)`` and ``routekit.generate(...)`` both steer, two threads steer one
-model with different experts at once, and a call outside any steering is untouched. A
+model with different experts at once, and a call outside any steering is untouched. Each
+call's proxies run beside the base's forward where that pays (:mod:`routekit.proxy.concurrent`;
+:func:`proxy_concurrency` forces a mode). A
 steering may carry a ``fusion`` rule (``routekit.proxy.fusion``), which the processor then
 uses to choose the experts' weights at every step. Inside :func:`steering_disabled` (part of
 ``routekit.experts.disable_experts``) every call of this context runs unsteered.
@@ -26,6 +28,7 @@ import torch
 from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import ConfigError
+from .concurrent import ConcurrentLike, check_concurrent
 from .expert import ProxyExpert, logits_width
 from .processor import FusionFn, ProxyLogitsProcessor
 
@@ -40,7 +43,21 @@ class _Steering:
 
 _ACTIVE: ContextVar[dict[int, _Steering] | None] = ContextVar("routekit_proxy_steering", default=None)
 _OFF: ContextVar[bool] = ContextVar("routekit_proxy_steering_off", default=False)
+_CONCURRENT: ContextVar[ConcurrentLike] = ContextVar("routekit_proxy_concurrent", default=None)
 _HOOK_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def proxy_concurrency(concurrent: ConcurrentLike) -> Iterator[None]:
+    """Inside the block, this context's steered ``generate`` calls run their proxies with
+    ``concurrent`` (None: routekit chooses; False: sequential; True, "thread", "process";
+    see :mod:`routekit.proxy.concurrent`)."""
+    check_concurrent(concurrent)  # refuse a bad value before any work
+    token = _CONCURRENT.set(concurrent)
+    try:
+        yield
+    finally:
+        _CONCURRENT.reset(token)
 
 
 def check_context(experts: Sequence[ProxyExpert], prompt_tokens: int, max_new_tokens: int) -> None:
@@ -81,12 +98,13 @@ def _steered(model: PreTrainedModel) -> Any:
             list(active.experts), active.alpha,
             base_vocab_size=min(len(tok), logits_width(model)),
             pad_token_id=pad if pad is not None else tok.pad_token_id,
-            attention_mask=mask, fusion=active.fusion,
+            attention_mask=mask, fusion=active.fusion, concurrent=_CONCURRENT.get(),
         )
         # Ours first: later processors and generate's warpers see the steered log-probs.
         user = list(kwargs.pop("logits_processor", None) or [])
         kwargs["logits_processor"] = LogitsProcessorList([proc, *user])
-        return original(*args, **kwargs)
+        with proc.beside(model):  # this call's proxies run beside the base; stopped at its end
+            return original(*args, **kwargs)
 
     generate._routekit_steered = True  # type: ignore[attr-defined]
     return generate
