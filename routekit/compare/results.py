@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,17 +144,34 @@ class CellRecord(_Strict):
         """The variant that counts for the cell (proxy: the best α on val, ties to the smaller
         α; without val figures the best on test, ties to the higher probe log-likelihood;
         routekit.compare.selection)."""
-        from .selection import choose_variant
-
         return choose_variant(self.variants)
 
 
 def rank_key(s: Scores) -> tuple[float, float]:
-    """The test fallback's rank (routekit.compare.selection.test_key): test accuracy, then
-    probe answer log-likelihood."""
-    from .selection import test_key
-
+    """The test fallback's rank (:func:`test_key`): test accuracy, then probe answer
+    log-likelihood."""
     return test_key(s)
+
+
+# The choice rules on one cell's figures; routekit.compare.selection applies them to a sweep
+# (they live here, below it, because CellRecord.best() uses them).
+def on_val(variants: Sequence[Scores]) -> bool:
+    """Whether every candidate has a val figure (then the choice is made on val)."""
+    return bool(variants) and all(v.val_accuracy is not None for v in variants)
+
+
+def test_key(s: Scores) -> tuple[float, float]:
+    """The test fallback's rank: test accuracy, then probe answer log-likelihood."""
+    return (s.test_accuracy, s.probe_loglik if s.probe_loglik is not None else float("-inf"))
+
+
+def choose_variant(variants: Sequence[Scores]) -> Scores:
+    """The variant that counts for a cell: the best α on val (ties to the smaller α), or
+    without val figures the best on test (ties to the higher probe log-likelihood)."""
+    if on_val(variants):
+        return max(variants, key=lambda v: (v.val_accuracy,
+                                            -(v.alpha if v.alpha is not None else 0.0)))
+    return max(variants, key=test_key)
 
 
 class Candidate(_Strict):

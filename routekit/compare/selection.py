@@ -28,31 +28,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+from .results import CellRecord, Selection, choose_variant, on_val, test_key
 
-if TYPE_CHECKING:  # results imports this module for CellRecord.best()
-    from .results import CellRecord, Scores, Selection
+if TYPE_CHECKING:
     from .suite import Suite
 
+__all__ = ["OPTIMISTIC", "best_lrs", "check_selection", "choose_lr", "choose_variant",
+           "n_candidates", "on_val", "selections", "test_key"]
+
 OPTIMISTIC = "chosen on test (optimistic)"
-
-
-def on_val(variants: Sequence[Scores]) -> bool:
-    """Whether every candidate has a val figure (then the choice is made on val)."""
-    return bool(variants) and all(v.val_accuracy is not None for v in variants)
-
-
-def test_key(s: Scores) -> tuple[float, float]:
-    """The test fallback's rank: test accuracy, then probe answer log-likelihood."""
-    return (s.test_accuracy, s.probe_loglik if s.probe_loglik is not None else float("-inf"))
-
-
-def choose_variant(variants: Sequence[Scores]) -> Scores:
-    """The variant that counts for a cell: the best α on val (ties to the smaller α), or
-    without val figures the best on test (ties to the higher probe log-likelihood)."""
-    if on_val(variants):
-        return max(variants, key=lambda v: (v.val_accuracy,
-                                            -(v.alpha if v.alpha is not None else 0.0)))
-    return max(variants, key=test_key)
 
 
 def choose_lr(found: Sequence[tuple[float, CellRecord]]) -> float:

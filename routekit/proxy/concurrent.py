@@ -37,15 +37,16 @@ import weakref
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from ..errors import ConfigError
 
-if TYPE_CHECKING:
-    from .processor import ProxyLogitsProcessor
+# The processor imports this module, so it is named here only as a string: the type is
+# the caller's ProxyLogitsProcessor, which this module never needs to import.
+ProxyLogitsProcessor = Any
 
 #: ``None`` (choose), ``False`` (sequential), ``True`` (concurrent, chosen), or a backend.
 ConcurrentLike = bool | Literal["thread", "process"] | None
