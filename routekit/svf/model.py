@@ -214,9 +214,14 @@ def merged(model: nn.Module, expert: SVFExpert) -> Iterator[nn.Module]:
 
 
 def unmerge(model: nn.Module) -> None:
-    """Restore every merged base weight bit-exactly from its kept copy."""
+    """Put every merged base weight's original tensor back (bit-exact; none was copied) and
+    return the freed W' to the system."""
+    was = False
     for layer in _require_svf(model).values():
+        was |= layer.merged
         layer.unmerge()
+    if was:
+        trim_heap()
 
 
 @contextlib.contextmanager
