@@ -194,16 +194,27 @@ def test_svd_cache_hit_skips_svd_and_corrupt_cache_is_rebuilt(tmp_path, monkeypa
     assert len(calls) == n  # cache hit: no new SVD
     set_expert(model, random_expert(model, "e", 5))
     assert torch.equal(logits(model, x), want)
-    # A damaged cache entry is deleted and rebuilt, not trusted.
-    (entry,) = (tmp_path / "cache").glob("*.safetensors")
+    # One entry per weight matrix: a damaged entry is deleted and rebuilt (that layer only,
+    # the others' entries are used), not trusted.
+    entries = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert len(entries) == n
+    entry = entries[0]
     entry.write_bytes(entry.read_bytes()[:100])
     unwrap_svf_model(model)
     with pytest.warns(RoutekitWarning, match=entry.name):
         get_svf_model(model, cfg())
-    assert len(calls) == 2 * n
-    # Another base gets another entry.
+    assert len(calls) == n + 1
+    set_expert(model, random_expert(model, "e", 5))
+    assert torch.equal(logits(model, x), want)
+    # A partial cache is used for the layers it has (here: all-linear reuses the MLP's).
+    unwrap_svf_model(model)
+    calls.clear()
+    wide = get_svf_model(model, cfg(target_modules="all-linear"))
+    assert len(calls) == len(svf_layers(wide)) - n
+    # Another base gets other entries.
+    before = len(list((tmp_path / "cache").glob("*.safetensors")))
     get_svf_model(tiny("llama", seed=7), cfg())
-    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 2
+    assert len(list((tmp_path / "cache").glob("*.safetensors"))) == before + n
 
 
 def test_unwrap_restores_the_base(cfg):

@@ -272,7 +272,8 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, o
     tok = char_tokenizer()
     task = rev_task() if objective == "sft" else first_letter_task()
     cfg = dict(objective=objective, parameterization="lora", steps=6, batch_size=4, group_size=4,
-               max_new_tokens=3, lr=2e-2, checkpoint_every=1, kl_coef=0.05 if objective == "rl" else 0)
+               max_new_tokens=3, lr=2e-2, checkpoint_every=1, kl_coef=0.05 if objective == "rl" else 0,
+               max_rows_per_pass=16)  # one loss call per step: call 4 is step 4's
     full = train(tiny_llama(), tok, task, cfg, out_dir=tmp_path / "a", progress=False)
 
     loss_fn = "sft_loss" if objective == "sft" else "rl_loss"
@@ -371,6 +372,36 @@ def test_two_processes_equal_one(tmp_path, monkeypatch, objective):
         assert r1.get("reward") == r2.get("reward")
         if "retain_kl" in r1:
             assert r1["retain_kl"] == pytest.approx(r2["retain_kl"], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.parametrize("objective,param", [("rl", "svf"), ("rl", "lora"), ("sft", "svf")])
+def test_passes_of_fewer_rows_give_the_same_training(tmp_path, objective, param):
+    """max_rows_per_pass bounds activation memory only: one pass per micro-batch and passes of
+    1-3 rows give the same losses (1e-6), rewards, KL and parameters."""
+    cfg = dict(objective=objective, parameterization=param, steps=2, batch_size=6, group_size=4,
+               micro_batch_size=3, max_new_tokens=4, lr=2e-2, checkpoint_every=0, kl_coef=0.1)
+    if objective == "sft":
+        (tmp_path / "general.txt").write_text("\n".join(RETAIN_TEXTS))
+        cfg.update(retain_kl_coef=0.5, retain_text=f"text:{tmp_path / 'general.txt'}",
+                   retain_batch_size=5, kl_coef=0.0)
+    task = rev_task() if objective == "sft" else first_letter_task()
+    runs = []
+    for per_pass in (1000, 3, 1):
+        cfg["max_rows_per_pass"] = per_pass
+        runs.append(train(tiny_llama(), char_tokenizer(), task, cfg, progress=False))
+    one = runs[0]
+    for other in runs[1:]:
+        for r1, r2 in zip(one.history, other.history, strict=True):
+            assert r1["loss"] == pytest.approx(r2["loss"], abs=1e-6)
+            assert r1.get("reward") == r2.get("reward")
+            for k in ("kl", "retain_kl"):
+                if k in r1:
+                    assert r1[k] == pytest.approx(r2[k], abs=1e-6)
+        # Passes pad to their own longest row, so gradients differ in float32 rounding, which
+        # Adam (lr 2e-2, near-zero entries) turns into parameter differences of up to ~1e-5.
+        mine = trainable_parameters(other.model)
+        for name, p in trainable_parameters(one.model).items():
+            torch.testing.assert_close(mine[name], p, rtol=1e-4, atol=5e-5)
 
 
 # --------------------------------------------------------------------------- retention

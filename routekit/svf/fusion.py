@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layer import apply_scale
+
 # Sibling names that HF architectures feed with one tensor.
 SHARED_INPUT_GROUPS = (
     ("gate_proj", "up_proj"),
@@ -69,7 +71,7 @@ class FusedGroup:
         scales = [m._scale(x, state) for m in self.members]
         lead = max((s.shape[:-1] for s in scales), key=len)  # some members may have per-row z
         scale = torch.cat([s.expand(*lead, s.shape[-1]) for s in scales], dim=-1)
-        h = h.mul_(scale) if not torch.is_grad_enabled() else h * scale
+        h = apply_scale(h, scale)
         outs = {}
         for m, (a, b) in zip(self.members, self.offsets):
             bias = m.base_layer.bias

@@ -1,9 +1,12 @@
 """SVFLinear: a linear layer whose singular values are rescaled by a trainable vector z.
 
 W = U diag(S) Vh. The factored forward computes ((x Vhᵀ) ⊙ (S ⊙ z)) Uᵀ + b, where z is the
-trainable ``svf_z`` (r,) unless the current call carries its own scales. The merged forward
-writes U diag(S ⊙ z) Vh into the base layer's weight (base speed) and keeps the original
-weight to restore it bit-exactly.
+trainable ``svf_z`` (r,) unless the current call carries its own scales; S ⊙ z is always
+float32, whatever the factors' dtype. The factored forward never reads the base weight, so
+``get_svf_model`` gives back its resident pages when it is memory-mapped from the checkpoint
+(``routekit.svf.residency``): no copy of W is kept. The merged forward puts U diag(S ⊙ z) Vh
+in the base layer's weight (base speed) and keeps the original tensor aside, uncopied, to
+restore it bit-exactly.
 
 Per-call state (a mixture per batch row, "compute the base") never lives on the layer: it
 is a :class:`SVFCallState` in a ``contextvars.ContextVar``, so two threads (or asyncio
@@ -30,7 +33,7 @@ from .factors import Factors
 class SVFCallState:
     """What one call (one thread's ``with`` block) asks of the SVF layers.
 
-    ``scales`` maps ``id(layer)`` to S ⊙ z for that layer: (r,) for the whole batch, or
+    ``scales`` maps ``id(layer)`` to S ⊙ z (float32) for that layer: (r,) for the whole batch, or
     (rows, r) with one row per prompt; layers not named use their ``svf_z``. ``disabled``
     makes every layer compute its base.
     """
@@ -65,6 +68,16 @@ def svf_disabled() -> contextlib.AbstractContextManager[SVFCallState]:
     return call_state(SVFCallState(disabled=True))
 
 
+def apply_scale(h: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """h ⊙ scale in h's dtype, the product taken in float32 when h is narrower (bf16 factors:
+    the float32 S ⊙ z is never rounded to bf16 first); in place when nothing needs h for a
+    backward pass (saves one (tokens, r) buffer)."""
+    if not torch.is_grad_enabled():
+        return h.mul_(scale)
+    out = h * scale
+    return out if out.dtype == h.dtype else out.to(h.dtype)
+
+
 class SVFLinear(nn.Module):
     """Wraps an ``nn.Linear`` or GPT-2 ``Conv1D`` (kept as ``base_layer``) with SVF factors."""
 
@@ -82,7 +95,7 @@ class SVFLinear(nn.Module):
         self.register_buffer("svf_S", s.to(torch.float32).contiguous(), persistent=False)
         self.register_buffer("svf_Vh", vh.to(factor_dtype).contiguous(), persistent=False)
         self.svf_z = nn.Parameter(torch.full_like(self.svf_S, float(z_init)))
-        self._kept_weight: torch.Tensor | None = None  # original weight while merged
+        self._kept_weight: torch.Tensor | None = None  # the original weight tensor while merged
         self._fusion = None  # a FusedGroup when siblings share this layer's input
 
     @property
@@ -102,14 +115,14 @@ class SVFLinear(nn.Module):
         return f"rank={self.rank}, merged={self.merged}, conv1d={self.is_conv1d}"
 
     def row_scales(self, z: torch.Tensor) -> torch.Tensor:
-        """S ⊙ z in the factors' dtype, for z of shape (r,) or (rows, r)."""
-        return (self.svf_S * z.to(self.svf_S)).to(self.svf_U.dtype).contiguous()
+        """S ⊙ z in float32 (whatever the factors' dtype), for z of shape (r,) or (rows, r)."""
+        return (self.svf_S * z.to(self.svf_S)).contiguous()
 
     # ----- forward ---------------------------------------------------------------------
     def _scale(self, x: torch.Tensor, state: SVFCallState | None) -> torch.Tensor:
         sz = state.scales.get(id(self)) if state is not None else None
         if sz is None:
-            return (self.svf_S * self.svf_z).to(self.svf_U.dtype)
+            return self.svf_S * self.svf_z
         if sz.dim() == 1:
             return sz
         rows, batch = sz.shape[0], (x.shape[0] if x.dim() >= 2 else -1)
@@ -138,9 +151,7 @@ class SVFLinear(nn.Module):
             return self._fusion.forward(self, x, state)
         dtype = self.svf_Vh.dtype
         h = F.linear(x.to(dtype), self.svf_Vh)
-        scale = self._scale(x, state)
-        # In place when nothing needs h for a backward pass: saves one (tokens, r) buffer.
-        h = h.mul_(scale) if not torch.is_grad_enabled() else h * scale
+        h = apply_scale(h, self._scale(x, state))
         bias = self.base_layer.bias
         y = F.linear(h, self.svf_U, None if bias is None else bias.to(dtype))
         return y.to(x.dtype)
@@ -197,11 +208,13 @@ class SVFLinear(nn.Module):
 
     @torch.no_grad()
     def merge(self) -> None:
-        """Write U diag(S ⊙ svf_z) Vh into the base weight, keeping the original."""
+        """Put U diag(S ⊙ svf_z) Vh in the base weight (the same Parameter, a new tensor),
+        keeping the original tensor itself aside: no copy, and a memory-mapped original stays
+        on disk rather than in memory."""
         weight = self.base_layer.weight
         if self._kept_weight is None:
-            self._kept_weight = weight.detach().clone()
-        weight.copy_(self.adapted_weight().to(weight.dtype))
+            self._kept_weight = weight.data
+        weight.data = self.adapted_weight().to(weight.dtype).contiguous()
         # Merged, this layer *is* its base layer: skip the checks of ``forward`` and the base
         # layer's module call per token (decode speed).
         self.forward = self._merged_forward
@@ -214,9 +227,9 @@ class SVFLinear(nn.Module):
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore the original weight bit-exactly from the kept copy."""
+        """Put the original weight tensor back (bit-exact: it is the one merge set aside)."""
         if self._kept_weight is None:
             return
-        self.base_layer.weight.copy_(self._kept_weight)
+        self.base_layer.weight.data = self._kept_weight
         self._kept_weight = None
         self.__dict__.pop("forward", None)

@@ -29,9 +29,10 @@ from ..experts import disable_experts
 from ..io import model_fingerprint
 from .config import SVFConfig, resolve_targets
 from .expert import SVFExpert, check_z
-from .factors import load_or_compute_factors
+from .factors import iter_factors
 from .fusion import install_fusion, remove_fusion
 from .layer import SVFLinear, current_state
+from .residency import release_pages, trim_heap
 
 
 def svf_layers(model: nn.Module) -> dict[str, SVFLinear]:
@@ -57,6 +58,11 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def get_svf_model(model: nn.Module, config: SVFConfig | None = None) -> nn.Module:
     """Wrap ``config.target_modules`` of ``model`` in place with SVFLinear; return ``model``.
 
+    The targeted layers are factored one at a time (SVD or cache read, see
+    ``routekit.svf.factors``); a weight memory-mapped from the checkpoint then leaves memory
+    (``routekit.svf.residency``): the factored forward does not read it. ``SVFConfig``
+    documents what the wrapped model holds in memory.
+
     Every other parameter is frozen; only the ``svf_z`` vectors train. With the default
     ``z_init=1.0`` the wrapped model computes what the base computes, up to the float32
     rounding of the SVD reconstruction (see ``routekit.svf.factors`` for the measured bound).
@@ -73,18 +79,32 @@ def get_svf_model(model: nn.Module, config: SVFConfig | None = None) -> nn.Modul
     targets = resolve_targets(model, config.target_modules)
     fingerprint = model_fingerprint(model)
     cache = config.resolved_cache_dir()
-    factors, _ = load_or_compute_factors(targets, cache)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
-    for name, layer in targets.items():
-        _replace(model, name, SVFLinear(layer, factors[name], config.z_init, config.torch_factor_dtype))
+    try:
+        # One layer at a time: its SVD (or cache read), its wrapper, and its float32 factors
+        # freed (when stored narrower) before the next layer's SVD.
+        for name, factors in iter_factors(targets, cache):
+            layer = targets[name]
+            _replace(model, name, SVFLinear(layer, factors, config.z_init, config.torch_factor_dtype))
+            del factors
+            # The factored forward never reads W: a weight mapped from the checkpoint goes
+            # back to disk (read again, bit for bit, if the base is ever computed).
+            release_pages(layer.weight)
+    except BaseException:
+        for name, layer in svf_layers(model).items():  # leave the model as it came
+            _replace(model, name, layer.base_layer)
+        for n, p in model.named_parameters():
+            p.requires_grad_(requires_grad.get(n, p.requires_grad))
+        raise
     model.svf_config = config
     model.svf_base_fingerprint = fingerprint
     model._svf_requires_grad = requires_grad
     for name in PEFT_METHODS:  # instance attributes: the class and other models are untouched
         model.__dict__[name] = types.MethodType(globals()[name], model)
     install_fusion(model)
+    trim_heap()  # the per-layer float32 factors and SVD workspace, freed above
     return model
 
 
@@ -194,9 +214,14 @@ def merged(model: nn.Module, expert: SVFExpert) -> Iterator[nn.Module]:
 
 
 def unmerge(model: nn.Module) -> None:
-    """Restore every merged base weight bit-exactly from its kept copy."""
+    """Put every merged base weight's original tensor back (bit-exact; none was copied) and
+    return the freed W' to the system."""
+    was = False
     for layer in _require_svf(model).values():
+        was |= layer.merged
         layer.unmerge()
+    if was:
+        trim_heap()
 
 
 @contextlib.contextmanager
@@ -255,7 +280,7 @@ def merge_and_unload(model: nn.Module, expert: SVFExpert | None = None) -> nn.Mo
         layer.unmerge()  # the base layer holds W again
         w = layer.base_layer.weight
         if new.data_ptr() != w.data_ptr():  # z = 1 on an unmerged layer: W itself
-            w.copy_(new)
+            w.data = new  # a new tensor: no copy-on-write copy of a memory-mapped W first
         del new
     return unwrap_svf_model(model)
 

@@ -115,6 +115,14 @@ class TrainConfig(BaseModel):
         "into these fixed micro-batches, dealt round-robin to processes, so the result does not "
         "depend on the number of processes; it also bounds activation memory.",
     )
+    max_rows_per_pass: int = Field(
+        8,
+        gt=0,
+        description="Sequences per forward/backward pass (default 8). A micro-batch with more "
+        "rows (RL: micro_batch_size x group_size completions) runs in consecutive passes of at "
+        "most this many, their gradients summed: the same micro-batches and the same result "
+        "(to float32 rounding), with activation memory bounded by this many sequences.",
+    )
     grad_clip: float | None = Field(
         1.0, description="Max global gradient norm; null disables clipping (default 1.0)."
     )

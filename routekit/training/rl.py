@@ -80,7 +80,11 @@ class Rollout:
 
     def prompts_slice(self, start: int, stop: int, group_size: int) -> Rollout:
         """The rollout of prompts [start, stop) (each with its group_size samples)."""
-        a, b = start * group_size, stop * group_size
+        return self.rows_slice(start * group_size, stop * group_size)
+
+    def rows_slice(self, start: int, stop: int) -> Rollout:
+        """Samples [start, stop) (advantages already normalised over their whole group)."""
+        a, b = start, stop
         return Rollout(
             self.prompt_ids[a:b], self.completion_ids[a:b], self.completions[a:b],
             self.rewards[a:b], self.advantages[a:b],

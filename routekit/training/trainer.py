@@ -402,26 +402,38 @@ def _train_step(
                 temperature=config.temperature,
             )
     offset = 0
+    per_pass = config.max_rows_per_pass
     for mb in mine:
+        # Each micro-batch in passes of at most max_rows_per_pass sequences (activation
+        # memory); every loss is already divided by the global count, so gradients just sum.
         if config.objective == "sft":
-            loss, stats = sft.sft_loss(
-                model, tokenizer, [examples[global_idx[q]] for q in mb], denom, device
-            )
+            mb_examples = [examples[global_idx[q]] for q in mb]
+            passes = [mb_examples[k : k + per_pass] for k in range(0, len(mb_examples), per_pass)]
         else:
             part = rollout.prompts_slice(offset, offset + len(mb), config.group_size)
-            loss, stats = rl.rl_loss(
-                model, tokenizer, part, denom, device, temperature=config.temperature,
-                kl_coef=config.kl_coef, base_context=base_context,
-            )
-            sums[1] += stats["reward_sum"]
-            sums[2] += stats["kl_sum"]
+            n = len(part.prompt_ids)
+            passes = [part.rows_slice(k, min(k + per_pass, n)) for k in range(0, n, per_pass)]
         offset += len(mb)
-        sums[0] += stats["loss_sum"]
-        if not math.isfinite(stats["loss_sum"]):
+        finite = True
+        for piece in passes:
+            if config.objective == "sft":
+                loss, stats = sft.sft_loss(model, tokenizer, piece, denom, device)
+            else:
+                loss, stats = rl.rl_loss(
+                    model, tokenizer, piece, denom, device, temperature=config.temperature,
+                    kl_coef=config.kl_coef, base_context=base_context,
+                )
+                sums[1] += stats["reward_sum"]
+                sums[2] += stats["kl_sum"]
+            sums[0] += stats["loss_sum"]
+            if not math.isfinite(stats["loss_sum"]):
+                finite = False
+                break
+            if not loss.requires_grad:
+                continue  # an RL pass whose samples all have advantage 0
+            _accumulate(accelerator, loss, params, accum)
+        if not finite:
             break  # every process learns of it through the reduced sums below
-        if not loss.requires_grad:
-            continue  # an RL micro-batch whose samples all have advantage 0
-        _accumulate(accelerator, loss, params, accum)
     if retain is not None:
         # Retention texts form their own fixed micro-batches, dealt round-robin like the task's.
         rows = [retain[0][i] for i in retain[1].indices(step)]
@@ -429,12 +441,13 @@ def _train_step(
         for i, k in enumerate(range(0, len(rows), m)):
             if i % n_proc != rank:
                 continue
-            loss, stats = retention.retain_kl_loss(
-                model, tokenizer, rows[k : k + m], n_tokens, config.retain_kl_coef, device,
-                base_context,
-            )
-            sums[3] += stats["retain_kl_sum"] / n_tokens
-            _accumulate(accelerator, loss, params, accum)
+            for j in range(k, min(k + m, len(rows)), per_pass):
+                loss, stats = retention.retain_kl_loss(
+                    model, tokenizer, rows[j : min(j + per_pass, k + m)], n_tokens,
+                    config.retain_kl_coef, device, base_context,
+                )
+                sums[3] += stats["retain_kl_sum"] / n_tokens
+                _accumulate(accelerator, loss, params, accum)
     if n_proc > 1:
         flat = accelerator.reduce(torch.cat([sums] + [a.reshape(-1) for a in accum.values()]), "sum")
         sums, flat = flat[:4], flat[4:]
