@@ -68,6 +68,9 @@ from routekit.routing import (
 from routekit.svf import SVFConfig, get_svf_model
 from routekit.tasks import get_task
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_routing import LabelRouter  # noqa: E402  oracle routing, the world bench's own
+
 RESULTS = Path(__file__).parent / "results"
 EXPERTS = RESULTS / "real_experts"
 TASKS = ("add", "successor", "past_tense")
@@ -103,20 +106,6 @@ TARGETS = {
     "knowledge_vs_base_points": (">=", -1.0),
     "first_pass_share": ("<=", 0.15),
 }
-
-
-class LabelRouter(Router):
-    """Oracle routing: each prompt's true task's expert (knowledge: the base)."""
-
-    kind = "oracle"
-
-    def __init__(self, experts: Sequence[Any], labels: dict[str, str]) -> None:
-        super().__init__(experts)
-        self.labels = labels
-
-    def route(self, prompts: Sequence[str]) -> list[Mixture]:
-        return [Mixture(weights={self.labels[p]: 1.0}) if self.labels[p] != "none"
-                else Mixture.base() for p in prompts]
 
 
 class RawQueryRouter(Router):
