@@ -45,7 +45,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_svf import floor_model, random_experts  # noqa: E402 - sibling scripts
+from bench_svf import floor_model, random_experts, rounds_of  # noqa: E402 - sibling scripts
 
 from routekit import mixture  # noqa: E402
 from routekit.proxy import ProxyExpert, ProxyLogitsProcessor  # noqa: E402
@@ -81,19 +81,7 @@ def timed_rounds(fns: dict[str, Callable[[], None]], rounds: int,
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    for fn in fns.values():
-        fn()  # warm-up
-    names = list(fns)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for i in range(rounds):
-        k = i % len(names)
-        for name in names[k:] + names[:k]:
-            sync()
-            t0 = time.perf_counter()
-            fns[name]()
-            sync()
-            times[name].append(time.perf_counter() - t0)
-    return times
+    return rounds_of(fns, rounds, clock=time.perf_counter, sync=sync)
 
 
 def ratio(times: dict[str, list[float]], num: str, den: str) -> float:

@@ -65,11 +65,14 @@ def load_base() -> tuple[torch.nn.Module, str]:
         return LlamaForCausalLM(cfg).eval(), "random Llama of the world-base size (world not built)"
 
 
-def rounds_of(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list[float]]:
+def rounds_of(fns: dict[str, Callable[[], None]], rounds: int,
+              clock: Callable[[], float] = time.thread_time,
+              sync: Callable[[], None] | None = None) -> dict[str, list[float]]:
     """Seconds of every function in every round; the order rotates each round.
 
-    Time is this thread's CPU time: with one torch thread all work runs on it, and CPU time
-    does not count the slices other processes take on a shared machine.
+    Time is this thread's CPU time by default: with one torch thread all work runs on it, and
+    CPU time does not count the slices other processes take on a shared machine. A GPU bench
+    passes ``clock=time.perf_counter`` and a ``sync`` that waits for the device.
     """
     for fn in fns.values():
         fn()  # warm-up
@@ -78,9 +81,13 @@ def rounds_of(fns: dict[str, Callable[[], None]], rounds: int) -> dict[str, list
     for i in range(rounds):
         k = i % len(names)
         for name in names[k:] + names[:k]:
-            t0 = time.thread_time()
+            if sync is not None:
+                sync()
+            t0 = clock()
             fns[name]()
-            times[name].append(time.thread_time() - t0)
+            if sync is not None:
+                sync()
+            times[name].append(clock() - t0)
     return times
 
 
