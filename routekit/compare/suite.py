@@ -13,6 +13,11 @@ ties to the smaller α, then the smaller rate); on a task without one (the defau
 on test accuracy, ties to the higher probe answer log-likelihood, and the choice is labelled
 "chosen on test (optimistic)" (``select_on: val`` refuses such a run instead). See
 :mod:`.selection`. ``sweep: all_seeds`` runs every rate on every seed.
+
+**Several worlds** (``worlds:`` instead of ``world:``): the suite runs on each world into a
+sub-run of its own, the later worlds at the rates the first one chose (``world_sweep:
+first``, given to them as ``chosen_lrs``) or sweeping too (``every``), and a verdict commits
+only when every world gives it (:mod:`.worlds`).
 """
 
 from __future__ import annotations
