@@ -245,6 +245,13 @@ def test_a_resume_after_completion_does_no_new_work(multi, tmp_path, capsys):
     third.unlink()
     again = run_suite(suite_from_dict(data), run, workers=0, progress=False)
     assert again.ran == [] and again.skipped == [1, 2] and third.is_file()
+    # a world killed halfway: its finished cells are kept, the missing one alone runs
+    w3 = outcome.results.worlds[2].dir
+    lost = next(p for p in (run / w3 / "cells").iterdir() if p.name.startswith("svf_sft"))
+    shutil.rmtree(lost)
+    third.unlink()
+    again = run_suite(suite_from_dict(data), run, workers=0, progress=False)
+    assert again.ran == [f"{Path(w3).name}/{lost.name}"] and again.skipped == [1, 2]
     # the command prints the table across worlds
     suite_file = tmp_path / "suite.yaml"
     suite_file.write_text(yaml.safe_dump(data))
@@ -265,3 +272,15 @@ def test_a_single_world_run_directory_is_not_taken_for_a_multi_world_one(multi, 
               progress=False, report=False)
     with pytest.raises(ConfigError, match="holds a single-world run"):
         run_suite(suite_from_dict(data), single, workers=0, progress=False)
+
+
+def test_world_sweep_every_sweeps_on_every_world(three_worlds, tmp_path):
+    data = {**_worlds_suite(three_worlds), "world_sweep": "every", "seeds": [0]}
+    out = run_suite(suite_from_dict(data), tmp_path / "run", workers=0, progress=False,
+                    report=False)
+    assert [w.rates for w in out.results.worlds] == ["swept"] * 3
+    for w in out.results.worlds:
+        sub = read_model(tmp_path / "run" / w.dir / "results.json", Results, "results")
+        assert sub.suite["chosen_lrs"] == {}
+        assert sorted(c.key.lr for c in sub.cells if c.key.method == "svf_sft") == [1e-3, 3e-2]
+    assert not (tmp_path / "run" / "report.md").exists()  # report=False: results.json only
