@@ -117,7 +117,7 @@ def test_builtin_suites_load_and_narrow():
     default, science = load_suite("default"), load_suite("science")
     assert default.tasks == ["hop"] and default.seeds == [0]
     assert {"base", "svf_rl", "proxy_rl", "lora_sft", "full_rl_bf16", "subnet_rl"} <= set(default.methods)
-    assert science.tasks == ["hop", "rev"] and len(science.seeds) == 3
+    assert science.tasks == ["hop", "rev"] and len(science.seeds) == 5 and len(science.worlds) == 3
     n = narrow(default, methods=["base", "svf_rl"], lrs=[5e-3])
     assert n.methods == ["base", "svf_rl"] and n.method_lrs("svf_rl") == [5e-3]
     assert n.settings_hash() == default.settings_hash()  # which cells run is not a setting

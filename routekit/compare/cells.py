@@ -5,7 +5,9 @@ is one cell per task (lr 0, the first seed: it is deterministic). Planning runs 
 phases (see :mod:`.suite` for the policy): :func:`first_phase` (every lr on the first seed,
 or on every seed with ``sweep: all_seeds``), then :func:`second_phase` from the first
 phase's records (each method's best lr on the other seeds, chosen on val where the task has
-a val split: :mod:`.selection`). A subnet_rl cell depends on the
+a val split: :mod:`.selection`). A (method, task) given a rate in the suite's
+``chosen_lrs`` (a multi-world run's later worlds: :mod:`.worlds`) runs that rate alone, on
+every seed, in the first phase. A subnet_rl cell depends on the
 cell of ``subnet_from`` at the same task, lr and seed, which is added to the plan when the
 sweep did not already put it there.
 """
@@ -32,13 +34,18 @@ def source_key(suite: Suite, key: CellKey) -> CellKey | None:
 
 
 def first_phase(suite: Suite) -> list[CellKey]:
-    """Every method at every one of its lrs on the first seed (all seeds with all_seeds)."""
+    """Every method at every one of its lrs on the first seed (all seeds with all_seeds); a
+    (method, task) with a rate in ``chosen_lrs`` at that rate alone, on every seed."""
     seeds = suite.seeds if suite.sweep == "all_seeds" else suite.seeds[:1]
     keys: list[CellKey] = []
     for task in suite.tasks:
         for m in suite.methods:
             if not suite.method(m).trains:
                 keys.append(_key(m, task, 0.0, suite.seeds[0]))
+                continue
+            fixed = suite.chosen_lrs.get(m, {}).get(task)
+            if fixed is not None:  # a rate chosen elsewhere (a multi-world run's first world)
+                keys += [_key(m, task, fixed, s) for s in suite.seeds]
                 continue
             keys += [_key(m, task, lr, s) for lr in suite.method_lrs(m) for s in seeds]
     return with_dependencies(suite, keys)
@@ -56,7 +63,8 @@ def second_phase(suite: Suite, records: Mapping[str, CellRecord]) -> list[CellKe
     if suite.sweep == "all_seeds" or len(suite.seeds) < 2:
         return []
     best = best_lrs(suite, records)
-    keys = [_key(m, task, lr, s) for (m, task), lr in best.items() for s in suite.seeds[1:]]
+    keys = [_key(m, task, lr, s) for (m, task), lr in best.items() for s in suite.seeds[1:]
+            if task not in suite.chosen_lrs.get(m, {})]  # those ran on every seed already
     return with_dependencies(suite, keys)
 
 

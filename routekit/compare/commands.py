@@ -3,7 +3,8 @@
 With no arguments it runs the ``default`` suite on the embedded world (building the world
 into its cache first if needed), shows progress, prints the headline table and where the
 report is. ``--suite default|science|smollm2|FILE`` picks another suite; ``--methods``, ``--tasks``,
-``--seeds`` and ``--lrs`` narrow or widen it (``--methods`` may add ``peft:<file.yaml>``
+``--seeds`` and ``--lrs`` narrow or widen it (on every world of a suite with ``worlds:``,
+whose verdicts across worlds are printed at the end) (``--methods`` may add ``peft:<file.yaml>``
 methods); ``--device`` says where the cells' models live; ``--list`` prints the known methods.
 Ctrl-C stops the workers at once, prints the command that resumes and exits with 130.
 """
@@ -32,9 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--suite", default="default",
                    help="'default' (every method on hop, one seed), 'science' (hop and rev, "
-                   "3 seeds), 'smollm2' (SmolLM2-135M-Instruct on real:add), 'smollm2_gpu' "
-                   "(the same, sized for GPUs) or a suite YAML file, with a world or a model "
-                   "block (default: default)")
+                   "3 worlds of 5 seeds), 'smollm2' (SmolLM2-135M-Instruct on real:add), "
+                   "'smollm2_gpu' (the same, sized for GPUs) or a suite YAML file, with a "
+                   "world, worlds or a model block (default: default)")
     p.add_argument("--methods", type=_csv, default=None, help="comma-separated methods to run")
     p.add_argument("--tasks", type=_csv, default=None, help="comma-separated tasks to run")
     p.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=None,
@@ -94,6 +95,15 @@ def _run(args: argparse.Namespace) -> int:
               f"a cell stopped halfway resumes from its last training segment. Resume with: "
               f"{again}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if suite.worlds:  # one sub-run per world: the verdicts across worlds
+        from .worlds import verdict_text
+
+        print(verdict_text(outcome.results))
+        print(f"\n{len(outcome.results.worlds)} worlds, {len(outcome.ran)} cell(s) run, "
+              f"{len(outcome.reused)} reused. Report: {out / 'report.md'} (results: "
+              f"{out / 'results.json'}; each world's run: "
+              + ", ".join(str(out / w.dir) for w in outcome.results.worlds) + ")")
+        return 0
     print(headline_text(outcome.results))
     print(f"\n{len(outcome.ran)} cell(s) run, {len(outcome.reused)} reused. Report: "
           f"{out / 'report.md'} (results: {out / 'results.json'}, plots: {out / 'plots'})")

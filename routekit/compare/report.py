@@ -35,7 +35,16 @@ def _selection(results: Results) -> dict[tuple[str, str], Selection]:
     return {(s.method, s.task): s for s in selections(suite, {c.cell_id: c for c in results.cells})}
 
 
-def _chosen_on(sel: Selection | None) -> str:
+FIXED = "fixed (chosen_lrs)"  # a rate the suite gave (a multi-world run's first world chose it)
+
+
+def _fixed(results: Results, method: str, task: str) -> bool:
+    return task in (results.suite.get("chosen_lrs") or {}).get(method, {})
+
+
+def _chosen_on(sel: Selection | None, fixed: bool = False) -> str:
+    if fixed:
+        return FIXED
     if sel is None or len(sel.candidates) < 2:
         return "—"
     return OPTIMISTIC if sel.optimistic else sel.split
@@ -60,7 +69,8 @@ def headline(results: Results) -> tuple[list[str], list[list[str]]]:
             own = [c.proxy_own.get("test_accuracy") for c in cells if c.proxy_own]
             rows.append([
                 task, m, "—" if m == "base" else f"{cells[0].key.lr:g}",
-                ",".join(f"{a:g}" for a in alphas) or "—", _chosen_on(chosen.get((m, task))),
+                ",".join(f"{a:g}" for a in alphas) or "—",
+                _chosen_on(chosen.get((m, task)), _fixed(results, m, task)),
                 str(len(cells)), _ms([b.val_accuracy for b in best]),
                 _ms([b.test_accuracy for b in best]), _ms([b.ood_accuracy for b in best]),
                 _ms([b.probe_accuracy for b in best]), _ms([b.statement_accuracy for b in best]),
@@ -86,7 +96,8 @@ def _selection_section(results: Results) -> str:
             rows.append([sel.task, sel.method, f"{c.lr:g}", "—" if c.alpha is None else f"{c.alpha:g}",
                          "—" if c.val_accuracy is None else f"{c.val_accuracy:.3f}",
                          f"{c.test_accuracy:.3f}",
-                         (OPTIMISTIC if sel.optimistic else f"chosen on {sel.split}")
+                         (FIXED if _fixed(results, sel.method, sel.task) else OPTIMISTIC
+                          if sel.optimistic else f"chosen on {sel.split}")
                          if c.chosen else ""])
     if not rows:
         return "No trained cells.\n"

@@ -28,6 +28,8 @@ _PRESENTATION = frozenset({
     "compare/report.py", "compare/plots.py", "compare/claims.py", "compare/stats.py",
     "compare/commands.py", "cli.py", "analysis/diff_report.py", "analysis/commands.py",
     "reporting.py",
+    # runs no cell: which worlds run which rates, and the verdicts across them
+    "compare/worlds.py",
 })
 
 

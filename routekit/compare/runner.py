@@ -8,6 +8,10 @@ Layout of a run directory::
     results.json       every planned cell's record, the overlaps, versions (validated)
     report.md, plots/  written by routekit.compare.report
 
+A suite with ``worlds:`` makes one such directory per world, ``worlds/<i>-<config hash>/``,
+beside a top-level results.json and report.md of the verdicts across worlds
+(routekit.compare.worlds).
+
 One run at a time: a run holds the directory's lock (``routekit.locks``) from start to
 end, and a second run on a locked directory is refused naming the holder's pid and host; a
 lock whose holder died is taken over with a message. Local workers die with the run
@@ -32,6 +36,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -56,6 +61,9 @@ from .results import (
 from .selection import check_selection, selections
 from .suite import Suite
 from .worker import RECORD, RUN_LOCK, CellJob
+
+if TYPE_CHECKING:
+    from .worlds import WorldsOutcome
 
 MANIFEST = "run.json"
 RESULTS = "results.json"
@@ -137,12 +145,24 @@ def run_suite(
     suite: Suite, out: str | Path, *, executor: str = "local", workers: int | None = None,
     force: bool = False, progress: bool = True, env: Environment | None = None,
     threads: int = 1, report: bool = True, device: str | None = None,
-) -> RunOutcome:
+) -> RunOutcome | WorldsOutcome:
     """Run every cell of ``suite`` into ``out`` (resuming), then write results.json (and
     report.md with plots unless ``report=False``). ``env`` defaults to the environment the
     suite names (:func:`~.env.resolve_environment`). ``device`` (default: the suite's, else
     auto) is where every cell's models live (:mod:`.devices`); ``workers`` defaults to one
-    per GPU on GPUs, else one per core."""
+    per GPU on GPUs, else one per core.
+
+    A suite with ``worlds:`` runs each world into its own sub-run directory and combines the
+    verdicts across them (:func:`.worlds.run_worlds`; it returns a
+    :class:`~.worlds.WorldsOutcome`)."""
+    if suite.worlds:
+        if env is not None:
+            raise ConfigError(f"suite {suite.name!r} names several worlds; run_suite builds "
+                              "each world's environment itself, so pass no env.")
+        from .worlds import run_worlds
+
+        return run_worlds(suite, out, executor=executor, workers=workers, force=force,
+                          progress=progress, threads=threads, report=report, device=device)
     devices = cell_devices(resolve_device(device or suite_device(suite)))
     run_dir = Path(out)
     env = env or resolve_environment(suite, progress=progress)

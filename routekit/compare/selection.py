@@ -17,6 +17,9 @@ chooses a hyperparameter may look at them:
   (optimistic)* in results.json and the report: the chosen cell's test figure is a maximum
   over the sweep on the very prompts it is then judged on. A suite's ``select_on: val``
   refuses such a run instead (:func:`check_selection`).
+- **fixed** (a rate in the suite's ``chosen_lrs``, as a multi-world run gives its later
+  worlds from the first world's choice): that rate alone is a candidate, whatever other
+  cells of the method a dependency ran (subnet_rl's source at its own rate).
 
 :func:`selections` writes down, per (method, task), which split chose, and every
 candidate's val and test accuracy beside the chosen one (``Results.selection``).
@@ -52,7 +55,9 @@ def _first_seed_cells(suite: Suite, records: Mapping[str, CellRecord], method: s
     from .results import CellKey
 
     s0 = suite.seeds[0]
-    return [(lr, r) for lr in suite.method_lrs(method)
+    fixed = suite.chosen_lrs.get(method, {}).get(task)
+    lrs = suite.method_lrs(method) if fixed is None else [fixed]  # chosen elsewhere: that one
+    return [(lr, r) for lr in lrs
             if (r := records.get(CellKey(method=method, task=task, lr=lr, seed=s0).cell_id))
             is not None]
 

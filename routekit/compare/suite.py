@@ -13,6 +13,11 @@ ties to the smaller α, then the smaller rate); on a task without one (the defau
 on test accuracy, ties to the higher probe answer log-likelihood, and the choice is labelled
 "chosen on test (optimistic)" (``select_on: val`` refuses such a run instead). See
 :mod:`.selection`. ``sweep: all_seeds`` runs every rate on every seed.
+
+**Several worlds** (``worlds:`` instead of ``world:``): the suite runs on each world into a
+sub-run of its own, the later worlds at the rates the first one chose (``world_sweep:
+first``, given to them as ``chosen_lrs``) or sweeping too (``every``), and a verdict commits
+only when every world gives it (:mod:`.worlds`).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..errors import ConfigError, UnknownTaskError
 from ..training.config import validate_mapping
+from ..world.config import world_from_overrides
 from .env.local import ModelBlock
 from .methods import (
     PEFT_PREFIX,
@@ -71,6 +77,25 @@ class Suite(BaseModel):
         "default",
         description="'default', 'tiny', or a world cache entry directory (base/, proxy/, "
         "world_config.json, metrics.json)",
+    )
+    worlds: list[str | dict[str, Any]] = Field(
+        default_factory=list,
+        description="instead of one world: several, each run into its own sub-run directory "
+        "and the verdicts combined across them (routekit.compare.worlds); each entry is "
+        "'default', 'tiny', a world cache entry directory, or a mapping of WorldConfig fields "
+        "overriding the default config (from: tiny overrides the tiny one), e.g. {seed: 1, "
+        "n_val: 50}, built into the cache on first use",
+    )
+    world_sweep: Literal["first", "every"] = Field(
+        "first",
+        description="with worlds: the first world runs the sweep and the later ones only each "
+        "method's rate chosen there, per task (first), or every world runs the sweep (every)",
+    )
+    chosen_lrs: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="per method, per task: the one rate run on every seed instead of the "
+        "sweep (a multi-world run fills it in for its later worlds from the first world's "
+        "choices); it must be one of the method's lrs",
     )
     model: ModelBlock | None = Field(
         None,
@@ -209,6 +234,8 @@ class Suite(BaseModel):
                 "the suite names both a world and a model block; a comparison runs in one "
                 "environment, so keep one of the two"
             )
+        if self.worlds:
+            self._check_worlds()
         for t in self.tasks:
             self.model.check_task(t) if self.model is not None else check_task_name(t)
         if self.model is not None and self.model.proxy is None:
@@ -235,6 +262,15 @@ class Suite(BaseModel):
                 raise ValueError(f"lrs.{m}: give one or more learning rates > 0, got {rates}")
         for m, over in self.train.items():
             check_overrides(m, over, self.peft_methods)
+        for m, per_task in self.chosen_lrs.items():
+            if m not in self.methods or not self.method(m).trains:
+                raise ValueError(f"chosen_lrs.{m}: {m!r} is not a method of the suite that trains")
+            for t, lr in per_task.items():
+                if t not in self.tasks:
+                    raise ValueError(f"chosen_lrs.{m}.{t}: {t!r} is not one of the suite's tasks")
+                if lr not in self.method_lrs(m):
+                    raise ValueError(f"chosen_lrs.{m}.{t}: {lr:g} is not one of {m}'s lrs "
+                                     f"{self.method_lrs(m)}")
         if "subnet_rl" in self.methods:
             src = self.subnet_from
             if src not in self.methods:
@@ -249,6 +285,35 @@ class Suite(BaseModel):
                     f"{src} at the same lr, so list them under lrs.{src} too"
                 )
         return self
+
+    def _check_worlds(self) -> None:
+        if self.model is not None:
+            raise ValueError(
+                "the suite names both worlds and a model block; a model block is one "
+                "environment of its own, so keep one of the two"
+            )
+        if self.world != "default":
+            raise ValueError(
+                f"the suite names both world ({self.world!r}) and worlds; list every world "
+                "under worlds (it may include that one) and drop world"
+            )
+        from ..world.tasks import named_world
+
+        seen: dict[str, int] = {}
+        for i, spec in enumerate(self.worlds):
+            if isinstance(spec, dict):
+                config = world_from_overrides(spec, f"worlds[{i}]")
+            elif spec in ("default", "tiny"):
+                config = named_world(spec)
+            else:
+                continue  # a cache entry directory: read (and checked) when the run reaches it
+            h = config.hash()
+            if h in seen:
+                raise ValueError(
+                    f"worlds[{seen[h]}] and worlds[{i}] are one world (config {h}); each world "
+                    "needs its own config, e.g. another seed"
+                )
+            seen[h] = i
 
     def method(self, name: str) -> MethodSpec:
         """The method ``name``: a built-in one or one of the suite's PEFT methods."""
@@ -265,12 +330,15 @@ class Suite(BaseModel):
         """What every cell of a run depends on (not which cells run): two suites with the
         same hash may share a run directory, whatever their methods, tasks, lrs and seeds."""
         # the model block is the environment's: run.json keeps its stamp (weights and data)
+        # Worlds are environments (each sub-run's run.json keeps its stamp); world_sweep and
+        # chosen_lrs, like lrs, say which cells run.
         # PEFT methods, like the others, say which cells run: each cell's record keeps its
         # PEFT config, and a finished cell of another config is refused (runner). The device
         # says where cells run, not what they compute.
         d = self.model_dump(mode="json", exclude={"name", "description", "tasks", "seeds",
                                                   "methods", "lrs", "sweep", "select_on",
-                                                  "model", "peft_methods", "device"})
+                                                  "model", "peft_methods", "device",
+                                                  "worlds", "world_sweep", "chosen_lrs"})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Bump when the corpus generator or the pretraining loop changes what a config produces,
 # so old cache entries are not mistaken for new ones.
@@ -117,3 +119,33 @@ class WorldConfig(BaseModel):
             base_pretrain=PretrainConfig(steps=1400, batch_size=32, lr=5e-3, autocast_bf16=False),
             proxy_pretrain=PretrainConfig(steps=300, batch_size=32, lr=5e-3, autocast_bf16=False),
         )
+
+
+# What a mapping of overrides may start from (its optional ``from:`` key).
+OVERRIDE_BASES = ("default", "tiny")
+
+
+def world_from_overrides(overrides: Mapping[str, Any], source: str = "world") -> WorldConfig:
+    """A WorldConfig from a mapping of its fields on top of the default config, or of the
+    tiny one with ``from: tiny`` (e.g. ``{seed: 1, n_val: 50}``). A nested field (``base``,
+    ``base_pretrain``, ``mixed_correct`` ...) given as a mapping is merged into the starting
+    config's value, key by key. An unknown field or a wrong value is a ConfigError naming
+    the key (``source`` says where the mapping came from)."""
+    from ..errors import ConfigError, format_validation_error
+
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(f"{source}: expected a mapping of WorldConfig fields, got "
+                          f"{type(overrides).__name__}.")
+    over = dict(overrides)
+    start = over.pop("from", "default")
+    if start not in OVERRIDE_BASES:
+        raise ConfigError(f"{source}: key 'from' is {start!r}; a world's overrides start from "
+                          f"{' or '.join(map(repr, OVERRIDE_BASES))}.")
+    data = (WorldConfig.tiny() if start == "tiny" else WorldConfig()).model_dump(mode="json")
+    for key, value in over.items():
+        data[key] = ({**data[key], **value} if isinstance(data.get(key), dict)
+                     and isinstance(value, Mapping) else value)
+    try:
+        return WorldConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {format_validation_error(e)}") from None

@@ -14,6 +14,7 @@ world task was drawn from must be one and the same.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from ..io import read_json
 from ..tasks.base import Task
 from ..tasks.checkers import answer_match
 from ..tasks.registry import register_named_tasks
-from .config import WorldConfig
+from .config import WorldConfig, world_from_overrides
 from .corpus import SKILLS, World
 
 WORLD_TASKS = (*SKILLS, "facts")
@@ -67,11 +68,14 @@ def _read_world_config(path: Path) -> WorldConfig:
         raise ConfigError(f"{e} Name the world as {WORLD_NAMES}.") from None
 
 
-def named_world(spec: str | os.PathLike | WorldConfig) -> WorldConfig:
+def named_world(spec: str | os.PathLike | WorldConfig | Mapping[str, Any]) -> WorldConfig:
     """The WorldConfig named by ``spec``: ``'default'``, ``'tiny'`` (WorldConfig.tiny()), a
-    world_config.json file, or a directory holding one (a world cache entry)."""
+    world_config.json file, a directory holding one (a world cache entry), or a mapping of
+    WorldConfig fields overriding the default config (:func:`~.config.world_from_overrides`)."""
     if isinstance(spec, WorldConfig):
         return spec
+    if isinstance(spec, Mapping):
+        return world_from_overrides(spec)
     if str(spec) == "default":
         return WorldConfig()
     if str(spec) == "tiny":
