@@ -462,7 +462,8 @@ def main() -> int:
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+        from routekit.io import atomic_write_bytes  # a killed run leaves the old file
+        atomic_write_bytes(args.out, (text + "\n").encode())
     print(text)
     return 0
 

@@ -288,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.suppress(OSError):
         result["load_avg_1min"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from routekit.io import atomic_write_bytes  # a killed run leaves the old file
+    atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0
 

@@ -300,7 +300,8 @@ def main() -> None:
     result["base_gb"] = result["base"]["peak_gb"]
     result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    from routekit.io import atomic_write_bytes  # a killed run leaves the old file
+    atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
 
 

@@ -274,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                                   "svf_vs_lora_step": step["ratio"]}[k]]},
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    from routekit.io import atomic_write_bytes  # a killed run leaves the old file
+    atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())
     if args.json:
         print(json.dumps(result))
     else:

@@ -196,7 +196,8 @@ def main() -> None:
     result["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
     out = Path(__file__).parent / "results" / "bench_trainer.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    from routekit.io import atomic_write_bytes  # a killed run leaves the old file
+    atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
     if args.json:
         print(json.dumps(result))
     else:

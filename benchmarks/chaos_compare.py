@@ -322,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         report = chaos(work, args.kills, args.seed, args.workers, args.grace, args.steps, log=quiet)
     RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(report, indent=1) + "\n")
+    from routekit.io import atomic_write_bytes  # a killed run leaves the old file
+    atomic_write_bytes(RESULT, (json.dumps(report, indent=1) + "\n").encode())
     if args.json:
         print(json.dumps(report, indent=1))
     print(
