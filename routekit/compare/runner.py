@@ -308,12 +308,15 @@ def seed_overlaps(suite: Suite, plan: list[CellKey], records: dict[str, CellReco
     return out
 
 
+def results_file(path: str | Path) -> Path:
+    """``path`` itself, or the results.json inside it when it is a run directory."""
+    path = Path(path)
+    return path / RESULTS if path.is_dir() else path
+
+
 def read_results(path: str | Path) -> Results:
     """Read and validate a results.json (or a run directory's)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS
-    return read_model(path, Results, "results")
+    return read_model(results_file(path), Results, "results")
 
 
 __all__ = ["RunOutcome", "open_run_dir", "read_results", "run_suite", "seed_overlaps"]

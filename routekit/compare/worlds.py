@@ -344,10 +344,9 @@ def run_worlds(
 # ----------------------------------------------------------------------------- output
 def read_worlds_results(path: str | Path) -> WorldsResults:
     """Read and validate a multi-world run's top-level results.json (or its directory's)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / RESULTS
-    return read_model(path, WorldsResults, "multi-world results")
+    from .runner import results_file
+
+    return read_model(results_file(path), WorldsResults, "multi-world results")
 
 
 def _spec_text(spec: str | dict[str, Any]) -> str:
