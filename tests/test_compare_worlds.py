@@ -27,6 +27,7 @@ from routekit.compare.worlds import (
     read_worlds_results,
     render_worlds,
     resolve_world_spec,
+    run_worlds,
 )
 from routekit.errors import ConfigError
 from routekit.world.config import WorldConfig, world_from_overrides
@@ -185,7 +186,7 @@ def _worlds_suite(worlds: list[Path]) -> dict:
 def multi(three_worlds, tmp_path_factory) -> tuple[dict, WorldsOutcome]:
     data = _worlds_suite(three_worlds)
     out = tmp_path_factory.mktemp("multi") / "run"
-    return data, run_suite(suite_from_dict(data), out, workers=0, progress=False)
+    return data, run_worlds(suite_from_dict(data), out, workers=0, progress=False)
 
 
 def test_each_world_runs_into_its_own_sub_run_and_later_worlds_run_the_first_ones_rate(multi):
@@ -237,20 +238,20 @@ def test_a_resume_after_completion_does_no_new_work(multi, tmp_path, capsys):
     data, outcome = multi
     run = outcome.run_dir
     stamps = {p: p.stat().st_mtime_ns for p in run.glob("worlds/*/results.json")}
-    again = run_suite(suite_from_dict(data), run, workers=0, progress=False)
+    again = run_worlds(suite_from_dict(data), run, workers=0, progress=False)
     assert again.ran == [] and again.skipped == [1, 2, 3] and again.results == outcome.results
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # no world collected again
     # a world killed after its cells but before its results: collected, nothing recomputed
     third = run / outcome.results.worlds[2].dir / "results.json"
     third.unlink()
-    again = run_suite(suite_from_dict(data), run, workers=0, progress=False)
+    again = run_worlds(suite_from_dict(data), run, workers=0, progress=False)
     assert again.ran == [] and again.skipped == [1, 2] and third.is_file()
     # a world killed halfway: its finished cells are kept, the missing one alone runs
     w3 = outcome.results.worlds[2].dir
     lost = next(p for p in (run / w3 / "cells").iterdir() if p.name.startswith("svf_sft"))
     shutil.rmtree(lost)
     third.unlink()
-    again = run_suite(suite_from_dict(data), run, workers=0, progress=False)
+    again = run_worlds(suite_from_dict(data), run, workers=0, progress=False)
     assert again.ran == [f"{Path(w3).name}/{lost.name}"] and again.skipped == [1, 2]
     # the command prints the table across worlds
     suite_file = tmp_path / "suite.yaml"
@@ -271,13 +272,20 @@ def test_a_single_world_run_directory_is_not_taken_for_a_multi_world_one(multi, 
     run_suite(suite_from_dict(tiny_suite(world_dir, ["base"], eval=LIMITS)), single, workers=0,
               progress=False, report=False)
     with pytest.raises(ConfigError, match="holds a single-world run"):
-        run_suite(suite_from_dict(data), single, workers=0, progress=False)
+        run_worlds(suite_from_dict(data), single, workers=0, progress=False)
+
+
+def test_run_suite_refuses_a_multi_world_suite(three_worlds, tmp_path):
+    with pytest.raises(ConfigError, match="run_worlds"):
+        run_suite(suite_from_dict(_worlds_suite(three_worlds)), tmp_path / "run", workers=0,
+                  progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_world_sweep_every_sweeps_on_every_world(three_worlds, tmp_path):
     data = {**_worlds_suite(three_worlds), "world_sweep": "every", "seeds": [0]}
-    out = run_suite(suite_from_dict(data), tmp_path / "run", workers=0, progress=False,
-                    report=False)
+    out = run_worlds(suite_from_dict(data), tmp_path / "run", workers=0, progress=False,
+                     report=False)
     assert [w.rates for w in out.results.worlds] == ["swept"] * 3
     for w in out.results.worlds:
         sub = read_model(tmp_path / "run" / w.dir / "results.json", Results, "results")

@@ -83,11 +83,12 @@ def _run(args: argparse.Namespace) -> int:
 
     hf_logging.disable_progress_bar()  # one bar per model loaded would bury the cells' bar
     from .runner import run_suite
+    from .worlds import run_worlds
 
+    run = run_worlds if suite.worlds else run_suite  # one sub-run per world, or one run
     try:
-        outcome = run_suite(suite, out, executor=args.executor, workers=args.workers,
-                            force=args.force, progress=not args.no_progress,
-                            threads=args.threads)
+        outcome = run(suite, out, executor=args.executor, workers=args.workers,
+                      force=args.force, progress=not args.no_progress, threads=args.threads)
     except KeyboardInterrupt:
         argv = getattr(args, "argv", None)
         again = "routekit " + shlex.join(argv) if argv is not None else "the same command"

@@ -36,7 +36,6 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -61,9 +60,6 @@ from .results import (
 from .selection import check_selection, selections
 from .suite import Suite
 from .worker import RECORD, RUN_LOCK, CellJob
-
-if TYPE_CHECKING:
-    from .worlds import WorldsOutcome
 
 MANIFEST = "run.json"
 RESULTS = "results.json"
@@ -145,24 +141,19 @@ def run_suite(
     suite: Suite, out: str | Path, *, executor: str = "local", workers: int | None = None,
     force: bool = False, progress: bool = True, env: Environment | None = None,
     threads: int = 1, report: bool = True, device: str | None = None,
-) -> RunOutcome | WorldsOutcome:
+) -> RunOutcome:
     """Run every cell of ``suite`` into ``out`` (resuming), then write results.json (and
     report.md with plots unless ``report=False``). ``env`` defaults to the environment the
     suite names (:func:`~.env.resolve_environment`). ``device`` (default: the suite's, else
     auto) is where every cell's models live (:mod:`.devices`); ``workers`` defaults to one
     per GPU on GPUs, else one per core.
 
-    A suite with ``worlds:`` runs each world into its own sub-run directory and combines the
-    verdicts across them (:func:`.worlds.run_worlds`; it returns a
-    :class:`~.worlds.WorldsOutcome`)."""
+    A suite with ``worlds:`` is refused: :func:`routekit.compare.worlds.run_worlds` runs
+    each world through this function into its own sub-run directory (the house reads one
+    way: the multi-world layer sits above this one)."""
     if suite.worlds:
-        if env is not None:
-            raise ConfigError(f"suite {suite.name!r} names several worlds; run_suite builds "
-                              "each world's environment itself, so pass no env.")
-        from .worlds import run_worlds
-
-        return run_worlds(suite, out, executor=executor, workers=workers, force=force,
-                          progress=progress, threads=threads, report=report, device=device)
+        raise ConfigError(f"suite {suite.name!r} names several worlds; run it with "
+                          "routekit.compare.worlds.run_worlds (routekit compare does).")
     devices = cell_devices(resolve_device(device or suite_device(suite)))
     run_dir = Path(out)
     env = env or resolve_environment(suite, progress=progress)
