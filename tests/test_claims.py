@@ -1,6 +1,6 @@
 """Claims (a)–(h) on planted results whose right verdict is known: claims that cannot fail
-are "not applicable", per-seed figures need five seeds, collapse is concentration and not
-the accuracy gain renamed, (h) resamples trained models, and (g) has a stated margin."""
+are "not applicable", per-seed figures need five seeds, collapse is of the pretraining mix and
+not the accuracy gain renamed, (h) resamples trained models, and (g) has a stated margin."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from routekit.compare.claims import (
     NOT_APPLICABLE,
     all_claims,
     cluster_correlation,
-    normalised_entropy,
+    format_entropy,
 )
 from routekit.compare.results import Results
 
@@ -68,34 +68,68 @@ def _behaviours(results: Results, method: str, correct: np.ndarray, systematic: 
     return edit(results, method, set_rows)
 
 
-def test_e_needs_concentration_not_an_accuracy_gain():
+def _with_rl(results: Results, correct: np.ndarray, systematic: np.ndarray) -> Results:
+    for m in ("full_rl", "full_rl_bf16", "svf_rl", "subnet_rl"):
+        results = _behaviours(results, m, correct, systematic)
+    return results
+
+
+def test_e_needs_a_collapse_of_the_pretraining_mix_not_an_accuracy_gain():
     n = 40
     i = np.arange(n)
-    # base: correct 0.2, systematic 0.6, other 0.2 (concentrated on the systematic answer)
-    base_c, base_s = (i % 5 == 0).astype(float), (i % 5 >= 2).astype(float)
-    # RL raised accuracy to 0.4 and spread the rest: correct 0.4, systematic 0.3, other 0.3
-    spread_c = (i % 10 < 4).astype(float)
-    spread_s = ((i % 10 >= 4) & (i % 10 < 7)).astype(float)
+    # base: correct 0.2, systematic 0.2, other 0.6 (an even mix of the two taught behaviours)
+    base_c, base_s = (i % 5 == 0).astype(float), (i % 5 == 1).astype(float)
     results = _behaviours(fixture_results(), "base", base_c, base_s)
-    for m in ("full_rl", "full_rl_bf16", "svf_rl", "subnet_rl"):
-        results = _behaviours(results, m, spread_c, spread_s)
-    e = claim(results, "e")
-    assert spread_c.mean() > base_c.mean()  # the accuracy gain is there
-    assert e.verdict == "contradicted"  # ... but the answers spread out: no collapse
-    want = normalised_entropy([0.4, 0.3, 0.3]) - normalised_entropy([0.2, 0.6, 0.2])
-    assert f"tuned − base {want:+.3g} [" in e.numbers[1]
-    # RL that puts 0.95 of the answers on one behaviour does collapse them
+    # RL doubled accuracy, drawing on "other" answers, and kept the systematic answer in
+    # proportion: correct 0.4, systematic 0.4, other 0.2. Its 3-way behaviour distribution
+    # did concentrate (entropy over correct / systematic / other falls) ...
+    kept_c, kept_s = (i % 5 < 2).astype(float), ((i % 5 >= 2) & (i % 5 < 4)).astype(float)
+    e = claim(_with_rl(results, kept_c, kept_s), "e")
+    assert kept_c.mean() > base_c.mean()
+    assert e.verdict == "inconclusive"  # ... but the pretraining mix is still even: no collapse
+    assert "tuned − base +0 [" in e.numbers[1] and "vs base 0.5" in e.numbers[1]
+    # RL that raised accuracy and spread towards the systematic answer: the mix grew more even
+    base2_c, base2_s = (i % 10 < 4).astype(float), (i % 10 == 4).astype(float)  # 4:1 correct
+    spread_c, spread_s = (i % 10 < 5).astype(float), ((i % 10 >= 5) & (i % 10 < 9)).astype(float)
+    results2 = _behaviours(fixture_results(), "base", base2_c, base2_s)
+    e = claim(_with_rl(results2, spread_c, spread_s), "e")
+    assert e.verdict == "contradicted"
+    want = format_entropy([5, 4, 1]) - format_entropy([4, 1, 5])
+    assert want > 0 and f"tuned − base {want:+.3g} [" in e.numbers[1]
+    # RL that drives the systematic answer out collapses the mix onto one behaviour
     collapsed_c = (i % 20 != 0).astype(float)
-    for m in ("full_rl", "full_rl_bf16", "svf_rl", "subnet_rl"):
-        results = _behaviours(results, m, collapsed_c, np.zeros(n))
-    assert claim(results, "e").verdict == "supported"
+    assert claim(_with_rl(results, collapsed_c, np.zeros(n)), "e").verdict == "supported"
 
 
-def test_normalised_entropy_against_its_definition():
-    assert normalised_entropy([1, 0, 0]) == 0.0
-    assert normalised_entropy([1, 1, 1]) == pytest.approx(1.0)
-    p = np.array([0.5, 0.3, 0.2])
-    assert normalised_entropy(p) == pytest.approx(-(p * np.log(p)).sum() / np.log(3))
+def test_e_is_not_applicable_when_the_base_shows_one_behaviour():
+    # rev on the world: the base never copies the word unreversed, so an accuracy gain
+    # is all that could move; that cannot test a collapse of two behaviours onto one
+    n = 40
+    i = np.arange(n)
+    results = _behaviours(fixture_results(), "base", (i % 4 == 0).astype(float), np.zeros(n))
+    e = claim(_with_rl(results, (i % 4 < 3).astype(float), np.zeros(n)), "e")
+    assert e.verdict == NOT_APPLICABLE and "never show the systematic" in e.reason
+    assert "vs base correct 0.25 / systematic 0.00 / other 0.75" in e.numbers[0]
+
+
+def test_e_does_not_commit_on_one_base_answer():
+    # the base shows the systematic behaviour on one prompt of 30 and RL never does: the
+    # mix "collapsed", but on one item; prompts are drawn once for every seed, so the draws
+    # that miss that item (about a third) leave nothing to collapse
+    n = 30
+    i = np.arange(n)
+    results = _behaviours(fixture_results(), "base", (i < 11).astype(float), (i == 11).astype(float))
+    e = claim(_with_rl(results, (i < 12).astype(float), np.zeros(n)), "e")
+    assert e.verdict == "inconclusive" and "vs base 0.917" in e.numbers[1]
+
+
+def test_format_entropy_against_its_definition():
+    assert format_entropy([1, 0, 0]) == 0.0
+    assert format_entropy([0, 5, 9]) == 0.0  # "other" is no behaviour of the mix
+    assert format_entropy([3, 3, 100]) == pytest.approx(1.0)
+    assert format_entropy([0, 0, 1]) == 0.0
+    p = np.array([0.6, 0.2]) / 0.8
+    assert format_entropy([0.6, 0.2, 0.2]) == pytest.approx(-(p * np.log(p)).sum() / np.log(2))
 
 
 def test_h_resamples_trained_models_not_their_alpha_variants():

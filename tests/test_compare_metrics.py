@@ -263,6 +263,21 @@ def test_bootstrap_matches_known_sampling_distributions():
     assert med.estimate == 0.5 and (med.low, med.high) == (0.0, 1.0)
 
 
+def test_a_crossed_bootstrap_draws_the_same_prompts_under_every_seed():
+    # five seeds scoring the same 400 items identically (a deterministic model repeated):
+    # the items are one sample, so the mean's standard error stays 0.5 / sqrt(400); drawn
+    # per seed they would count as 5 × 400 independent answers (0.025 / sqrt(5))
+    same = np.tile(np.array([1.0, 0.0] * 200), (5, 1))
+    crossed = stats.bootstrap_interval(same, n_boot=20_000, seed=3)  # the default
+    nested = stats.bootstrap_interval(same, n_boot=20_000, seed=3, crossed=False)
+    assert (crossed.high - crossed.low) / 2 == pytest.approx(1.96 * 0.025, rel=0.08)
+    assert (nested.high - nested.low) / 2 == pytest.approx(1.96 * 0.025 / math.sqrt(5), rel=0.08)
+    # seeds are still resampled: constant rows 0 and 1 give the seed-only interval [0, 1]
+    seeds = np.array([[0.0] * 30, [1.0] * 30])
+    iv = stats.bootstrap_interval(seeds, n_boot=4000, crossed=True)
+    assert (iv.low, iv.estimate, iv.high) == (0.0, 0.5, 1.0)
+
+
 def test_two_sample_difference_matches_known_sampling_distributions():
     # one seed; 400 fair coin flips against 100 prompts all 0.2: only a varies, so the
     # interval is 0.3 ± 1.96 × 0.025

@@ -234,6 +234,26 @@ def test_the_top_level_results_round_trip_and_the_report_links_every_world(multi
         assert f"({w.dir}/report.md)" in report
 
 
+def test_a_finished_worlds_report_is_rewritten_to_say_what_the_table_says(multi):
+    # verdicts are presentation (a change to claims.py makes no cell stale), so a resume
+    # rewrites a finished world's report rather than keep one an older claims module wrote
+    data, outcome = multi
+    run = outcome.run_dir
+    world_dir = run / outcome.results.worlds[0].dir
+    (world_dir / "report.md").write_text("# stale: verdicts by older claim code\n")
+    again = run_worlds(suite_from_dict(data), run, workers=0, progress=False)
+    assert again.ran == [] and 1 in again.skipped
+    text = (world_dir / "report.md").read_text()
+    assert "stale" not in text
+    sub = read_model(world_dir / "results.json", Results, "results")
+    for _, claims in all_claims(sub):
+        for c in claims:
+            assert f"**({c.letter})** {c.text} — **{c.verdict}**" in text
+    line = again.results.claims[0]
+    assert line.verdicts[0] == dict(((sc, c.letter), c.verdict) for sc, cs in all_claims(sub)
+                                    for c in cs)[line.scope, line.letter]
+
+
 def test_a_resume_after_completion_does_no_new_work(multi, tmp_path, capsys):
     data, outcome = multi
     run = outcome.run_dir

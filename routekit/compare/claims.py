@@ -2,7 +2,7 @@
 
 Every comparison is made at each method's best learning rate (see :mod:`.suite`) and its
 best α for proxy methods, over the seeds run there, with a 95% bootstrap interval from
-:mod:`.stats` (seeds, then prompts within a seed). A verdict is "supported" or
+:mod:`.stats` (seeds and prompts, crossed: every seed answers the same prompts). A verdict is "supported" or
 "contradicted" only when its interval excludes the other side (``stats.verdict``);
 otherwise, or when the cells it needs are missing, it is "inconclusive". The base is
 deterministic (greedy decoding), so its one cell pairs with every seed of a method.
@@ -22,11 +22,16 @@ deterministic (greedy decoding), so its one cell pairs with every seed of a meth
     ood prompt i asks about test prompt i's item, as hop's does; otherwise the two sets are
     resampled independently).
     Only ``svf_rl`` counts: a larger update does not stand in for a small one.
-(e) RL collapses pretraining's answer formats onto one (arXiv:2504.07912): the behaviour
-    distribution of the test answers (correct / systematic / other) is more concentrated
-    after RL than the base's own, measured as its normalised entropy (paired by prompt); an
-    accuracy gain that spreads the answers over more behaviours is not a collapse. The
-    entropy at each behaviour checkpoint over training is reported beside.
+(e) RL collapses pretraining's answer formats onto one (arXiv:2504.07912). The world's
+    corpus demonstrates two behaviours per skill, the correct answer and one systematic
+    wrong answer; "other" answers show neither. The claim: among the test answers that show
+    one of the two, their mix is more concentrated after RL than the base's, measured as the
+    mix's entropy over log 2 (paired by prompt). The share of "other" answers does not enter,
+    so an accuracy gain drawn from "other" answers, or one that keeps the systematic answer
+    in proportion, is not a collapse. Not applicable when the base shows one of the two
+    behaviours only (rev's base never copies the word unreversed): there is no mix to
+    collapse, and any change would be the accuracy gain renamed. The entropy at each
+    behaviour checkpoint over training is reported beside.
 (f) Hidden states are sparser on ood prompts: the base's top-5% energy share on ood minus
     test prompts (each prompt's last-token value averaged over layers), bootstrapped over
     the two sets of prompts independently; each trained method at its best rate is tallied
@@ -323,12 +328,16 @@ def claim_d(view: View, task: str) -> Claim:
     return c
 
 
-def normalised_entropy(shares: Sequence[float]) -> float:
-    """Entropy of a behaviour distribution over ``BEHAVIOURS``, divided by log(3): 1 when
-    the answers spread evenly over the three behaviours, 0 when they all show one."""
-    p = np.asarray(shares, dtype=float)
+def format_entropy(shares: Sequence[float]) -> float:
+    """Entropy of the mix of the two pretraining behaviours (correct, systematic) among the
+    answers that show one, over log 2, from counts or shares in :data:`BEHAVIOURS` order
+    ("other" is ignored): 0 when one behaviour takes every such answer, 1 for an even mix.
+    0 when no answer shows either (no mix at all)."""
+    p = np.asarray(shares, dtype=float)[:2]
+    if p.sum() <= 0:
+        return 0.0
     p = p[p > 0] / p.sum()
-    return float(-(p * np.log(p)).sum() / np.log(len(BEHAVIOURS)))
+    return float(max(0.0, -(p * np.log(p)).sum() / np.log(2)))  # never -0.0
 
 
 def _behaviour_codes(correct: np.ndarray, systematic: np.ndarray) -> np.ndarray:
@@ -352,29 +361,41 @@ def claim_e(view: View, task: str) -> Claim:
         c.reason = "needs behaviour labels (a world skill task) for the base and an RL method"
         return c
     tuned = _behaviour_codes(tuned_c, tuned_s)
-    base = np.repeat(_behaviour_codes(base_c, base_s), tuned.shape[0], axis=0)
+    base_codes = _behaviour_codes(base_c, base_s)
+    t_sh = np.bincount(tuned.reshape(-1), minlength=3) / tuned.size
+    b_sh = np.bincount(base_codes[:1].reshape(-1), minlength=3) / base_codes.shape[1]
+    fmt = lambda sh: " / ".join(f"{n} {v:.2f}" for n, v in zip(BEHAVIOURS, sh))  # noqa: E731
+    shown = f"{m}: behaviour shares {fmt(t_sh)} vs base {fmt(b_sh)}"
+    absent = [b for b, share in zip(BEHAVIOURS[:2], b_sh[:2]) if share == 0]
+    if absent:
+        c.verdict = NOT_APPLICABLE
+        c.reason = (f"the base's answers never show the {absent[0]} behaviour, so there is no "
+                    "mix of pretraining behaviours to collapse: any change would be the "
+                    "accuracy gain renamed")
+        c.numbers.append(shown)
+        return c
+    base = np.repeat(base_codes, tuned.shape[0], axis=0)
     # one code per (seed, prompt) holds both sides, so the bootstrap keeps prompts paired
     joint = (3 * tuned + base).astype(float)
 
-    def entropy_drop(x: np.ndarray) -> float:
+    def entropy_change(x: np.ndarray) -> float:
         k = x.astype(int)
         shares = lambda codes: np.bincount(codes.reshape(-1), minlength=3)  # noqa: E731
-        return normalised_entropy(shares(k // 3)) - normalised_entropy(shares(k % 3))
+        return format_entropy(shares(k // 3)) - format_entropy(shares(k % 3))
 
-    d = bootstrap_interval(joint, statistic=entropy_drop, n_boot=2000)
+    d = bootstrap_interval(joint, statistic=entropy_change, n_boot=2000)
     c.verdict = verdict(d, "less")
-    t_sh = np.bincount(tuned.reshape(-1), minlength=3) / tuned.size
-    b_sh = np.bincount(base[:1].reshape(-1), minlength=3) / base.shape[1]
-    fmt = lambda sh: " / ".join(f"{n} {v:.2f}" for n, v in zip(BEHAVIOURS, sh))  # noqa: E731
-    c.numbers += [f"{m}: behaviour shares {fmt(t_sh)} vs base {fmt(b_sh)}",
-                  f"normalised entropy {normalised_entropy(t_sh):.3g} vs base "
-                  f"{normalised_entropy(b_sh):.3g}, tuned − base {_fmt(d)} (below 0 = more "
-                  "concentrated)"]
+    correct_of = lambda sh: sh[0] / max(sh[0] + sh[1], 1e-12)  # noqa: E731
+    c.numbers += [shown,
+                  f"correct among correct + systematic answers {correct_of(t_sh):.3g} vs base "
+                  f"{correct_of(b_sh):.3g}; entropy of that mix / log 2 "
+                  f"{format_entropy(t_sh):.3g} vs base {format_entropy(b_sh):.3g}, tuned − base "
+                  f"{_fmt(d)} (below 0 = collapsed toward one behaviour)"]
     history = [(h.get("step"), [h.get(b, 0.0) for b in BEHAVIOURS])
                for cell in view.cells(m, task)[:1] for h in cell.behaviour_history]
     if history:
         c.numbers.append(f"over training (seed {view.cells(m, task)[0].key.seed}): " + ", ".join(
-            f"step {step} {normalised_entropy(sh):.3g}" for step, sh in history if sum(sh) > 0))
+            f"step {step:g} {format_entropy(sh):.3g}" for step, sh in history if sum(sh) > 0))
     return c
 
 

@@ -220,7 +220,8 @@ def render(results: Results, plots: list[str] | None = None) -> str:
         "## Verdicts",
         "",
         *_optimistic_note(results),
-        "95% bootstrap intervals over seeds and prompts (each number says its units: seeds × "
+        "95% bootstrap intervals over seeds and prompts, crossed (one prompt draw per replicate "
+        "for every seed, as every seed answers the same prompts; each number says its units: seeds × "
         "prompts, seed pairs, or for (h) cells); a verdict commits only when its interval "
         "excludes the other side; a per-seed figure needs five seeds or more (below that its "
         "range is shown); 'not applicable' says why a claim could not fail or its method did "

@@ -2,10 +2,13 @@
 over prompts and seeds, and a verdict that commits only when the interval does.
 
 Scores come as a (seeds × prompts) array: row s holds one number per prompt (e.g. 1/0 for
-a correct answer, or an answer's log-likelihood) from the run with seed s. The bootstrap is
-hierarchical, as both sources of variation are real: each replicate draws the seeds with
-replacement, then, within each drawn seed, its prompts with replacement, and takes the
-statistic (the mean by default) of the resampled array. A *paired* difference between two
+a correct answer, or an answer's log-likelihood) from the run with seed s. Both sources of
+variation are real, and the design is *crossed*: every seed answers the same prompts. So
+each replicate draws the seeds with replacement and, once, the prompts with replacement,
+the same prompt draw for every drawn seed, and takes the statistic (the mean by default)
+of the resampled array. Drawing prompts afresh within each seed (``crossed=False``, the
+nested bootstrap) would treat one prompt's answers under five seeds as five independent
+items and narrow the interval whenever prompts differ in difficulty, as they do. A *paired* difference between two
 methods resamples the per-prompt differences ``a − b`` (same seed index, same prompt), so
 what the two methods share (hard prompts, a lucky seed) cancels out.
 
@@ -96,10 +99,13 @@ def _percentile_interval(
     return Interval(estimate, float(low), float(high), level, n_seeds, n_prompts)
 
 
-def _draw(x: np.ndarray, seeds: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _draw(x: np.ndarray, seeds: np.ndarray, rng: np.random.Generator,
+          crossed: bool = True) -> np.ndarray:
     """One block of replicates: for each (replicate, drawn seed), that seed's row of ``x``
-    with its prompts drawn with replacement -> (replicates, seeds, prompts)."""
-    prompts = rng.integers(0, x.shape[1], size=(*seeds.shape, x.shape[1]))
+    at prompts drawn with replacement -> (replicates, seeds, prompts). ``crossed``: one
+    prompt draw per replicate, shared by its seeds; else a fresh draw per seed (nested)."""
+    shape = (seeds.shape[0], 1 if crossed else seeds.shape[1], x.shape[1])
+    prompts = rng.integers(0, x.shape[1], size=shape)
     return x[seeds[:, :, None], prompts]
 
 
@@ -110,9 +116,11 @@ def bootstrap_interval(
     level: float = 0.95,
     n_boot: int = 10_000,
     seed: int = 0,
+    crossed: bool = True,
 ) -> Interval:
     """Percentile interval of ``statistic`` (default: the mean) of (seeds × prompts)
-    ``scores``, resampling seeds, then prompts within each drawn seed. Deterministic for
+    ``scores``, resampling seeds and prompts (crossed: one prompt draw per replicate for
+    every drawn seed; ``crossed=False`` draws prompts within each seed). Deterministic for
     ``seed``. ``statistic`` receives one resampled (seeds × prompts) array."""
     x = _as_scores(scores, "scores")
     _check_boot(level, n_boot)
@@ -123,7 +131,7 @@ def bootstrap_interval(
     reps = np.empty(n_boot)
     for start in range(0, n_boot, _CHUNK):  # bounded memory: _CHUNK replicates at a time
         stop = min(start + _CHUNK, n_boot)
-        drawn = _draw(x, seeds[start:stop], rng)
+        drawn = _draw(x, seeds[start:stop], rng, crossed)
         if statistic is None:
             reps[start:stop] = drawn.mean(axis=(1, 2))
         else:
@@ -138,6 +146,7 @@ def paired_difference(
     level: float = 0.95,
     n_boot: int = 10_000,
     seed: int = 0,
+    crossed: bool = True,
 ) -> Interval:
     """Interval of mean(a − b) for two methods scored on the same (seeds × prompts)."""
     xa, xb = _as_scores(a, "a"), _as_scores(b, "b")
@@ -146,7 +155,7 @@ def paired_difference(
             f"a paired difference needs the same seeds and prompts on both sides; shapes "
             f"{xa.shape} and {xb.shape} differ."
         )
-    return bootstrap_interval(xa - xb, level=level, n_boot=n_boot, seed=seed)
+    return bootstrap_interval(xa - xb, level=level, n_boot=n_boot, seed=seed, crossed=crossed)
 
 
 def difference_interval(
@@ -156,11 +165,13 @@ def difference_interval(
     level: float = 0.95,
     n_boot: int = 10_000,
     seed: int = 0,
+    crossed: bool = True,
 ) -> Interval:
     """Interval of mean(a) − mean(b) for two *different* sets of prompts scored by the same
     seeds: (seeds × n_a) and (seeds × n_b). Each replicate draws the seeds with replacement
     (the same draw for both sides: seed s of ``a`` and of ``b`` come from one run), then
-    each side's prompts within a seed independently. ``n_prompts`` reports the smaller side."""
+    each side's prompts independently of the other side's (crossed: one draw per side for
+    every seed). ``n_prompts`` reports the smaller side."""
     xa, xb = _as_scores(a, "a"), _as_scores(b, "b")
     if xa.shape[0] != xb.shape[0]:
         raise ConfigError(
@@ -174,8 +185,8 @@ def difference_interval(
     reps = np.empty(n_boot)
     for start in range(0, n_boot, _CHUNK):
         stop = min(start + _CHUNK, n_boot)
-        reps[start:stop] = (_draw(xa, seeds[start:stop], rng).mean(axis=(1, 2))
-                            - _draw(xb, seeds[start:stop], rng).mean(axis=(1, 2)))
+        reps[start:stop] = (_draw(xa, seeds[start:stop], rng, crossed).mean(axis=(1, 2))
+                            - _draw(xb, seeds[start:stop], rng, crossed).mean(axis=(1, 2)))
     estimate = float(xa.mean() - xb.mean())
     return _percentile_interval(reps, estimate, level, n_seeds, min(xa.shape[1], xb.shape[1]))
 

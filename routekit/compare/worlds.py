@@ -313,6 +313,11 @@ def run_worlds(
             res = finished_world(sub, sub_dir, manifest, report)
             if res is not None:
                 outcome.skipped.append(plan.index)
+                if report:
+                    # verdicts and plots are presentation: rewrite the world's report from its
+                    # cells, so it says what the table across worlds (recomputed below) says
+                    from .report import write_report
+                    write_report(res, sub_dir)
                 outcome.reused += [f"{plan.dirname}/{c.cell_id}" for c in res.cells]
             else:
                 one = run_suite(sub, sub_dir, executor=executor, workers=workers, force=force,
