@@ -66,7 +66,6 @@ TARGETS = {"svf_cold": 1.35, "svf_warm": 1.35, "svf_warm_bf16": 1.35, "sft": 2.0
 SPEED_TARGETS = {"merged_vs_base_decode": ">= 0.97", "mixed_over_floor": "<= 1.10",
                  "svf_vs_lora_step": "<= 1.0", "rl_step_over_floor": "<= 1.3 and >= 0.9"}
 GB = 1e9
-GB = 1e9
 
 
 class PeakRSS:
