@@ -36,7 +36,11 @@ def test_c_is_not_applicable_when_the_mask_is_the_whole_model():
     dense = edit(fixture_results(), "subnet_rl", lambda c: setattr(c, "mask_density", 1.0))
     c = claim(dense, "c")
     assert c.verdict == NOT_APPLICABLE and "whole model" in c.reason
-    assert claim(fixture_results(), "c").verdict == "supported"  # density 0.1: it can fail
+    kept = claim(fixture_results(), "c")
+    assert kept.verdict == "supported"  # density 0.1: it can fail
+    # a supported line says what a same-run mask cannot show
+    assert "not that a mask found in another run suffices" in kept.line()
+    assert "not that a mask" not in c.line()  # n/a: no numbers to qualify
 
 
 def test_a_and_d_do_not_fall_back_to_methods_they_are_not_about():

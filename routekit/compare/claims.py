@@ -16,7 +16,8 @@ deterministic (greedy decoding), so its one cell pairs with every seed of a meth
     (paired by seed).
 (c) Subnetwork RL matches the RL it took its mask from: test accuracy within ±5 points.
     Not applicable when the mask covers more than ``MAX_MASK_DENSITY`` of the entries (the
-    "subnetwork" is then the whole model and the claim cannot fail).
+    "subnetwork" is then the whole model and the claim cannot fail). The mask comes from
+    the same seed's run, so a match is evidence about that run only (``SAME_RUN_MASK``).
 (d) Small (SVF) RL updates teach *when*, not *how*: the gain over the base is smaller on
     ood prompts than on test prompts (paired prompt by prompt where the environment says
     ood prompt i asks about test prompt i's item, as hop's does; otherwise the two sets are
@@ -256,6 +257,15 @@ def claim_b(view: View, task: str) -> Claim:
     return c
 
 
+# What (c)'s test can and cannot show, printed with its numbers: each mask is every entry the
+# same seed's source run changed, so outside it that run moved nothing, and the two runs part
+# only through what couples entries (the gradient clipping's global norm).
+SAME_RUN_MASK = ("each mask is every entry its own seed's run changed, so the two runs part "
+                 "only through what couples entries (gradient clipping's global norm): a match "
+                 "says the frozen entries carried no update there, not that a mask found in "
+                 "another run suffices")
+
+
 def claim_c(view: View, task: str) -> Claim:
     c = Claim("c", "training only the subnetwork matches full RL")
     src = view.suite.subnet_from
@@ -294,6 +304,7 @@ def claim_c(view: View, task: str) -> Claim:
     c.numbers.insert(0, f"subnet_rl − {src} test accuracy {_fmt(d, pct=True)} (margin ±5 pts)")
     if dens:
         c.numbers.append(f"mask density {np.mean(dens):.3g}")
+    c.numbers.append(SAME_RUN_MASK)
     return c
 
 
