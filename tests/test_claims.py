@@ -41,6 +41,14 @@ def test_c_is_not_applicable_when_the_mask_is_the_whole_model():
     # a supported line says what a same-run mask cannot show
     assert "not that a mask found in another run suffices" in kept.line()
     assert "not that a mask" not in c.line()  # n/a: no numbers to qualify
+    # without clipping nothing couples the entries: the subnetwork run repeats its source
+    unclipped = edit(fixture_results(), "subnet_rl",
+                     lambda c: setattr(c, "train_config", {"grad_clip": None}))
+    c = claim(unclipped, "c")
+    assert c.verdict == NOT_APPLICABLE and "without gradient clipping" in c.reason
+    clipped = edit(fixture_results(), "subnet_rl",
+                   lambda c: setattr(c, "train_config", {"grad_clip": 1.0}))
+    assert "global norm, at 1)" in claim(clipped, "c").line()
 
 
 def test_a_and_d_do_not_fall_back_to_methods_they_are_not_about():

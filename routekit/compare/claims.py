@@ -17,7 +17,8 @@ deterministic (greedy decoding), so its one cell pairs with every seed of a meth
 (c) Subnetwork RL matches the RL it took its mask from: test accuracy within ±5 points.
     Not applicable when the mask covers more than ``MAX_MASK_DENSITY`` of the entries (the
     "subnetwork" is then the whole model and the claim cannot fail). The mask comes from
-    the same seed's run, so a match is evidence about that run only (``SAME_RUN_MASK``).
+    the same seed's run, so a match is evidence about that run only (``SAME_RUN_MASK``);
+    trained without gradient clipping, nothing couples the two runs: not applicable.
 (d) Small (SVF) RL updates teach *when*, not *how*: the gain over the base is smaller on
     ood prompts than on test prompts (paired prompt by prompt where the environment says
     ood prompt i asks about test prompt i's item, as hop's does; otherwise the two sets are
@@ -257,13 +258,16 @@ def claim_b(view: View, task: str) -> Claim:
     return c
 
 
-# What (c)'s test can and cannot show, printed with its numbers: each mask is every entry the
-# same seed's source run changed, so outside it that run moved nothing, and the two runs part
-# only through what couples entries (the gradient clipping's global norm).
+# What (c)'s test can show, printed with its numbers ({} is what couples the two runs).
 SAME_RUN_MASK = ("each mask is every entry its own seed's run changed, so the two runs part "
-                 "only through what couples entries (gradient clipping's global norm): a match "
-                 "says the frozen entries carried no update there, not that a mask found in "
-                 "another run suffices")
+                 "only through what couples entries ({}): a match says the frozen entries "
+                 "carried no update there, not that a mask found in another run suffices")
+
+
+def _grad_clips(cells: list[CellRecord]) -> set[float | None]:
+    """The gradient-clipping norms the cells trained with (None: no clipping), from the
+    cells that kept their train config."""
+    return {x.train_config.get("grad_clip") for x in cells if x.train_config is not None}
 
 
 def claim_c(view: View, task: str) -> Claim:
@@ -280,6 +284,13 @@ def claim_c(view: View, task: str) -> Claim:
                                                      "use subnet_from: full_rl_bf16"
                                                      if src == "full_rl" else ""))
         c.numbers.append(f"mask density {np.mean(dens):.3g}")
+        return c
+    clips = _grad_clips(subnet_cells)
+    if subnet_cells and clips == {None}:
+        c.verdict = NOT_APPLICABLE
+        c.reason = ("trained without gradient clipping, nothing couples the entries: outside "
+                    f"the mask the {src} run moved nothing, so the subnetwork run repeats it "
+                    "and matching cannot fail")
         return c
     if subnet_cells:
         lr = subnet_cells[0].key.lr
@@ -304,7 +315,9 @@ def claim_c(view: View, task: str) -> Claim:
     c.numbers.insert(0, f"subnet_rl − {src} test accuracy {_fmt(d, pct=True)} (margin ±5 pts)")
     if dens:
         c.numbers.append(f"mask density {np.mean(dens):.3g}")
-    c.numbers.append(SAME_RUN_MASK)
+    norms = ", ".join(f"{x:g}" for x in sorted(x for x in clips if x is not None))
+    c.numbers.append(SAME_RUN_MASK.format("gradient clipping's global norm"
+                                          + (f", at {norms}" if norms else "")))
     return c
 
 
